@@ -1,0 +1,6 @@
+/// Every machine that fixtures and traces may name. Add a line when you add a machine.
+public enum MachineCatalog {
+    public static let all: [MachineEntry] = [
+        // MACHINES (one `MachineEntry(Type.self),` per line)
+    ]
+}

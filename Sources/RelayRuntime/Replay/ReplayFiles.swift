@@ -1,0 +1,94 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+public import RelayModel
+
+/// `relay replay FILE…`: read fixtures or traces, replay them through the model, print each step
+/// and the first divergence. Exit 0 = all match, 1 = a divergence, 2 = bad input.
+public enum ReplayFiles {
+    public struct Outcome: Sendable {
+        public var exitCode: Int32
+        public var output: [String]
+        public var errors: [String]
+    }
+
+    /// Reads a whole file (bounded), or a one-line reason.
+    public static func readFile(_ path: String, limit: Int = Jansson.maxDocumentBytes) -> Result<[UInt8], FileReadError> {
+        guard let f = fopen(path, "rb") else { return .failure(FileReadError(path: path, reason: String(cString: strerror(errno)))) }
+        defer { fclose(f) }
+        var out: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = fread(&buf, 1, buf.count, f)
+            if n > 0 { out.append(contentsOf: buf[0..<n]) }
+            if out.count > limit { return .failure(FileReadError(path: path, reason: "larger than \(limit) bytes")) }
+            if n < buf.count {
+                if ferror(f) != 0 { return .failure(FileReadError(path: path, reason: String(cString: strerror(errno)))) }
+                break
+            }
+        }
+        return .success(out)
+    }
+
+    public struct LoadError: Error, Sendable { public var message: String }
+    public struct FileReadError: Error, Sendable { public var path: String; public var reason: String }
+
+    public static func loadFixture(path: String) -> Result<Fixture, LoadError> {
+        switch readFile(path) {
+        case .failure(let e): return .failure(LoadError(message: "\(path): cannot read: \(e.reason)"))
+        case .success(let bytes):
+            let json: JSONValue
+            do { json = try Jansson.parse(bytes: bytes) } catch { return .failure(LoadError(message: "\(path): \(error)")) }
+            do { return .success(try Fixture(json: json)) } catch { return .failure(LoadError(message: "\(path): \(error)")) }
+        }
+    }
+
+    public static func run(paths: [String], verbose: Bool = true) -> Outcome {
+        var out: [String] = []
+        var errors: [String] = []
+        var diverged = false
+        guard !paths.isEmpty else { return Outcome(exitCode: 2, output: [], errors: ["relay replay: no files given"]) }
+        for path in paths {
+            let fixture: Fixture
+            switch loadFixture(path: path) {
+            case .failure(let e): errors.append("relay replay: \(e.message)"); continue
+            case .success(let f): fixture = f
+            }
+            let report: ReplayReport
+            do { report = try MachineEntry.replay(fixture) } catch {
+                errors.append("relay replay: \(path): \(error)")
+                continue
+            }
+            out.append("== \(path) (\(report.machine), \(report.steps.count) steps)" + (fixture.description.map { ": \($0)" } ?? ""))
+            for step in report.steps {
+                if verbose || !step.matches {
+                    let who = step.instance.map { "[\($0)] " } ?? ""
+                    let acts = step.actions.map(summary).joined(separator: ", ")
+                    out.append("  \(step.index). \(who)\(step.stateBefore) + \(step.event) → \(step.stateAfter)  [\(acts.isEmpty ? "—" : acts)]")
+                }
+                if !step.matches {
+                    diverged = true
+                    out.append("  DIVERGED at step \(step.index) (\(step.event)):")
+                    if !step.actionsMatch {
+                        out.append("    expected actions: \(Jansson.serialize(.array(step.expected ?? [])))")
+                        out.append("    actual actions:   \(Jansson.serialize(.array(step.actions)))")
+                    }
+                    if !step.stateMatches {
+                        out.append("    expected state: \(step.expectedState ?? "?")")
+                        out.append("    actual state:   \(step.stateAfter)")
+                    }
+                    break
+                }
+            }
+            if report.firstDivergence == nil { out.append("  OK: all \(report.steps.count) steps match") }
+        }
+        let code: Int32 = !errors.isEmpty ? 2 : (diverged ? 1 : 0)
+        return Outcome(exitCode: code, output: out, errors: errors)
+    }
+
+    /// `caseName` or `caseName(detail)` for an encoded action, for one-line printing.
+    static func summary(_ v: JSONValue) -> String {
+        guard case .object(let o) = v, o.count == 1 else { return Jansson.serialize(v) }
+        return o[0].key
+    }
+}

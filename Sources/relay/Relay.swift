@@ -1,0 +1,60 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import ArgumentParser
+import RelayModel
+import RelayRuntime
+
+@main
+struct Relay: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "relay",
+        abstract: "Infisical-compatible relay, gateway and reference platform.",
+        subcommands: [Replay.self, Version.self])
+}
+
+struct Version: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Print versions of relay and its C libraries.")
+    func run() {
+        print("relay 0.1.0")
+        print("libssh \(LinkedLibraries.libssh)")
+        print("\(LinkedLibraries.openssl)")
+        print("jansson \(LinkedLibraries.jansson)")
+    }
+}
+
+struct Replay: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Replay fixtures or recorded traces through the model.",
+        discussion: "Exit status: 0 all steps match, 1 a step diverged, 2 bad input.")
+
+    @Flag(name: .shortAndLong, help: "Print only divergences and the summary.")
+    var quiet = false
+
+    @Argument(help: "Fixture or trace files (JSON).")
+    var files: [String] = []
+
+    func run() throws {
+        let outcome = ReplayFiles.run(paths: files, verbose: !quiet)
+        for line in outcome.output { print(line) }
+        for line in outcome.errors { printError(line) }
+        if outcome.exitCode != 0 { throw ExitCode(outcome.exitCode) }
+    }
+}
+
+func printError(_ s: String) {
+    var e = StandardError()
+    print(s, to: &e)
+}
+
+struct StandardError: TextOutputStream {
+    mutating func write(_ string: String) {
+        let bytes = Array(string.utf8)
+        var offset = 0
+        while offset < bytes.count {
+            let n = bytes.withUnsafeBytes { Glibc.write(2, $0.baseAddress! + offset, $0.count - offset) }
+            if n <= 0 { break }
+            offset += n
+        }
+    }
+}

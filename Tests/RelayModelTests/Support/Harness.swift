@@ -1,0 +1,84 @@
+import Foundation
+import RelayModel
+import RelayRuntime
+import Testing
+
+/// Paths inside the package, found from this file's location.
+enum Package {
+    static let root: URL = URL(fileURLWithPath: #filePath)
+        .deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent().deletingLastPathComponent()
+    static func specs(_ name: String) -> URL { root.appendingPathComponent("Specs/\(name).md") }
+    static func fixtures(_ machine: String) -> URL { root.appendingPathComponent("fixtures/\(machine)") }
+}
+
+/// One cell of the state × event grid: a machine in a named target state and an event, with the
+/// guard label the Specs table uses for this combination ("" when the row has no guard).
+struct GridCase<M: StateMachine>: CustomTestStringConvertible, Sendable {
+    var target: String
+    var machine: M
+    var event: M.Event
+    var guardText: String
+    var testDescription: String { "\(target) + \(event.specName)\(guardText.isEmpty ? "" : " [\(guardText)]")" }
+}
+
+enum Grid {
+    /// Runs every case, returning what the model did in the table's terms.
+    static func observe<M: StateMachine>(_ cases: [GridCase<M>]) -> [ObservedTransition] {
+        cases.map { c in
+            var m = c.machine
+            let before = m.stateName
+            let actions = m.handle(c.event)
+            return ObservedTransition(
+                state: before, event: c.event.specName, guardText: c.guardText,
+                actions: actions.map(\.specName), next: m.stateName)
+        }
+    }
+
+    /// The model and `Specs/<machine>.md` agree in both directions.
+    static func expectConformance<M: StateMachine>(
+        _ type: M.Type, specFile: String? = nil, cases: [GridCase<M>], sourceLocation: SourceLocation = #_sourceLocation
+    ) throws {
+        let url = Package.specs(specFile ?? M.machineName)
+        let text = try String(contentsOf: url, encoding: .utf8)
+        let table = try SpecTable(markdown: text)
+        let problems = SpecConformance.check(table: table, observed: observe(cases))
+        #expect(problems.isEmpty, Comment(rawValue: "\(url.lastPathComponent):\n" + problems.joined(separator: "\n")), sourceLocation: sourceLocation)
+    }
+}
+
+/// Fixture files: listing, replay, and regeneration under `RELAY_REGENERATE_FIXTURES=1`.
+enum Fixtures {
+    static var regenerate: Bool { ProcessInfo.processInfo.environment["RELAY_REGENERATE_FIXTURES"] == "1" }
+
+    static func files(_ machine: String? = nil) -> [URL] {
+        let base = machine.map(Package.fixtures) ?? Package.root.appendingPathComponent("fixtures")
+        guard let e = FileManager.default.enumerator(at: base, includingPropertiesForKeys: nil) else { return [] }
+        return e.compactMap { $0 as? URL }.filter { $0.pathExtension == "json" }.sorted { $0.path < $1.path }
+    }
+
+    /// Writes (when regenerating) or checks (otherwise) a fixture recorded from `events`.
+    /// Checking means: the file exists and replays without divergence.
+    static func record<M: StateMachine>(
+        _ type: M.Type, _ scenario: String, description: String, config: M.Config,
+        events: [(instance: String?, event: M.Event)], sourceLocation: SourceLocation = #_sourceLocation
+    ) throws {
+        let url = Package.fixtures(M.machineName).appendingPathComponent("\(scenario).json")
+        if regenerate {
+            let fixture = try Replayer.record(M.self, config: config, events: events, description: description)
+            try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
+            try (Jansson.serialize(fixture.json, pretty: true) + "\n").write(to: url, atomically: true, encoding: .utf8)
+        }
+        let loaded = ReplayFiles.loadFixture(path: url.path)
+        guard case .success(let fixture) = loaded else {
+            Issue.record("\(url.lastPathComponent) missing or unreadable; regenerate with RELAY_REGENERATE_FIXTURES=1", sourceLocation: sourceLocation)
+            return
+        }
+        let encoder = JSONValueEncoder()
+        let wanted = try events.map { try encoder.encode($0.event) }
+        #expect(fixture.steps.map(\.event) == wanted && fixture.steps.map(\.instance) == events.map(\.instance),
+                "\(url.lastPathComponent) is stale: its events differ; regenerate with RELAY_REGENERATE_FIXTURES=1", sourceLocation: sourceLocation)
+        let report = try Replayer.run(M.self, fixture)
+        #expect(report.firstDivergence == nil, "\(url.lastPathComponent) diverges at \(String(describing: report.firstDivergence))", sourceLocation: sourceLocation)
+    }
+}
