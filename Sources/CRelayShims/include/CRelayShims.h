@@ -10,6 +10,21 @@
 #include <openssl/bio.h>
 #include <openssl/crypto.h>
 #include <jansson.h>
+#include <stdint.h>
+
+// epoll and pipe2: epoll_event is a packed struct the importer handles poorly; these wrappers
+// pass plain integers and arrays instead.
+int relay_epoll_create(void);
+int relay_epoll_ctl(int epfd, int op, int fd, uint32_t events);
+int relay_epoll_wait(int epfd, int *fds, uint32_t *events, int max, int timeout_ms);
+int relay_pipe_nonblocking(int fds[2]);
+struct sockaddr;
+int relay_accept_nonblocking(int fd, struct sockaddr *addr, unsigned int *len);
+enum {
+    RELAY_EPOLL_ADD = 1, RELAY_EPOLL_DEL = 2, RELAY_EPOLL_MOD = 3,
+    RELAY_EPOLLIN = 0x001, RELAY_EPOLLOUT = 0x004, RELAY_EPOLLERR = 0x008, RELAY_EPOLLHUP = 0x010,
+    RELAY_EPOLLRDHUP = 0x2000
+};
 
 static inline int relay_ssl_ctx_set_min_tls12(SSL_CTX *ctx) {
     return (int)SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);

@@ -1,0 +1,247 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CLibSSH
+import CRelayShims
+import RelayModel
+import Synchronization
+
+/// Something the loop polls: a socket whose readiness the owner wants to hear about.
+protocol PollHandler: AnyObject {
+    /// Called on the loop thread with `EPOLLIN`/`EPOLLOUT`/`EPOLLERR`/`EPOLLHUP` bits.
+    func loopReady(events: UInt32)
+}
+
+/// One event loop thread (DESIGN D4). It owns the libssh sessions and sockets assigned to it and
+/// is the only thread that touches them.
+///
+/// Inside, one `ssh_event` polls the libssh sessions plus a single epoll fd; every other socket
+/// (TLS connections, listeners, the wake pipe) is registered with that epoll fd, so readiness
+/// costs O(ready sockets) and interest can be changed with `EPOLL_CTL_MOD` (libssh's own fd
+/// handles cannot change their interest). Work from other threads arrives through a locked inbox
+/// and a wake pipe. Nothing is freed inside a libssh callback: owners use `defer(_:)`.
+final class EventLoop: @unchecked Sendable {
+    let index: Int
+    private let event: OpaquePointer
+    private let epfd: Int32
+    private let wakeRead: Int32
+    private let wakeWrite: Int32
+    private let inbox = Mutex<[@Sendable () -> Void]>([])
+    private var handlers: [Int32: any PollHandler] = [:]
+    private var deferred: [() -> Void] = []
+    private var afterPoll: [ObjectIdentifier: () -> Void] = [:]
+    private var timers = TimerHeap()
+    private var sessions: Set<OpaquePointer> = []
+    private let stopping = Atomic<Bool>(false)
+    private var threadID: pthread_t?
+    /// Poll timeout cap; keeps libssh's own timeouts (kex, keepalive bookkeeping) ticking.
+    static let maxPollMilliseconds: Int64 = 200
+
+    init(index: Int) throws(RuntimeError) {
+        self.index = index
+        guard let ev = ssh_event_new() else { throw .resource("ssh_event_new failed") }
+        event = ev
+        epfd = relay_epoll_create()
+        guard epfd >= 0 else { ssh_event_free(ev); throw .errno("epoll_create1", errno) }
+        var fds: [Int32] = [0, 0]
+        guard relay_pipe_nonblocking(&fds) == 0 else {
+            close(epfd); ssh_event_free(ev); throw .errno("pipe2", errno)
+        }
+        wakeRead = fds[0]; wakeWrite = fds[1]
+        relay_epoll_ctl(epfd, Int32(RELAY_EPOLL_ADD), wakeRead, UInt32(RELAY_EPOLLIN))
+        let me = Unmanaged.passUnretained(self).toOpaque()
+        ssh_event_add_fd(event, epfd, Int16(POLLIN), { _, _, ud in
+            Unmanaged<EventLoop>.fromOpaque(ud!).takeUnretainedValue().drainEpoll()
+            return 0
+        }, me)
+    }
+
+    deinit {
+        ssh_event_remove_fd(event, epfd)
+        ssh_event_free(event)
+        close(epfd); close(wakeRead); close(wakeWrite)
+    }
+
+    // MARK: Cross-thread
+
+    /// Runs `work` on this loop's thread, soon.
+    func execute(_ work: @escaping @Sendable () -> Void) {
+        inbox.withLock { $0.append(work) }
+        var one: UInt8 = 1
+        _ = write(wakeWrite, &one, 1)
+    }
+
+    var inLoop: Bool { threadID.map { pthread_equal($0, pthread_self()) != 0 } ?? false }
+
+    /// Starts the loop thread.
+    func start(name: String) {
+        let box = Unmanaged.passRetained(self)
+        var attr = pthread_attr_t()
+        pthread_attr_init(&attr)
+        var tid = pthread_t()
+        pthread_create(&tid, &attr, { arg in
+            let loop = Unmanaged<EventLoop>.fromOpaque(arg!).takeRetainedValue()
+            loop.threadID = pthread_self()
+            loop.run()
+            return nil
+        }, box.toOpaque())
+        pthread_attr_destroy(&attr)
+        _ = name
+    }
+
+    /// Asks the loop to finish its current iteration and exit; `join` waits for it.
+    func stop() {
+        stopping.store(true, ordering: .releasing)
+        execute {}
+    }
+
+    private let exited = Mutex<Bool>(false)
+
+    func join(timeoutMilliseconds: Int64 = 10_000) {
+        let deadline = Clock.now() + .milliseconds(timeoutMilliseconds)
+        while !exited.withLock({ $0 }) && Clock.now() < deadline { usleep(2000) }
+    }
+
+    // MARK: Loop-thread API
+
+    func register(fd: Int32, events: UInt32, handler: any PollHandler) {
+        handlers[fd] = handler
+        if relay_epoll_ctl(epfd, Int32(RELAY_EPOLL_ADD), fd, events) != 0 && errno == EEXIST {
+            relay_epoll_ctl(epfd, Int32(RELAY_EPOLL_MOD), fd, events)
+        }
+    }
+
+    func modify(fd: Int32, events: UInt32) {
+        relay_epoll_ctl(epfd, Int32(RELAY_EPOLL_MOD), fd, events)
+    }
+
+    func unregister(fd: Int32) {
+        relay_epoll_ctl(epfd, Int32(RELAY_EPOLL_DEL), fd, 0)
+        handlers[fd] = nil
+    }
+
+    func add(session: OpaquePointer) {
+        if sessions.insert(session).inserted { ssh_event_add_session(event, session) }
+    }
+
+    func remove(session: OpaquePointer) {
+        if sessions.remove(session) != nil { ssh_event_remove_session(event, session) }
+    }
+
+    /// Runs `work` after the current poll iteration, outside every libssh callback.
+    func later(_ work: @escaping () -> Void) { deferred.append(work) }
+
+    /// Runs `check` after every poll iteration until removed (e.g. a splice waiting for window).
+    func setAfterPoll(_ owner: AnyObject, _ check: (() -> Void)?) {
+        afterPoll[ObjectIdentifier(owner)] = check
+    }
+
+    @discardableResult
+    func schedule(at deadline: Instant, _ work: @escaping () -> Void) -> TimerHeap.ID {
+        timers.insert(deadline: deadline, work)
+    }
+
+    func cancel(_ id: TimerHeap.ID) { timers.cancel(id) }
+
+    // MARK: Internals
+
+    private func drainEpoll() {
+        var fds = [Int32](repeating: 0, count: 256)
+        var evs = [UInt32](repeating: 0, count: 256)
+        while true {
+            let n = relay_epoll_wait(epfd, &fds, &evs, 256, 0)
+            if n <= 0 { return }
+            for i in 0..<Int(n) {
+                let fd = fds[i]
+                if fd == wakeRead {
+                    var sink = [UInt8](repeating: 0, count: 256)
+                    while read(wakeRead, &sink, sink.count) > 0 {}
+                    continue
+                }
+                handlers[fd]?.loopReady(events: evs[i])
+            }
+            if n < 256 { return }
+        }
+    }
+
+    private func run() {
+        while !stopping.load(ordering: .acquiring) {
+            let now = Clock.now()
+            var timeout = EventLoop.maxPollMilliseconds
+            if let next = timers.nextDeadline { timeout = max(0, min(timeout, (next - now).milliseconds)) }
+            if !afterPoll.isEmpty || !deferred.isEmpty { timeout = min(timeout, 1) }
+            _ = ssh_event_dopoll(event, Int32(timeout))
+            // Inbox work (from other threads), then deferred work, due timers, after-poll checks.
+            let work = inbox.withLock { box -> [@Sendable () -> Void] in let w = box; box.removeAll(); return w }
+            for w in work { w() }
+            runDeferred()
+            let t = Clock.now()
+            while let due = timers.popDue(now: t) { due(); runDeferred() }
+            for check in Array(afterPoll.values) { check() }
+            runDeferred()
+        }
+        let work = inbox.withLock { box -> [@Sendable () -> Void] in let w = box; box.removeAll(); return w }
+        for w in work { w() }
+        runDeferred()
+        exited.withLock { $0 = true }
+    }
+
+    private func runDeferred() {
+        while !deferred.isEmpty {
+            let d = deferred
+            deferred.removeAll()
+            for w in d { w() }
+        }
+    }
+}
+
+/// A small binary heap of timers; cancellation marks entries dead.
+struct TimerHeap {
+    typealias ID = UInt64
+    private var heap: [(deadline: Instant, id: ID)] = []
+    private var work: [ID: () -> Void] = [:]
+    private var nextID: ID = 1
+
+    var nextDeadline: Instant? {
+        heap.first?.deadline
+    }
+
+    mutating func insert(deadline: Instant, _ w: @escaping () -> Void) -> ID {
+        let id = nextID; nextID += 1
+        work[id] = w
+        heap.append((deadline, id))
+        var i = heap.count - 1
+        while i > 0 {
+            let p = (i - 1) / 2
+            if heap[p].deadline <= heap[i].deadline { break }
+            heap.swapAt(p, i); i = p
+        }
+        return id
+    }
+
+    mutating func cancel(_ id: ID) { work[id] = nil }
+
+    mutating func popDue(now: Instant) -> (() -> Void)? {
+        while let top = heap.first, top.deadline <= now {
+            removeTop()
+            if let w = work.removeValue(forKey: top.id) { return w }
+        }
+        // Drop cancelled entries at the top so nextDeadline stays meaningful.
+        while let top = heap.first, work[top.id] == nil { removeTop() }
+        return nil
+    }
+
+    private mutating func removeTop() {
+        heap.swapAt(0, heap.count - 1)
+        heap.removeLast()
+        var i = 0
+        while true {
+            let l = 2 * i + 1, r = l + 1
+            var m = i
+            if l < heap.count && heap[l].deadline < heap[m].deadline { m = l }
+            if r < heap.count && heap[r].deadline < heap[m].deadline { m = r }
+            if m == i { break }
+            heap.swapAt(i, m); i = m
+        }
+    }
+}
