@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import CLibSSH
+import COpenSSL
 import CRelayShims
 import RelayModel
 
@@ -132,7 +133,7 @@ final class GatewaySession {
         if GatewaySession.isCertificate(ssh_key_type(key)) {
             var b64: UnsafeMutablePointer<CChar>?
             if ssh_pki_export_pubkey_base64(key, &b64) == SSH_OK, let b64 {
-                blob = try? Base64.decode(String(cString: b64))
+                blob = OpenSSLBase64.decode(String(cString: b64))
                 ssh_string_free_char(b64)
             }
             if blob == nil { blob = [] }
@@ -198,4 +199,17 @@ final class GatewaySession {
 
     /// Checked after polls by the owner: a dead socket closes the session.
     var isConnected: Bool { ssh_is_connected(session) != 0 && ssh_get_status(session) & Int32(SSH_CLOSED | SSH_CLOSED_ERROR) == 0 }
+}
+
+/// Base64 through OpenSSL for text libssh produced itself (trusted format).
+enum OpenSSLBase64 {
+    static func decode(_ text: String) -> [UInt8]? {
+        let input = Array(text.utf8)
+        guard !input.isEmpty, input.count % 4 == 0 else { return nil }
+        var out = [UInt8](repeating: 0, count: input.count / 4 * 3)
+        let n = EVP_DecodeBlock(&out, input, Int32(input.count))
+        guard n >= 0 else { return nil }
+        let pad = input.suffix(2).filter { $0 == UInt8(ascii: "=") }.count
+        return Array(out.prefix(Int(n) - pad))
+    }
 }
