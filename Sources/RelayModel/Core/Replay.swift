@@ -105,6 +105,8 @@ public struct ReplayStep: Equatable, Sendable {
     public var stateBefore: String
     public var stateAfter: String
     public var actions: [JSONValue]
+    /// The actions as the Specs tables name them (e.g. `scheduleTimer(nextAttempt)`).
+    public var actionNames: [String]
     public var expected: [JSONValue]?
     public var expectedState: String?
     public var actionsMatch: Bool { expected.map { $0 == actions } ?? true }
@@ -151,7 +153,7 @@ public enum Replayer {
             report.steps.append(ReplayStep(
                 index: i + 1, instance: step.instance, event: event.specName,
                 stateBefore: before, stateAfter: machine.stateName,
-                actions: encoded, expected: expected, expectedState: step.state))
+                actions: encoded, actionNames: actions.map(\.specName), expected: expected, expectedState: step.state))
         }
         return report
     }

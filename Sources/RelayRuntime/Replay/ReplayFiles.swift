@@ -63,7 +63,7 @@ public enum ReplayFiles {
             for step in report.steps {
                 if verbose || !step.matches {
                     let who = step.instance.map { "[\($0)] " } ?? ""
-                    let acts = step.actions.map(summary).joined(separator: ", ")
+                    let acts = step.actionNames.joined(separator: ", ")
                     out.append("  \(step.index). \(who)\(step.stateBefore) + \(step.event) → \(step.stateAfter)  [\(acts.isEmpty ? "—" : acts)]")
                 }
                 if !step.matches {
@@ -84,11 +84,5 @@ public enum ReplayFiles {
         }
         let code: Int32 = !errors.isEmpty ? 2 : (diverged ? 1 : 0)
         return Outcome(exitCode: code, output: out, errors: errors)
-    }
-
-    /// `caseName` or `caseName(detail)` for an encoded action, for one-line printing.
-    static func summary(_ v: JSONValue) -> String {
-        guard case .object(let o) = v, o.count == 1 else { return Jansson.serialize(v) }
-        return o[0].key
     }
 }
