@@ -276,6 +276,19 @@ struct GatewayCertificatePolicyOrderTests {
         }
     }
 
+    @Test("user names, principals and key ids compare as bytes, not as canonically equivalent Unicode")
+    func bytesNotUnicodeEquivalence() {
+        let composed = "gw-\u{E9}", decomposed = "gw-e\u{301}"
+        #expect(composed == decomposed)  // Swift's String equality
+        let b = with(SSHCertBuilder()) { $0.principals = [Array(composed.utf8)] }
+        #expect(Self.decide(b, user: decomposed) == .principalNotAllowed(username: decomposed, principals: [composed]))
+        #expect(Self.decide(b, user: composed) == nil)
+        let policy = GatewayCertificatePolicy(relayName: "r\u{E9}", trustedCA: Self.ca)
+        let k = with(SSHCertBuilder()) { $0.keyID = Array("client-re\u{301}".utf8) }
+        #expect(reason(policy.evaluate(presentedKeyBlob: k.blob, username: "gw-id", peerAddress: nil, now: Self.inWindow, verifier: FixedVerifier()))
+                == .keyIDMismatch(actual: "client-re\u{301}", expected: "client-r\u{E9}"))
+    }
+
     @Test("extensions are ignored (none grants anything on a relay)")
     func extensionsIgnored() {
         let b = with(SSHCertBuilder()) { $0.extensions = [("no-touch-required", []), ("permit-port-forwarding", []), ("x@y", Array("z".utf8))] }

@@ -360,9 +360,9 @@ public struct SSHWireWriter: Sendable {
     }
     /// A `string`. Contents longer than 4 GiB cannot be encoded; they are cut at `UInt32.max`.
     public mutating func string(_ s: [UInt8]) {
-        let n = min(s.count, Int(UInt32.max))
-        uint32(UInt32(n))
-        bytes.append(contentsOf: s[..<n])
+        let n = UInt32(clamping: s.count)
+        uint32(n)
+        bytes.append(contentsOf: s.prefix(Int(n)))
     }
     public mutating func string(_ s: String) { string(Array(s.utf8)) }
     /// A non-negative `mpint` from an unsigned big-endian magnitude (minimal encoding).
@@ -426,6 +426,11 @@ public enum SSHText {
         }
         return "\"" + inner + "\""
     }
+
+    /// Byte-for-byte equality of the UTF-8 encodings. Swift's `==` on `String` uses Unicode
+    /// canonical equivalence (`"é" == "e\u{301}"`); OpenSSH and Go compare bytes, and so
+    /// must every identity check here.
+    public static func bytesEqual(_ a: String, _ b: String) -> Bool { a.utf8.elementsEqual(b.utf8) }
 
     /// A list rendered like Go's `%q` of a `[]string`: `["a" "b"]`.
     public static func quotedList(_ items: [String]) -> String {

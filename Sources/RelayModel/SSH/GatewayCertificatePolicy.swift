@@ -105,7 +105,7 @@ public struct GatewayCertificatePolicy: Hashable, Sendable {
         }
         // 5. Critical options: source-address is enforced, anything else refused.
         for option in c.criticalOptions {
-            guard option.name == "source-address" else { return reject(.unsupportedCriticalOption(option.name)) }
+            guard SSHText.bytesEqual(option.name, "source-address") else { return reject(.unsupportedCriticalOption(option.name)) }
             guard let text = option.text, let blocks = SourceAddressList.parse(text) else {
                 return reject(.sourceAddressMalformed(SSHText.printable(String(decoding: option.value.prefix(512), as: UTF8.self))))
             }
@@ -118,12 +118,12 @@ public struct GatewayCertificatePolicy: Hashable, Sendable {
         }
         // 6. Principals: non-empty, the user name among them, principal[0] is the gateway id.
         guard let gatewayId = c.principals.first else { return reject(.noPrincipals) }
-        guard c.principals.contains(username) else {
+        guard c.principals.contains(where: { SSHText.bytesEqual($0, username) }) else {
             return reject(.principalNotAllowed(username: username, principals: c.principals))
         }
         guard !gatewayId.isEmpty else { return reject(.gatewayIdMissing) }
         // 7. Bound to this relay.
-        guard c.keyID == expectedKeyID else { return reject(.keyIDMismatch(actual: c.keyID, expected: expectedKeyID)) }
+        guard SSHText.bytesEqual(c.keyID, expectedKeyID) else { return reject(.keyIDMismatch(actual: c.keyID, expected: expectedKeyID)) }
 
         let name = c.principals.count > 1 ? c.principals[1] : ""
         return .accepted(GatewayIdentity(gatewayId: gatewayId, gatewayName: name.isEmpty ? nil : name, keyID: c.keyID, serial: c.serial))

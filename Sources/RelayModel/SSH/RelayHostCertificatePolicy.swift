@@ -79,7 +79,7 @@ public struct RelayHostCertificatePolicy: Hashable, Sendable {
         }
         // PROTOCOL.certkeys defines no critical options for host certificates.
         if let option = c.criticalOptions.first { return reject(.unsupportedCriticalOption(option.name)) }
-        guard c.principals.contains(principal) else { return reject(.principalMismatch(expected: principal, principals: c.principals)) }
+        guard c.principals.contains(where: { SSHText.bytesEqual($0, principal) }) else { return reject(.principalMismatch(expected: principal, principals: c.principals)) }
         guard c.publicKey.blob == presentedHostKey else { return reject(.hostKeyMismatch) }
         return .accepted(RelayHostIdentity(principal: principal, keyID: c.keyID, serial: c.serial))
     }
