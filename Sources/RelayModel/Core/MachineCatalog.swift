@@ -2,5 +2,7 @@
 public enum MachineCatalog {
     public static let all: [MachineEntry] = [
         // MACHINES (one `MachineEntry(Type.self),` per line)
+        MachineEntry(GatewayTunnelMachine.self),
+        MachineEntry(TunnelRegistryMachine.self),
     ]
 }
