@@ -436,7 +436,9 @@ public struct GatewayTunnelMachine: StateMachine {
     private mutating func onCandidatesUpdated(_ list: [RelayCandidate], _ now: Instant) -> [Action] {
         var seen = Set<String>()
         candidates = list.filter { seen.insert($0.name).inserted }
-        lastFailure = lastFailure.filter { seen.contains($0.key) }
+        // Forget only failures whose hold-down has passed: an empty or partial probe result must
+        // not make a relay that just failed look fresh.
+        lastFailure = lastFailure.filter { now - $0.value < config.failoverHoldDown }
         switch state {
         case .searching:
             if let choice = select(now) { return dial(choice.candidate, fallbackFrom: choice.fallbackFrom, now, logging: true) }
