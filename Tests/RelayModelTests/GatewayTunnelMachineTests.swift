@@ -500,6 +500,7 @@ struct GatewayTunnelMachineTests {
         var connected = false
         var lastFail: [String: Int64] = [:]
         var trace: [String] = []
+        var lastActions: [A] = []
 
         init(config: M.Config) { m = M(config: config) }
 
@@ -576,6 +577,7 @@ struct GatewayTunnelMachineTests {
             if case .timerFired(let k, _) = e, timers[k] != nil { timers[k] = nil; firedPending = true }
             let actions = m.handle(e)
             trace.append("\(before.stateName) + \(e) → \(m.stateName): \(actions.map(\.specName))")
+            lastActions = actions
 
             if case .closed = before.state {
                 if !actions.isEmpty || m.stateName != "closed" { problems.append("closed did not absorb \(e.specName)") }
@@ -648,6 +650,7 @@ struct GatewayTunnelMachineTests {
     @Test("random event sequences keep every invariant", .shrinking)
     func randomSequences() async {
         var steps = 0
+        var seen = Set<String>()
         let input = zip(Gen.int(in: 0...999), Gen.int(in: 0...20_000), Gen.int(in: 0...65_535)).array(of: 150...250)
         await propertyCheck(count: 560, input: input, Gen.uint64(in: 0...UInt64.max), Gen.int(in: 1...3)) { script, seed, limit in
             var d = Driver(config: M.Config(keepaliveMissLimit: limit, seed: seed))
@@ -655,6 +658,8 @@ struct GatewayTunnelMachineTests {
                 steps += 1
                 let e = d.nextEvent(choice, delta, p)
                 let problems = d.step(e)
+                seen.insert("state:\(d.m.stateName)")
+                seen.formUnion(d.lastActions.map(\.specName))
                 if !problems.isEmpty {
                     Issue.record("after \(d.trace.count) steps: \(problems.joined(separator: "; "))\ntrace:\n\(d.trace.suffix(25).joined(separator: "\n"))")
                     return
@@ -662,6 +667,8 @@ struct GatewayTunnelMachineTests {
             }
         }
         #expect(steps >= 100_000, "only \(steps) random steps")
+        let required: Set<String> = ["closeConnection(failback)", "closeConnection(keepaliveTimeout)", "closeConnection(hostKeyRejected)", "closeConnection(dialTimeout)", "closeConnection(handshakeTimeout)", "closeConnection(authenticationTimeout)", "closeConnection(drainTimedOut)", "log(keepaliveMissed)", "log(connectionLost)", "log(noUsableRelay)", "log(unexpectedEvent)", "report(connected)", "probeCandidates", "sendKeepalive", "state:draining", "state:closed", "state:searching"]
+        #expect(required.subtracting(seen).isEmpty, "never reached: \(required.subtracting(seen).sorted())")
     }
 
     // MARK: Fixtures
