@@ -6,5 +6,7 @@ public enum MachineCatalog {
         MachineEntry(HealthViewMachine.self),
         MachineEntry(EnrollmentMachine.self),
         MachineEntry(TokenLedgerMachine.self),
+        MachineEntry(GatewayTunnelMachine.self),
+        MachineEntry(TunnelRegistryMachine.self),
     ]
 }
