@@ -16,7 +16,8 @@ protocol GatewaySessionDelegate: AnyObject {
 
 /// One gateway's SSH connection to the relay, owned by one event loop. Holds the libssh session,
 /// its callback structs (stable addresses for the session's life), and its splices.
-final class GatewaySession {
+/// Loop-confined: `@unchecked Sendable` only so other threads can hand it back to its loop.
+final class GatewaySession: @unchecked Sendable {
     enum Authorization {
         case accept(gatewayId: String, gatewayName: String?)
         case reject(log: String)
