@@ -34,6 +34,9 @@ public final class RelayServer: @unchecked Sendable {
         /// Certificate clock-skew allowance for gateway SSH certificates.
         public var certificateSkew: Int64 = 0
         public var registry: TunnelRegistryMachine.Config
+        /// Sees every byte the relay splices, after the outer TLS is removed (what the relay
+        /// could read if it tried). For tests proving it carries only inner ciphertext.
+        public var spliceTap: (@Sendable ([UInt8]) -> Void)?
         public init(relayName: String, registry: TunnelRegistryMachine.Config = TunnelRegistryMachine.Config()) {
             self.relayName = relayName
             self.registry = registry
@@ -107,8 +110,12 @@ public final class RelayServer: @unchecked Sendable {
         boundTLSPort = tls.port
         for (i, loop) in loops.enumerated() { loop.start(name: "relay-loop-\(i)") }
         let acceptLoop = loops[0]
-        let sshL = Listener(fd: ssh.fd) { [unowned self] fd, peer in self.acceptSSH(fd: fd, peer: peer) }
-        let tlsL = Listener(fd: tls.fd) { [unowned self] fd, peer in self.acceptTLS(fd: fd, peer: peer) }
+        let sshL = Listener(fd: ssh.fd) { [weak self] fd, peer in
+            if let self { self.acceptSSH(fd: fd, peer: peer) } else { close(fd) }
+        }
+        let tlsL = Listener(fd: tls.fd) { [weak self] fd, peer in
+            if let self { self.acceptTLS(fd: fd, peer: peer) } else { close(fd) }
+        }
         sshListener = sshL
         tlsListener = tlsL
         acceptLoop.execute { acceptLoop.register(fd: ssh.fd, events: UInt32(RELAY_EPOLLIN), handler: sshL) }
