@@ -249,7 +249,7 @@ struct PlatformAPI: Sendable {
         let r = try await resource(kind, ctx)
         let now = PlatformClock.now()
         let outcome = try await store.write { db in
-            try PlatformLedger.handle(db, resource: r, event: .revoke(wallNow: UnixTime(seconds: now)), now: now)
+            try PlatformLedger.handle(db, resource: r, event: .revoke(wallNow: UnixTime(seconds: now)), now: now, ttl: service.configuration.enrollmentTokenTTLSeconds)
         }
         log.info("\(kind.label) access revoked", metadata: ["id": "\(r.id)", "name": "\(r.name)", "outcome": "\(outcome)"])
         return json(.object([("method", .string(r.authMethod.name))]))
@@ -264,7 +264,7 @@ struct PlatformAPI: Sendable {
         let now = PlatformClock.now()
         let outcome = try await store.write { db in
             try PlatformLedger.handle(db, resource: r, event: .mint(tokenHash: hash, resourceType: PlatformLedger.machineType(kind),
-                                                                     wallNow: UnixTime(seconds: now)), now: now)
+                                                                     wallNow: UnixTime(seconds: now)), now: now, ttl: service.configuration.enrollmentTokenTTLSeconds)
         }
         guard case .minted(let expiresAt) = outcome else { throw APIError(status: .internalServerError, message: "Could not mint a token") }
         log.info("Enrollment token minted", metadata: ["id": "\(r.id)", "name": "\(r.name)", "expiresAt": "\(PlatformClock.iso(expiresAt))"])
@@ -304,7 +304,7 @@ struct PlatformAPI: Sendable {
             guard let owner = try PlatformStore.tokenOwner(db, hash: hash), let r = try PlatformStore.resource(db, id: owner),
                   r.authMethod == .token else { return nil }
             let outcome = try PlatformLedger.handle(db, resource: r, event: .loginAttempted(
-                tokenHash: hash, expectedResourceType: PlatformLedger.machineType(kind), wallNow: UnixTime(seconds: now)), now: now)
+                tokenHash: hash, expectedResourceType: PlatformLedger.machineType(kind), wallNow: UnixTime(seconds: now)), now: now, ttl: service.configuration.enrollmentTokenTTLSeconds)
             return (r, outcome)
         }
         guard let (r, outcome) = result else {
@@ -357,7 +357,7 @@ struct PlatformAPI: Sendable {
         }
         let outcome = try await store.write { db -> PlatformLedger.Outcome in
             guard let fresh = try PlatformStore.resource(db, id: r.id) else { throw APIError.unauthorized() }
-            return try PlatformLedger.handle(db, resource: fresh, event: .awsLoginVerified(wallNow: UnixTime(seconds: now)), now: now)
+            return try PlatformLedger.handle(db, resource: fresh, event: .awsLoginVerified(wallNow: UnixTime(seconds: now)), now: now, ttl: service.configuration.enrollmentTokenTTLSeconds)
         }
         guard case .issued(let version) = outcome else { throw APIError(status: .internalServerError, message: "Internal server error") }
         log.info("\(kind.label) authenticated with AWS", metadata: [
@@ -377,7 +377,7 @@ struct PlatformAPI: Sendable {
         let result = try await store.write { db -> (ResourceRecord, PlatformLedger.Outcome)? in
             guard let r = try PlatformStore.resource(db, id: claims.resourceId), r.type == kind else { return nil }
             return (r, try PlatformLedger.handle(db, resource: r, event: .accessTokenPresented(
-                tokenVersion: claims.tokenVersion, wallNow: UnixTime(seconds: now)), now: now))
+                tokenVersion: claims.tokenVersion, wallNow: UnixTime(seconds: now)), now: now, ttl: service.configuration.enrollmentTokenTTLSeconds))
         }
         guard let (r, outcome) = result else { throw APIError.unauthorized("Invalid access token") }
         guard outcome == .accepted else {

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Dispatch
 import GRDB
 
 /// The platform's certificate authorities and the certificates it issues, with the shapes and
@@ -82,7 +83,14 @@ public final class PlatformCA: Sendable {
 
     /// Loads the hierarchy, creating whatever is missing (first start) in one transaction.
     public static func loadOrCreate(_ store: PlatformStore, now: Int64) throws -> PlatformCA {
-        try store.writeSync { db in
+        // Keys for missing authorities are generated up front, in parallel (RSA-2048 keygen is
+        // the slow part of a first start).
+        let missing = try store.readSync { db in try Name.allCases.filter { try PlatformStore.authority(db, $0.rawValue) == nil } }
+        let fresh = KeyPool(count: missing.count)
+        try fresh.generate()
+        var freshKeys: [Name: KeyPair] = [:]
+        for (i, n) in missing.enumerated() { freshKeys[n] = fresh.keys[i]! }
+        return try store.writeSync { db in
             var x509: [Name: Authority] = [:]
             var ssh: [Name: KeyPair] = [:]
             func load(_ n: Name) throws -> Authority? {
@@ -91,7 +99,7 @@ public final class PlatformCA: Sendable {
             }
             func ca(_ n: Name, parent: Name?, pathLen: Int) throws {
                 if let a = try load(n) { x509[n] = a; return }
-                let key = try KeyPair.generate(.rsa2048)
+                let key = try freshKeys[n] ?? KeyPair.generate(.rsa2048)
                 var b = CertificateBuilder(subject: [("O", "Infisical"), ("CN", n.commonName)])
                 b.serial = try Crypto.randomSerial()
                 b.lifetime = caNotAfter - now
@@ -106,7 +114,7 @@ public final class PlatformCA: Sendable {
             }
             func sshCA(_ n: Name) throws {
                 if let row = try PlatformStore.authority(db, n.rawValue) { ssh[n] = try KeyPair.load(pem: row.privateKey); return }
-                let key = try KeyPair.generate(.rsa2048)
+                let key = try freshKeys[n] ?? KeyPair.generate(.rsa2048)
                 try PlatformStore.insertAuthority(db, name: n.rawValue, certificate: "", privateKey: key.privateKeyPEM, now: now)
                 ssh[n] = key
             }
@@ -121,6 +129,25 @@ public final class PlatformCA: Sendable {
             try sshCA(.relaySSHServer)
             try sshCA(.relaySSHClient)
             return PlatformCA(x509, ssh: ssh)
+        }
+    }
+
+    /// Generates `count` RSA-2048 keys on all cores.
+    final class KeyPool: @unchecked Sendable {
+        private(set) var keys: [KeyPair?]
+        private var failure: RuntimeError?
+        private let lock = NSLockLite()
+        init(count: Int) { keys = Array(repeating: nil, count: count) }
+        func generate() throws {
+            DispatchQueue.concurrentPerform(iterations: keys.count) { i in
+                do {
+                    let k = try KeyPair.generate(.rsa2048)
+                    lock.withLock { keys[i] = k }
+                } catch {
+                    lock.withLock { failure = (error as? RuntimeError) ?? .resource("\(error)") }
+                }
+            }
+            if let failure { throw failure }
         }
     }
 
@@ -236,5 +263,17 @@ public final class PlatformCA: Sendable {
                         ("authorityKeyIdentifier", "keyid:always"),
                         ("subjectAltName", unique.map(PlatformCA.altName).joined(separator: ","))]
         return try issue(b, by: https)
+    }
+}
+
+/// A pthread mutex for non-Sendable state touched from `concurrentPerform` workers.
+final class NSLockLite: @unchecked Sendable {
+    private var m = pthread_mutex_t()
+    init() { pthread_mutex_init(&m, nil) }
+    deinit { pthread_mutex_destroy(&m) }
+    func withLock<T>(_ body: () throws -> T) rethrows -> T {
+        pthread_mutex_lock(&m)
+        defer { pthread_mutex_unlock(&m) }
+        return try body()
     }
 }

@@ -25,8 +25,8 @@ enum PlatformLedger {
     static func machineType(_ k: ResourceKind) -> Machine.ResourceType { k == .relay ? .relay : .gateway }
 
     /// Rebuilds the ledger from its recorded events (their actions were performed when they happened).
-    static func load(_ db: Database, resourceId: String) throws -> Machine {
-        var m = Machine(config: .infisical)
+    static func load(_ db: Database, resourceId: String, ttl: Int64) throws -> Machine {
+        var m = Machine(config: Machine.Config(enrollmentTokenTTL: ttl))
         for text in try PlatformStore.ledgerEvents(db, resourceId: resourceId) {
             let event = try JSONText.decode(Machine.Event.self, from: text)
             _ = m.handle(event)
@@ -35,8 +35,8 @@ enum PlatformLedger {
     }
 
     /// Feeds `event` to the resource's ledger and performs the actions. Must run inside a write.
-    static func handle(_ db: Database, resource: ResourceRecord, event: Machine.Event, now: Int64) throws -> Outcome {
-        var machine = try load(db, resourceId: resource.id)
+    static func handle(_ db: Database, resource: ResourceRecord, event: Machine.Event, now: Int64, ttl: Int64) throws -> Outcome {
+        var machine = try load(db, resourceId: resource.id, ttl: ttl)
         let actions = machine.handle(event)
         // Access-token checks change nothing (spec: state unchanged, no store actions); they are
         // not recorded, so the log grows only with mints, logins and revocations.

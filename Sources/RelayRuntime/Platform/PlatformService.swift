@@ -1,7 +1,6 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import Dispatch
 import Hummingbird
 import HummingbirdCore
 import HummingbirdTLS
@@ -34,6 +33,9 @@ public final class PlatformService: Sendable {
         /// A relay is Healthy while its last successful probe is younger than this (seconds).
         public var relayStaleAfterSeconds: Int64 = 3600
         public var gatewayStaleAfterSeconds: Int64 = 540
+        /// Enrollment-token lifetime (Infisical: 3600 s). A deployment keeps it constant: the token
+        /// ledger is rebuilt from its events with this value.
+        public var enrollmentTokenTTLSeconds: Int64 = 3600
         /// Logins allowed per source address per minute (Infisical: 10).
         public var loginsPerMinute: Int = 10
         /// Seconds between health sweeps.
@@ -183,13 +185,35 @@ public final class PlatformService: Sendable {
 
     // MARK: Blocking work
 
-    /// Runs blocking work (libcurl, the TLS probe, RSA key generation) off the cooperative pool.
+    /// Runs blocking work (libcurl, the TLS probe, RSA key generation) on a thread of its own:
+    /// not on the cooperative pool, and not on GCD's global queues, whose few threads GRDB's
+    /// writer queue also needs (blocking them stalls every store write).
     static func blocking<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
         try await withCheckedThrowingContinuation { cont in
-            DispatchQueue.global().async {
+            BlockingThread.spawn {
                 do { cont.resume(returning: try body()) } catch { cont.resume(throwing: error) }
             }
         }
+    }
+}
+
+/// Detached pthreads for blocking calls.
+enum BlockingThread {
+    final class Box { let body: () -> Void; init(_ b: @escaping () -> Void) { body = b } }
+
+    static func spawn(_ body: @escaping @Sendable () -> Void) {
+        let box = Unmanaged.passRetained(Box(body)).toOpaque()
+        var attr = pthread_attr_t()
+        pthread_attr_init(&attr)
+        pthread_attr_setdetachstate(&attr, Int32(PTHREAD_CREATE_DETACHED))
+        var tid = pthread_t()
+        let rc = pthread_create(&tid, &attr, { arg in
+            let b = Unmanaged<Box>.fromOpaque(arg!).takeRetainedValue()
+            b.body()
+            return nil
+        }, box)
+        pthread_attr_destroy(&attr)
+        if rc != 0 { Unmanaged<Box>.fromOpaque(box).takeRetainedValue().body() }
     }
 }
 
@@ -258,7 +282,7 @@ struct HealthSweep: Service {
     func run() async throws {
         let interval = max(1, service.configuration.sweepIntervalSeconds)
         while !Task.isCancelled && !Task.isShuttingDownGracefully {
-            try? await Task.sleep(for: .seconds(interval))
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .seconds(interval)) }
             if Task.isCancelled || Task.isShuttingDownGracefully { break }
             do { try await sweep() } catch { RelayLog.platform.warning("Health sweep failed: \(error)") }
         }

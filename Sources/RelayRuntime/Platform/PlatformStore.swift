@@ -96,6 +96,11 @@ public final class PlatformStore: Sendable {
     func readSync<T>(_ body: (Database) throws -> T) throws -> T { try pool.read(body) }
     func writeSync<T>(_ body: (Database) throws -> T) throws -> T { try pool.write(body) }
 
+    /// Moves the WAL into the main file (before copying the file, e.g. a test template).
+    public func checkpoint() throws {
+        try pool.writeWithoutTransaction { db in try db.execute(sql: "PRAGMA wal_checkpoint(TRUNCATE)") }
+    }
+
     // MARK: Settings
 
     static func setting(_ db: Database, _ key: String) throws -> String? {

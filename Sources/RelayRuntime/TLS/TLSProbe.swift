@@ -56,7 +56,7 @@ public enum TLSProbe {
         while true {
             let r = buf.withUnsafeMutableBytes { conn.read($0) }
             switch r {
-            case .done: continue
+            case .done: if remaining() == 0 { return .success(()) }
             case .closed: return .success(())
             case .failed(let m): return .failure(.tls(m))
             case .wantRead: if !wait(Int16(POLLIN)) { return .success(()) }
