@@ -4,5 +4,9 @@ public enum MachineCatalog {
         // MACHINES (one `MachineEntry(Type.self),` per line)
         MachineEntry(HeartbeatMachine.self),
         MachineEntry(HealthViewMachine.self),
+        MachineEntry(EnrollmentMachine.self),
+        MachineEntry(TokenLedgerMachine.self),
+        MachineEntry(GatewayTunnelMachine.self),
+        MachineEntry(TunnelRegistryMachine.self),
     ]
 }

@@ -7,7 +7,7 @@ import RelayModel
 /// An inbound :8443 connection during its TLS handshake (5 s deadline, as Infisical). When the
 /// handshake completes, the client certificate's identity is read and the connection is handed
 /// on without its fd registered anywhere.
-final class PlatformConnection: PollHandler {
+final class PlatformConnection: PollHandler, @unchecked Sendable {
     struct Identity: Equatable {
         var gatewayId: String
         var gatewayName: String?

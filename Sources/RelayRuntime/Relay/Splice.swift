@@ -13,7 +13,7 @@ import RelayModel
 /// channel → TLS is bounded by `toTLS` — when it is full the data callback consumes nothing, libssh
 /// keeps the bytes and stops growing our window, which throttles the gateway. Half-close
 /// propagates: TLS EOF → channel EOF, channel EOF → TLS close_notify.
-final class Splice: PollHandler {
+final class Splice: PollHandler, @unchecked Sendable {
     enum Phase: Equatable { case opening, open, closed }
 
     let id: UInt64
@@ -31,6 +31,8 @@ final class Splice: PollHandler {
     private var interest: UInt32 = 0
     private let openDeadline: Instant
     private(set) var bytesUp: UInt64 = 0, bytesDown: UInt64 = 0
+    /// Called once when the gateway confirmed the channel.
+    var onOpen: ((Splice) -> Void)?
     /// Called once when the splice has ended (on the loop, outside libssh callbacks).
     var onClose: ((Splice, String) -> Void)?
 
@@ -73,6 +75,8 @@ final class Splice: PollHandler {
 
     private func didOpen(_ ch: OpaquePointer) {
         phase = .open
+        onOpen?(self)
+        onOpen = nil
         let me = Unmanaged.passUnretained(self).toOpaque()
         relay_ssh_channel_callbacks_init(channelCallbacks)
         channelCallbacks.pointee.userdata = me

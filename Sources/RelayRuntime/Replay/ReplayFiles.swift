@@ -43,17 +43,76 @@ public enum ReplayFiles {
         }
     }
 
+    /// A fixture file, or a `--trace-out` JSON Lines trace (one fixture per machine instance).
+    public static func loadFixtures(path: String) -> Result<[Fixture], LoadError> {
+        switch readFile(path) {
+        case .failure(let e): return .failure(LoadError(message: "\(path): cannot read: \(e.reason)"))
+        case .success(let bytes):
+            if let whole = try? Jansson.parse(bytes: bytes) {
+                do { return .success([try Fixture(json: whole)]) } catch { return .failure(LoadError(message: "\(path): \(error)")) }
+            }
+            let lines = bytes.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: true)
+            guard lines.count > 1 else {
+                do { _ = try Jansson.parse(bytes: bytes) } catch { return .failure(LoadError(message: "\(path): \(error)")) }
+                return .failure(LoadError(message: "\(path): not a fixture"))
+            }
+            return parseTrace(lines.map(Array.init), path: path)
+        }
+    }
+
+    static func parseTrace(_ lines: [[UInt8]], path: String) -> Result<[Fixture], LoadError> {
+        var order: [String] = []
+        var headers: [String: JSONValue] = [:]
+        var steps: [String: [JSONValue]] = [:]
+        for (i, line) in lines.enumerated() {
+            let v: JSONValue
+            do { v = try Jansson.parse(bytes: line) } catch {
+                return .failure(LoadError(message: "\(path): line \(i + 1): \(error)"))
+            }
+            guard let machine = v["machine"]?.stringValue else {
+                return .failure(LoadError(message: "\(path): line \(i + 1): missing \"machine\""))
+            }
+            let key = machine + "\u{0}" + (v["instance"]?.stringValue ?? "")
+            if v["event"] == nil {
+                if headers[key] == nil { order.append(key) }
+                headers[key] = v
+            } else {
+                guard headers[key] != nil else {
+                    return .failure(LoadError(message: "\(path): line \(i + 1): step before its header"))
+                }
+                steps[key, default: []].append(v)
+            }
+        }
+        var out: [Fixture] = []
+        for key in order {
+            guard let h = headers[key], case .object(var top) = h else { continue }
+            top.removeAll { $0.key == "instance" }
+            top.append(("steps", .array((steps[key] ?? []).map { s in
+                guard case .object(let o) = s else { return s }
+                return .object(o.filter { $0.key != "machine" && $0.key != "instance" })
+            })))
+            if var f = try? Fixture(json: .object(top)) {
+                f.description = "trace of \(h["machine"]?.stringValue ?? "?") instance \(h["instance"]?.stringValue ?? "")"
+                out.append(f)
+            } else {
+                do { _ = try Fixture(json: .object(top)) } catch { return .failure(LoadError(message: "\(path): \(error)")) }
+            }
+        }
+        return .success(out)
+    }
+
     public static func run(paths: [String], verbose: Bool = true) -> Outcome {
         var out: [String] = []
         var errors: [String] = []
         var diverged = false
         guard !paths.isEmpty else { return Outcome(exitCode: 2, output: [], errors: ["relay replay: no files given"]) }
         for path in paths {
-            let fixture: Fixture
-            switch loadFixture(path: path) {
+            let fixtures: [Fixture]
+            switch loadFixtures(path: path) {
             case .failure(let e): errors.append("relay replay: \(e.message)"); continue
-            case .success(let f): fixture = f
+            case .success(let f): fixtures = f
             }
+            for fixture in fixtures {
             let report: ReplayReport
             do { report = try MachineEntry.replay(fixture) } catch {
                 errors.append("relay replay: \(path): \(error)")
@@ -81,6 +140,7 @@ public enum ReplayFiles {
                 }
             }
             if report.firstDivergence == nil { out.append("  OK: all \(report.steps.count) steps match") }
+            }
         }
         let code: Int32 = !errors.isEmpty ? 2 : (diverged ? 1 : 0)
         return Outcome(exitCode: code, output: out, errors: errors)

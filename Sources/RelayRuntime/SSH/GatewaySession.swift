@@ -2,22 +2,22 @@
 import Glibc
 #endif
 import CLibSSH
-import COpenSSL
 import CRelayShims
 import RelayModel
 
 /// What a gateway session asks of the relay; implemented by the relay server.
 protocol GatewaySessionDelegate: AnyObject {
-    /// Decide whether `user` may authenticate with this key. `certificate` is the full OpenSSH
-    /// certificate blob, or nil for a raw key. Called on the session's loop.
-    func authorize(_ session: GatewaySession, user: String, certificate: [UInt8]?) -> GatewaySession.Authorization
+    /// Decide whether `user` may authenticate with this key (`presentedKey`: the base64 blob
+    /// libssh exports — a certificate, or a raw key to be refused). Called on the session's loop.
+    func authorize(_ session: GatewaySession, user: String, presentedKey: String) -> GatewaySession.Authorization
     func authenticated(_ session: GatewaySession)
     func closed(_ session: GatewaySession, reason: String)
 }
 
 /// One gateway's SSH connection to the relay, owned by one event loop. Holds the libssh session,
 /// its callback structs (stable addresses for the session's life), and its splices.
-final class GatewaySession {
+/// Loop-confined: `@unchecked Sendable` only so other threads can hand it back to its loop.
+final class GatewaySession: @unchecked Sendable {
     enum Authorization {
         case accept(gatewayId: String, gatewayName: String?)
         case reject(log: String)
@@ -129,16 +129,13 @@ final class GatewaySession {
         guard phase == .authenticating || phase == .keyExchange, let key, let delegate else {
             return Int32(SSH_AUTH_DENIED.rawValue)
         }
-        var blob: [UInt8]?
-        if GatewaySession.isCertificate(ssh_key_type(key)) {
-            var b64: UnsafeMutablePointer<CChar>?
-            if ssh_pki_export_pubkey_base64(key, &b64) == SSH_OK, let b64 {
-                blob = OpenSSLBase64.decode(String(cString: b64))
-                ssh_string_free_char(b64)
-            }
-            if blob == nil { blob = [] }
+        var b64: UnsafeMutablePointer<CChar>?
+        var presented = ""
+        if ssh_pki_export_pubkey_base64(key, &b64) == SSH_OK, let b64 {
+            presented = String(cString: b64)
+            ssh_string_free_char(b64)
         }
-        switch delegate.authorize(self, user: user, certificate: blob) {
+        switch delegate.authorize(self, user: user, presentedKey: presented) {
         case let .accept(gatewayId, gatewayName):
             if state == CChar(SSH_PUBLICKEY_STATE_VALID.rawValue) {
                 self.gatewayId = gatewayId
@@ -158,11 +155,6 @@ final class GatewaySession {
             }
             return Int32(SSH_AUTH_DENIED.rawValue)
         }
-    }
-
-    static func isCertificate(_ t: ssh_keytypes_e) -> Bool {
-        [SSH_KEYTYPE_RSA_CERT01, SSH_KEYTYPE_ED25519_CERT01, SSH_KEYTYPE_ECDSA_P256_CERT01,
-         SSH_KEYTYPE_ECDSA_P384_CERT01, SSH_KEYTYPE_ECDSA_P521_CERT01, SSH_KEYTYPE_DSS_CERT01].contains(t)
     }
 
     // MARK: Keepalive (DESIGN D3)
@@ -201,15 +193,3 @@ final class GatewaySession {
     var isConnected: Bool { ssh_is_connected(session) != 0 && ssh_get_status(session) & Int32(SSH_CLOSED | SSH_CLOSED_ERROR) == 0 }
 }
 
-/// Base64 through OpenSSL for text libssh produced itself (trusted format).
-enum OpenSSLBase64 {
-    static func decode(_ text: String) -> [UInt8]? {
-        let input = Array(text.utf8)
-        guard !input.isEmpty, input.count % 4 == 0 else { return nil }
-        var out = [UInt8](repeating: 0, count: input.count / 4 * 3)
-        let n = EVP_DecodeBlock(&out, input, Int32(input.count))
-        guard n >= 0 else { return nil }
-        let pad = input.suffix(2).filter { $0 == UInt8(ascii: "=") }.count
-        return Array(out.prefix(Int(n) - pad))
-    }
-}

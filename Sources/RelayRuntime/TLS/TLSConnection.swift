@@ -5,7 +5,7 @@ import COpenSSL
 import CRelayShims
 
 /// One non-blocking TLS connection over a socket it owns. Used from one loop thread at a time.
-final class TLSConnection {
+final class TLSConnection: @unchecked Sendable {
     enum IO: Equatable {
         case done(Int)
         case wantRead

@@ -1,0 +1,209 @@
+/// Every line the enrollment machine tells the operator, as data: the runtime prints `text` at
+/// `severity`, and the tests assert it. Lines that exist in Infisical's CLI are verbatim
+/// (infisical-protocol.md §2.1, §2.2, §5.2); the others are ours.
+///
+/// Spec: Specs/enrollment.md §3, §4
+public enum EnrollmentMessage: Codable, Equatable, Sendable, CaseNamed {
+    /// The state file does not parse; it is left untouched and the start fails.
+    case stateFileCorrupt(statePath: String, reason: String)
+    /// The state file is not trustworthy (owner, symlink, mode); left untouched, the start fails.
+    case stateFileRefused(statePath: String, reason: EnrollmentMachine.StateFileRefusal)
+    /// Infisical: the presented token is the stored one, so no login.
+    case tokenMatchesStored
+    /// Infisical: no token given, a stored access token is used.
+    case usingStoredAccessToken
+    /// No token given, `INFISICAL_RELAY_ACCESS_TOKEN` is used.
+    case usingAccessTokenFromEnvironment
+    /// Infisical's `<name>.conf` was imported and is about to be saved in our format.
+    case legacyStateImported(relayName: String, statePath: String)
+    /// Infisical: a login with the enrollment token starts.
+    case enrollingWithToken
+    /// Infisical: token method without a token or a stored access token.
+    case tokenRequired
+    /// Infisical: aws method without a relay id.
+    case relayIdRequired
+    /// `INFISICAL_RELAY_ACCESS_TOKEN` is set but the aws method never reuses a credential.
+    case accessTokenFromEnvironmentIgnored
+    /// Infisical: an STS request is about to be signed.
+    case authenticatingViaAws
+    /// The runtime found no usable AWS credentials.
+    case awsCredentialsUnavailable(reason: String)
+    /// The platform does not know the token.
+    case tokenInvalid(domain: String)
+    /// The platform does not know a token this host presented before without saving a credential.
+    case tokenProbablyUsed
+    /// The token is past its 1-hour lifetime.
+    case tokenExpired
+    /// The token was consumed already.
+    case tokenAlreadyUsed
+    /// The platform refused the token login with another message.
+    case loginRejected(message: String)
+    /// The platform refused the AWS login.
+    case awsLoginRejected(detail: String)
+    /// A login attempt failed transiently; another follows after `retryIn`.
+    case loginRetrying(problem: String, attempt: Int, retryIn: TimeSpan)
+    /// Login attempts are exhausted.
+    case loginGaveUp(problem: String, attempts: Int)
+    /// Infisical: the token login's result was saved.
+    case relayEnrolled(statePath: String)
+    /// Infisical: the AWS login's result was saved.
+    case awsAuthenticated(statePath: String)
+    /// The token login succeeded but its result could not be saved; the token is spent.
+    case enrollmentNotSaved(statePath: String, reason: String)
+    /// The AWS login's relay id and domain could not be saved.
+    case awsStateNotSaved(statePath: String, reason: String)
+    /// The imported legacy state could not be saved in our format.
+    case legacyStateNotSaved(statePath: String, reason: String)
+    /// Infisical: the first connect starts.
+    case startingRelay
+    /// Infisical: the first connect succeeded.
+    case connected
+    /// A connect attempt failed transiently (or returned unusable certificates).
+    case connectRetrying(problem: String, attempt: Int, retryIn: TimeSpan)
+    /// Connect attempts are exhausted.
+    case connectGaveUp(problem: String, attempts: Int)
+    /// The platform refused the access token: revoked or replaced.
+    case credentialRejected(method: EnrollmentMachine.EnrollMethod)
+    /// Infisical: the renewal connect starts.
+    case renewingCertificates
+    /// Infisical: a renewal succeeded.
+    case certificatesRenewed
+    /// Infisical (`Failed to renew certificates: %v`), with the retry delay appended.
+    case renewalFailed(problem: String, retryIn: TimeSpan)
+    /// The certificates are about to expire without a renewal: not accepting connections.
+    case certificatesLapsed(notAfter: UnixTime)
+    /// Infisical: an orderly stop begins.
+    case shuttingDown
+    /// An event the current state does not expect; nothing changed.
+    case unexpectedEvent(event: String, state: String)
+
+    public enum Severity: String, Codable, Equatable, Sendable { case info, warning, error }
+
+    public var severity: Severity {
+        switch self {
+        case .tokenMatchesStored, .usingStoredAccessToken, .usingAccessTokenFromEnvironment, .legacyStateImported,
+             .enrollingWithToken, .authenticatingViaAws, .relayEnrolled, .awsAuthenticated, .startingRelay,
+             .connected, .renewingCertificates, .certificatesRenewed, .shuttingDown:
+            return .info
+        case .accessTokenFromEnvironmentIgnored, .loginRetrying, .enrollmentNotSaved, .awsStateNotSaved,
+             .legacyStateNotSaved, .connectRetrying, .renewalFailed, .unexpectedEvent:
+            return .warning
+        case .stateFileCorrupt, .stateFileRefused, .tokenRequired, .relayIdRequired, .awsCredentialsUnavailable,
+             .tokenInvalid, .tokenProbablyUsed, .tokenExpired, .tokenAlreadyUsed, .loginRejected, .awsLoginRejected,
+             .loginGaveUp, .connectGaveUp, .credentialRejected, .certificatesLapsed:
+            return .error
+        }
+    }
+
+    /// The exact line the operator sees.
+    public var text: String {
+        switch self {
+        case let .stateFileCorrupt(path, reason):
+            return "The relay state file \(path) is corrupt (\(reason)); it was left untouched. Move it aside and enroll again with a new enrollment token (--token)."
+        case let .stateFileRefused(path, reason):
+            return "Refusing to use the relay state file \(path): it \(reason.explanation). It was left untouched: make it a regular file owned by this user with mode 0600 in a 0700 directory, or move it aside and enroll again."
+        case .tokenMatchesStored:
+            return "Enrollment token matches stored token. Using stored access token..."
+        case .usingStoredAccessToken:
+            return "Using stored access token..."
+        case .usingAccessTokenFromEnvironment:
+            return "Using access token from INFISICAL_RELAY_ACCESS_TOKEN..."
+        case let .legacyStateImported(name, path):
+            return "Imported the Infisical CLI state of relay '\(name)' (\(name).conf); saving it to \(path) without the plaintext enrollment token"
+        case .enrollingWithToken:
+            return "Enrolling relay with enrollment token..."
+        case .tokenRequired:
+            return "--token is required when --enroll-method=token (no stored access token found)"
+        case .relayIdRequired:
+            return "--relay-id is required when --enroll-method=aws"
+        case .accessTokenFromEnvironmentIgnored:
+            return "INFISICAL_RELAY_ACCESS_TOKEN is ignored with --enroll-method=aws: the relay authenticates via AWS on every start"
+        case .authenticatingViaAws:
+            return "Authenticating relay via AWS Auth (STS GetCallerIdentity)..."
+        case let .awsCredentialsUnavailable(reason):
+            return "No usable AWS credentials: \(reason). The relay looks in the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN), the shared credentials and config files (AWS_PROFILE), container credentials and instance metadata (IMDSv2)."
+        case let .tokenInvalid(domain):
+            return "Invalid enrollment token: check that you copied the whole token, that it was minted for this relay, and that --domain (\(domain)) is the platform that minted it."
+        case .tokenProbablyUsed:
+            return "Invalid enrollment token: an earlier run on this host presented this token and stopped before saving its access token, so the platform has most likely consumed it. Enrollment tokens are single use: mint a new one and start again with --token."
+        case .tokenExpired:
+            return "Enrollment token has expired: enrollment tokens last 1 hour. Mint a new enrollment token for this relay and start again with --token."
+        case .tokenAlreadyUsed:
+            return "Enrollment token has already been used: enrollment tokens are single use. Mint a new enrollment token for this relay and start again with --token."
+        case let .loginRejected(message):
+            return "Enrollment was refused by the platform: \(message)"
+        case let .awsLoginRejected(detail):
+            return "AWS authentication was rejected by the platform: \(detail). Check the relay's allowed AWS account IDs and principal ARNs, and which AWS identity this host uses."
+        case let .loginRetrying(problem, attempt, retryIn):
+            return "Login attempt \(attempt) failed: \(problem); retrying in \(EnrollmentFormat.span(retryIn))"
+        case let .loginGaveUp(problem, attempts):
+            return "Giving up after \(attempts) login attempts: \(problem)"
+        case let .relayEnrolled(path):
+            return "Relay enrolled successfully. Access token saved to \(path)"
+        case let .awsAuthenticated(path):
+            return "Relay authenticated via AWS Auth. State saved to \(path)"
+        case let .enrollmentNotSaved(path, reason):
+            return "WARNING: the relay enrolled, but its access token could not be saved to \(path): \(reason). The relay keeps running with the access token in memory, but the enrollment token is now used up: after a restart the relay will need a new enrollment token."
+        case let .awsStateNotSaved(path, reason):
+            return "Could not save the relay state to \(path): \(reason). Continuing: AWS auth stores no credential, but a later start will need --relay-id."
+        case let .legacyStateNotSaved(path, reason):
+            return "Could not save the imported relay state to \(path): \(reason). Continuing with the imported credential; the Infisical .conf file was left as it was."
+        case .startingRelay:
+            return "Starting relay..."
+        case .connected:
+            return "Successfully connected relay and received certificates via v2 API"
+        case let .connectRetrying(problem, attempt, retryIn):
+            return "Connect attempt \(attempt) failed: \(problem); retrying in \(EnrollmentFormat.span(retryIn))"
+        case let .connectGaveUp(problem, attempts):
+            return "Giving up after \(attempts) connect attempts: \(problem)"
+        case .credentialRejected(.token):
+            return "The platform rejected the relay's access token: it was revoked or replaced. Mint a new enrollment token for this relay and start again with --token."
+        case .credentialRejected(.aws):
+            return "The platform rejected the relay's access token: it was revoked, or another process authenticated as this relay (each AWS login replaces the previous token). Check the relay's AWS allowlists and that no other relay uses this relay id, then restart to authenticate again."
+        case .renewingCertificates:
+            return "Renewing certificates..."
+        case .certificatesRenewed:
+            return "Certificates renewed successfully"
+        case let .renewalFailed(problem, retryIn):
+            return "Failed to renew certificates: \(problem); retrying in \(EnrollmentFormat.span(retryIn))"
+        case let .certificatesLapsed(notAfter):
+            return "The relay's certificates expire at \(EnrollmentFormat.date(notAfter)) and could not be renewed: no longer accepting connections until a renewal succeeds"
+        case .shuttingDown:
+            return "Shutting down relay server..."
+        case let .unexpectedEvent(event, state):
+            return "Ignoring unexpected event \(event) in state \(state)"
+        }
+    }
+}
+
+/// Formatting for operator messages (no Foundation in the model).
+public enum EnrollmentFormat {
+    /// `0.8s`, `12.3s`, `4m12s`, `6h0m`.
+    public static func span(_ t: TimeSpan) -> String {
+        let ms = max(0, t.milliseconds)
+        if ms < 60_000 { return "\(ms / 1000).\((ms % 1000) / 100)s" }
+        let s = ms / 1000
+        if s < 3600 { return "\(s / 60)m\(s % 60)s" }
+        return "\(s / 3600)h\((s % 3600) / 60)m"
+    }
+
+    /// ISO 8601 in UTC, e.g. `2026-01-02T03:04:05Z` (civil-from-days, H. Hinnant). Clamped to the
+    /// years 0001…9999 so no input can overflow.
+    public static func date(_ t: UnixTime) -> String {
+        let secs = min(max(t.seconds, -62_135_596_800), 253_402_300_799)
+        let days = secs >= 0 ? secs / 86_400 : -((-secs + 86_399) / 86_400)
+        let rem = secs - days * 86_400
+        let z = days + 719_468
+        let era = (z >= 0 ? z : z - 146_096) / 146_097
+        let doe = z - era * 146_097
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100)
+        let mp = (5 * doy + 2) / 153
+        let d = doy - (153 * mp + 2) / 5 + 1
+        let m = mp < 10 ? mp + 3 : mp - 9
+        let y = yoe + era * 400 + (m <= 2 ? 1 : 0)
+        func two(_ n: Int64) -> String { n < 10 ? "0\(n)" : "\(n)" }
+        let year = String(repeating: "0", count: max(0, 4 - String(y).count)) + String(y)
+        return "\(year)-\(two(m))-\(two(d))T\(two(rem / 3600)):\(two(rem % 3600 / 60)):\(two(rem % 60))Z"
+    }
+}

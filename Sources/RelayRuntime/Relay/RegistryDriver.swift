@@ -1,0 +1,242 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Logging
+import RelayModel
+import Synchronization
+
+/// Drives the `TunnelRegistryMachine` (Specs/tunnelRegistry.md) with the relay's real sessions,
+/// platform connections and splices. Events come from every loop thread; the machine decides
+/// under its lock; `perform` carries each action to the loop that owns the object it names.
+final class RegistryDriver: GatewaySessionDelegate, @unchecked Sendable {
+    typealias Machine = TunnelRegistryMachine
+
+    let machine: Driven<Machine>
+    weak var server: RelayServer?
+    private let objects = Mutex<Objects>(Objects())
+    private var timerLoop: EventLoop?
+    private var timers: [Machine.TimerKind: TimerHeap.ID] = [:] // timerLoop only
+    private var onStopped: (() -> Void)?
+    let metrics: RelayMetrics
+
+    struct Objects {
+        var sessions: [Int: GatewaySession] = [:]
+        var clients: [Int: PlatformConnection] = [:]
+        var splices: [Int: Splice] = [:]
+        var authenticated: Set<Int> = []
+    }
+
+    init(config: Machine.Config, trace: TraceRecorder?, metrics: RelayMetrics) {
+        machine = Driven(Machine.self, config: config, instance: "relay", trace: trace)
+        self.metrics = metrics
+    }
+
+    private func key(_ id: UInt64) -> Int { Int(truncatingIfNeeded: id) }
+
+    // MARK: Events in
+
+    func start(on loop: EventLoop) {
+        timerLoop = loop
+        loop.execute { [self] in perform(machine.handle(.start(now: Clock.now()))) }
+    }
+
+    func track(_ session: GatewaySession) {
+        objects.withLock { $0.sessions[key(session.id)] = session }
+    }
+
+    func authorize(_ session: GatewaySession, user: String, presentedKey: String) -> GatewaySession.Authorization {
+        guard let server else { return .reject(log: "relay is shutting down") }
+        let decision = server.authorize(user: user, presentedKey: presentedKey, peer: session.peer)
+        metrics.authAttempt(accepted: { if case .accept = decision { return true } else { return false } }())
+        return decision
+    }
+
+    func authenticated(_ session: GatewaySession) {
+        guard let gid = session.gatewayId else { return }
+        objects.withLock { _ = $0.authenticated.insert(key(session.id)) }
+        server?.releaseAdmission(session.peer)
+        perform(machine.handle(.gatewayAuthenticated(
+            connection: key(session.id), gatewayId: gid, gatewayName: session.gatewayName ?? "", now: Clock.now())))
+    }
+
+    func closed(_ session: GatewaySession, reason: String) {
+        let wasAuthenticated = objects.withLock { o -> Bool in
+            o.sessions[key(session.id)] = nil
+            return o.authenticated.remove(key(session.id)) != nil
+        }
+        if !wasAuthenticated {
+            server?.releaseAdmission(session.peer)
+            if reason != "done" { RelayLog.ssh.info("SSH connection from \(session.peer) closed before authentication: \(reason)") }
+            return
+        }
+        let cause: TransportCloseCause
+        switch reason {
+        case "closed locally": cause = .closedLocally
+        case "connection closed": cause = .closedByPeer
+        default: cause = .io(detail: reason)
+        }
+        perform(machine.handle(.connectionClosed(connection: key(session.id), cause: cause, now: Clock.now())))
+    }
+
+    func platformConnected(_ conn: PlatformConnection, identity: PlatformConnection.Identity) {
+        objects.withLock { $0.clients[key(conn.id)] = conn }
+        perform(machine.handle(.platformConnectionRouted(
+            client: key(conn.id), peer: conn.peer.description, gatewayId: identity.gatewayId,
+            gatewayName: identity.gatewayName ?? "", organization: identity.organization ?? "", now: Clock.now())))
+    }
+
+    /// Ask every loop which authenticated sessions were heard from, feed the replies, then fire
+    /// the round (so a reply is always counted before the round that would miss it).
+    private func keepaliveRound() {
+        guard let server else { return }
+        let sessions = objects.withLock { o in o.authenticated.compactMap { o.sessions[$0] } }
+        let byLoop = Dictionary(grouping: sessions) { ObjectIdentifier($0.loop) }
+        let remaining = Mutex<Int>(byLoop.count)
+        let finish: @Sendable () -> Void = { [self] in
+            guard remaining.withLock({ $0 -= 1; return $0 == 0 }) else { return }
+            timerLoop?.execute { [self] in perform(machine.handle(.keepaliveTimerFired(now: Clock.now()))) }
+        }
+        if byLoop.isEmpty {
+            perform(machine.handle(.keepaliveTimerFired(now: Clock.now())))
+            return
+        }
+        _ = server
+        for (_, group) in byLoop {
+            let loop = group[0].loop
+            let ids = group.map { UncheckedBox($0) }
+            loop.execute { [self] in
+                for box in ids where box.value.phase == .authenticated && box.value.heardSinceLastCheck() {
+                    perform(machine.handle(.keepaliveReplied(connection: key(box.value.id), now: Clock.now())))
+                }
+                finish()
+            }
+        }
+    }
+
+    func drain(deadline: Instant, completion: @escaping @Sendable () -> Void) {
+        guard let loop = timerLoop else { completion(); return }
+        loop.execute { [self] in
+            onStopped = completion
+            perform(machine.handle(.drainRequested(now: Clock.now(), deadline: deadline)))
+            checkStopped()
+        }
+    }
+
+    private func checkStopped() {
+        guard machine.stateName == "stopped", let done = onStopped else { return }
+        onStopped = nil
+        done()
+    }
+
+    // MARK: Actions out
+
+    private func perform(_ actions: [Machine.Action]) {
+        for a in actions { perform(a) }
+    }
+
+    private func perform(_ action: Machine.Action) {
+        switch action {
+        case let .scheduleTimer(kind, at):
+            guard let loop = timerLoop else { return }
+            loop.execute { [self] in
+                if let old = timers[kind] { loop.cancel(old) }
+                timers[kind] = loop.schedule(at: at) { [self] in
+                    timers[kind] = nil
+                    switch kind {
+                    case .keepalive: keepaliveRound()
+                    case .drainDeadline:
+                        perform(machine.handle(.drainDeadlineFired(now: Clock.now())))
+                        checkStopped()
+                    }
+                }
+            }
+        case .cancelTimer(let kind):
+            guard let loop = timerLoop else { return }
+            loop.execute { [self] in
+                if let t = timers.removeValue(forKey: kind) { loop.cancel(t) }
+            }
+        case .sendKeepalive(let c):
+            guard let s = objects.withLock({ $0.sessions[c] }) else { return }
+            let box = UncheckedBox(s)
+            s.loop.execute { box.value.sendKeepalive() }
+        case let .closeConnection(c, reason):
+            guard let s = objects.withLock({ $0.sessions[c] }) else { return }
+            metrics.tunnelClosed(reason: reason.rawValue)
+            let box = UncheckedBox(s)
+            s.loop.execute { box.value.fail("closed locally") }
+        case let .openChannel(client, c):
+            openChannel(client: client, connection: c)
+        case let .closeClient(client, reason):
+            metrics.clientClosed(reason: reason.rawValue)
+            guard let pc = objects.withLock({ $0.clients.removeValue(forKey: client) }) else { return }
+            let box = UncheckedBox(pc)
+            pc.loop.execute { box.value.tls.release() }
+        case .log(let message):
+            log(message)
+        case .report(let metric):
+            metrics.report(metric)
+        }
+        checkStopped()
+    }
+
+    private func openChannel(client: Int, connection: Int) {
+        let (pcOpt, sOpt) = objects.withLock { o in (o.clients.removeValue(forKey: client), o.sessions[connection]) }
+        guard let pc = pcOpt else { return }
+        guard let session = sOpt else {
+            let box = UncheckedBox(pc)
+            pc.loop.execute { box.value.tls.release() }
+            perform(machine.handle(.channelOpenFailed(client: client, error: "gateway connection closed", now: Clock.now())))
+            return
+        }
+        let tls = UncheckedBox(pc.tls)
+        let owner = UncheckedBox(session)
+        let timeout = server?.options.channelOpenTimeout ?? .seconds(10)
+        // The TLS connection moves to the session's loop: a splice never crosses threads (D4).
+        session.loop.execute { [self] in
+            let s = owner.value
+            guard s.phase == .authenticated else {
+                tls.value.release()
+                perform(machine.handle(.channelOpenFailed(client: client, error: "gateway connection closed", now: Clock.now())))
+                return
+            }
+            let splice = Splice(id: UInt64(bitPattern: Int64(client)), owner: s, tls: tls.value, openTimeout: timeout)
+            var opened = false
+            splice.onOpen = { [self] _ in
+                opened = true
+                metrics.channelOpened()
+                perform(machine.handle(.channelOpened(client: client, now: Clock.now())))
+            }
+            splice.onClose = { [self] sp, reason in
+                objects.withLock { _ = $0.splices.removeValue(forKey: client) }
+                metrics.channelClosed(bytesUp: sp.bytesUp, bytesDown: sp.bytesDown)
+                if opened {
+                    perform(machine.handle(.channelClosed(client: client, now: Clock.now())))
+                } else {
+                    perform(machine.handle(.channelOpenFailed(client: client, error: reason, now: Clock.now())))
+                }
+                checkStopped()
+            }
+            objects.withLock { $0.splices[client] = splice }
+            splice.start()
+        }
+    }
+
+    private func log(_ m: Machine.Message) {
+        switch m {
+        case .gatewayRejected, .tunnelLimitReached, .keepaliveTimeout, .gatewayNotConnected, .channelLimitReached,
+             .failedToConnectToGateway, .clientRefused, .drainDeadlineReached, .keepaliveMissed:
+            RelayLog.relay.warning("\(m.text)")
+        case .heartbeatCheckSuccessful, .unexpectedEvent:
+            RelayLog.relay.debug("\(m.text)")
+        case .handshakeSuccessful, .gatewayDisconnected, .gatewayReplaced, .clientConnected, .routingConnection,
+             .clientDisconnected, .shuttingDown, .shutdownComplete:
+            RelayLog.relay.info("\(m.text)")
+        }
+    }
+}
+
+/// Carries a loop-confined object across the inbox to the loop that owns it.
+struct UncheckedBox<T>: @unchecked Sendable {
+    let value: T
+    init(_ v: T) { value = v }
+}

@@ -1,0 +1,273 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CRelayShims
+import Logging
+public import RelayModel
+import Synchronization
+
+/// The relay's data plane (issue 3): SSH on `sshPort` for gateways, mutual TLS on `tlsPort` for
+/// the platform, and the splices between them. Every decision (who is registered, where a
+/// platform connection goes, keepalives, drain) is the `TunnelRegistryMachine`'s; this class
+/// owns the sockets, loops and libssh/OpenSSL objects and performs the machine's actions.
+public final class RelayServer: @unchecked Sendable {
+    public struct Options: Sendable {
+        public var relayName: String
+        public var listenAddress: String = ""
+        public var sshPort: Int = 2222
+        public var tlsPort: Int = 8443
+        public var loops: Int = max(1, min(8, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))))
+        /// TLS handshake deadline on :8443 (Infisical: 5 s).
+        public var tlsHandshakeTimeout: TimeSpan = .seconds(5)
+        /// Time a gateway has to finish key exchange and authenticate (sshd's LoginGraceTime).
+        public var sshLoginGraceTime: TimeSpan = .seconds(30)
+        public var maxAuthTries = 3
+        /// Concurrent unauthenticated SSH connections, in total and per source address
+        /// (sshd's MaxStartups / PerSourceMaxStartups).
+        public var maxUnauthenticated = 256
+        public var maxUnauthenticatedPerSource = 32
+        /// Concurrent TLS handshakes in progress, in total and per source.
+        public var maxPendingTLS = 1024
+        public var maxPendingTLSPerSource = 256
+        /// Time for the gateway to confirm a channel.
+        public var channelOpenTimeout: TimeSpan = .seconds(10)
+        /// Certificate clock-skew allowance for gateway SSH certificates.
+        public var certificateSkew: Int64 = 0
+        public var registry: TunnelRegistryMachine.Config
+        public init(relayName: String, registry: TunnelRegistryMachine.Config = TunnelRegistryMachine.Config()) {
+            self.relayName = relayName
+            self.registry = registry
+        }
+    }
+
+    public let options: Options
+    private let loops: [EventLoop]
+    private let credentials: Mutex<ActiveCredentials>
+    private var sshListener: Listener?
+    private var tlsListener: Listener?
+    private let nextID = Atomic<UInt64>(1)
+    private let admission = Mutex<Admission>(Admission())
+    let registry: RegistryDriver
+    public private(set) var boundSSHPort = 0
+    public private(set) var boundTLSPort = 0
+
+    /// What new handshakes use; replaced on renewal, existing connections keep theirs.
+    struct ActiveCredentials {
+        var tls: TLSContext
+        var bind: SSHBind
+        var policy: GatewayCertificatePolicy
+    }
+
+    public let metrics: RelayMetrics
+
+    public init(options: Options, credentials: RelayCredentials, trace: TraceRecorder? = nil,
+                metrics: RelayMetrics = RelayMetrics()) throws(RuntimeError) {
+        self.options = options
+        self.credentials = Mutex(try RelayServer.load(credentials, relayName: options.relayName, skew: options.certificateSkew))
+        var ls: [EventLoop] = []
+        for i in 0..<options.loops { ls.append(try EventLoop(index: i)) }
+        loops = ls
+        self.metrics = metrics
+        registry = RegistryDriver(config: options.registry, trace: trace, metrics: metrics)
+        registry.server = self
+    }
+
+    static func load(_ c: RelayCredentials, relayName: String, skew: Int64) throws(RuntimeError) -> ActiveCredentials {
+        let tls = try TLSContext.mutualServer(
+            certificatePEM: c.pki.serverCertificate, keyPEM: c.pki.serverPrivateKey,
+            clientCAsPEM: c.pki.clientCertificateChain)
+        let bind = try SSHBind(hostKeyPEM: c.ssh.serverPrivateKey)
+        let policy: GatewayCertificatePolicy
+        do { policy = try GatewayCertificatePolicy(relayName: relayName, clientCAPublicKey: c.ssh.clientCAPublicKey, clockSkewSeconds: skew) } catch {
+            throw .invalidInput("ssh.clientCAPublicKey: \(error)")
+        }
+        return ActiveCredentials(tls: tls, bind: bind, policy: policy)
+    }
+
+    /// Swaps in renewed credentials: new handshakes use them, live tunnels and splices continue.
+    public func replaceCredentials(_ c: RelayCredentials) throws(RuntimeError) {
+        let fresh = try RelayServer.load(c, relayName: options.relayName, skew: options.certificateSkew)
+        credentials.withLock { $0 = fresh }
+    }
+
+    public var certificateNotAfter: Int64? { credentials.withLock { $0.tls.certificateNotAfter } }
+
+    func newID() -> UInt64 { nextID.add(1, ordering: .relaxed).oldValue }
+
+    // MARK: Start and stop
+
+    /// Binds both listeners and starts the loops. Throws (and binds nothing) on failure.
+    public func start() throws(RuntimeError) {
+        let ssh = try Net.listen(host: options.listenAddress, port: options.sshPort)
+        let tls: (fd: Int32, port: Int)
+        do { tls = try Net.listen(host: options.listenAddress, port: options.tlsPort) } catch {
+            close(ssh.fd); throw error
+        }
+        boundSSHPort = ssh.port
+        boundTLSPort = tls.port
+        for (i, loop) in loops.enumerated() { loop.start(name: "relay-loop-\(i)") }
+        let acceptLoop = loops[0]
+        let sshL = Listener(fd: ssh.fd) { [unowned self] fd, peer in self.acceptSSH(fd: fd, peer: peer) }
+        let tlsL = Listener(fd: tls.fd) { [unowned self] fd, peer in self.acceptTLS(fd: fd, peer: peer) }
+        sshListener = sshL
+        tlsListener = tlsL
+        acceptLoop.execute { acceptLoop.register(fd: ssh.fd, events: UInt32(RELAY_EPOLLIN), handler: sshL) }
+        acceptLoop.execute { acceptLoop.register(fd: tls.fd, events: UInt32(RELAY_EPOLLIN), handler: tlsL) }
+        registry.start(on: acceptLoop)
+        RelayLog.relay.info("Relay server started successfully")
+        RelayLog.relay.info("SSH server listening on \(options.listenAddress):\(ssh.port) for gateways")
+        RelayLog.relay.info("TLS server listening on \(options.listenAddress):\(tls.port) for clients")
+    }
+
+    /// Stops accepting on both listeners (first step of drain and of shutdown).
+    public func stopAccepting() {
+        let acceptLoop = loops[0]
+        for l in [sshListener, tlsListener].compactMap({ $0 }) {
+            acceptLoop.execute { acceptLoop.unregister(fd: l.fd); close(l.fd) }
+        }
+        sshListener = nil
+        tlsListener = nil
+    }
+
+    /// Graceful: stop accepting, let the registry drain tunnels and splices up to `timeout`,
+    /// then stop the loops. Returns when everything is closed.
+    public func drain(timeout: TimeSpan) {
+        RelayLog.relay.info("Shutting down relay server...")
+        stopAccepting()
+        let done = Mutex<Bool>(false)
+        registry.drain(deadline: Clock.now() + timeout) { done.withLock { $0 = true } }
+        let hardStop = Clock.now() + timeout + .seconds(2)
+        while !done.withLock({ $0 }) && Clock.now() < hardStop { usleep(10_000) }
+        stopLoops()
+        RelayLog.relay.info("Relay server shutdown complete")
+    }
+
+    /// Immediate stop: close everything.
+    public func stop() {
+        stopAccepting()
+        stopLoops()
+    }
+
+    private func stopLoops() {
+        for l in loops { l.stop() }
+        for l in loops { l.join() }
+    }
+
+    // MARK: Accept paths
+
+    private func pickLoop() -> EventLoop {
+        loops[Int(nextID.load(ordering: .relaxed) % UInt64(loops.count))]
+    }
+
+    struct Admission {
+        var unauthenticated = 0
+        var perSource: [String: Int] = [:]
+        var pendingTLS = 0
+        var pendingTLSPerSource: [String: Int] = [:]
+    }
+
+    private func acceptSSH(fd: Int32, peer: Net.Address) {
+        let admitted = admission.withLock { a -> Bool in
+            let mine = a.perSource[peer.host, default: 0]
+            guard a.unauthenticated < options.maxUnauthenticated, mine < options.maxUnauthenticatedPerSource else { return false }
+            a.unauthenticated += 1
+            a.perSource[peer.host] = mine + 1
+            return true
+        }
+        guard admitted else {
+            RelayLog.ssh.warning("refusing SSH connection from \(peer): too many unauthenticated connections")
+            close(fd)
+            return
+        }
+        let loop = pickLoop()
+        let id = newID()
+        let bind = credentials.withLock { $0.bind }
+        loop.execute { [self] in
+            let session: GatewaySession
+            do {
+                session = try GatewaySession(id: id, loop: loop, bind: bind, fd: fd, peer: peer,
+                                             maxAuthTries: options.maxAuthTries, delegate: registry)
+            } catch {
+                releaseAdmission(peer)
+                RelayLog.ssh.warning("SSH handshake failed: \(error)")
+                return
+            }
+            registry.track(session)
+            session.start()
+            // sshd's LoginGraceTime: unauthenticated connections are closed after the grace time.
+            loop.schedule(at: Clock.now() + options.sshLoginGraceTime) { [weak session] in
+                guard let session, session.phase == .keyExchange || session.phase == .authenticating else { return }
+                session.fail("authentication timed out")
+            }
+        }
+    }
+
+    func releaseAdmission(_ peer: Net.Address) {
+        admission.withLock { a in
+            a.unauthenticated = max(0, a.unauthenticated - 1)
+            let n = a.perSource[peer.host, default: 1] - 1
+            a.perSource[peer.host] = n > 0 ? n : nil
+        }
+    }
+
+    private func acceptTLS(fd: Int32, peer: Net.Address) {
+        let admitted = admission.withLock { a -> Bool in
+            let mine = a.pendingTLSPerSource[peer.host, default: 0]
+            guard a.pendingTLS < options.maxPendingTLS, mine < options.maxPendingTLSPerSource else { return false }
+            a.pendingTLS += 1
+            a.pendingTLSPerSource[peer.host] = mine + 1
+            return true
+        }
+        guard admitted else { close(fd); return }
+        let loop = pickLoop()
+        let id = newID()
+        let ctx = credentials.withLock { $0.tls }
+        loop.execute { [self] in
+            let tls: TLSConnection
+            do { tls = try TLSConnection(context: ctx, fd: fd, server: true) } catch {
+                close(fd); releaseTLSAdmission(peer); return
+            }
+            let pc = PlatformConnection(id: id, loop: loop, tls: tls, peer: peer, deadline: options.tlsHandshakeTimeout) { [self] outcome in
+                releaseTLSAdmission(peer)
+                switch outcome {
+                case let .ready(conn, identity):
+                    metrics.tlsHandshake(ok: true)
+                    registry.platformConnected(conn, identity: identity)
+                case let .failed(conn, why):
+                    metrics.tlsHandshake(ok: false)
+                    RelayLog.tls.debug("TLS handshake failed from \(peer): \(why)")
+                    loop.later { conn.tls.release() }
+                }
+            }
+            pc.start()
+        }
+    }
+
+    private func releaseTLSAdmission(_ peer: Net.Address) {
+        admission.withLock { a in
+            a.pendingTLS = max(0, a.pendingTLS - 1)
+            let n = a.pendingTLSPerSource[peer.host, default: 1] - 1
+            a.pendingTLSPerSource[peer.host] = n > 0 ? n : nil
+        }
+    }
+
+    /// The gateway certificate policy (D2) with the current client CA.
+    func authorize(user: String, presentedKey: String, peer: Net.Address) -> GatewaySession.Authorization {
+        let policy = credentials.withLock { $0.policy }
+        switch policy.evaluate(presentedKeyBase64: presentedKey, username: user, peerAddress: peer.host,
+                               now: Clock.wallNow(), verifier: SSHSignatureVerifier()) {
+        case .accepted(let id): return .accept(gatewayId: id.gatewayId, gatewayName: id.gatewayName)
+        case .rejected(let r): return .reject(log: r.message)
+        }
+    }
+}
+
+/// A listening socket that accepts everything pending when readable.
+final class Listener: PollHandler, @unchecked Sendable {
+    let fd: Int32
+    let onAccept: (Int32, Net.Address) -> Void
+    init(fd: Int32, onAccept: @escaping (Int32, Net.Address) -> Void) { self.fd = fd; self.onAccept = onAccept }
+    func loopReady(events: UInt32) {
+        while let (cfd, peer) = Net.accept(fd) { onAccept(cfd, peer) }
+    }
+}

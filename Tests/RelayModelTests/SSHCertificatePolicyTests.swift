@@ -1,0 +1,560 @@
+import Foundation
+import PropertyBased
+import RelayModel
+import RelayRuntime
+import Testing
+
+// Spec: Specs/ssh-certificates.md §4–§6. The policies with the real OpenSSL verifier and real
+// ssh-keygen certificates; single checks isolated with crafted certificates and FixedVerifier.
+
+private func now() -> UnixTime { UnixTime(seconds: Int64(Date().timeIntervalSince1970)) }
+private func b64(_ line: String) -> String { String(line.split(separator: " ")[1]) }
+
+private func gatewayPolicy(_ m: SSHTestMaterial, ca: String = "ed25519", skew: Int64 = 0) throws -> GatewayCertificatePolicy {
+    try GatewayCertificatePolicy(relayName: "relay1", clientCAPublicKey: m.ca(ca), clockSkewSeconds: skew)
+}
+
+private func evaluate(_ m: SSHTestMaterial, _ name: String, user: String = "gw-id", peer: String? = "10.1.2.3",
+                      at time: UnixTime? = nil, skew: Int64 = 0) throws -> GatewayCertificateDecision {
+    let ca = SSHTestMaterial.caFor[name] == "rogue" ? "ed25519" : (SSHTestMaterial.caFor[name] ?? "ed25519")
+    return try gatewayPolicy(m, ca: ca, skew: skew).evaluate(
+        presentedKeyBase64: b64(m.cert(name)), username: user, peerAddress: peer, now: time ?? now(), verifier: SSHSignatureVerifier())
+}
+
+private func reason(_ d: GatewayCertificateDecision) -> GatewayCertificateRejectionReason? {
+    if case .rejected(let r) = d { return r.reason }
+    return nil
+}
+
+@Suite("Gateway certificate policy (real certificates, OpenSSL verifier)")
+struct GatewayCertificatePolicyTests {
+    @Test("every valid gateway certificate is accepted with its identity", arguments: SSHTestMaterial.validGateway)
+    func accepted(name: String) throws {
+        let m = try SSHTestMaterial.get()
+        let c = try SSHCertificate.parse(line: m.cert(name))
+        let d = try evaluate(m, name)
+        #expect(d == .accepted(GatewayIdentity(gatewayId: "gw-id", gatewayName: "gw-name", keyID: "client-relay1", serial: c.serial)))
+        // The gateway name is a principal too, so it may log in under it; the identity is still principal[0].
+        #expect(try evaluate(m, name, user: "gw-name") == d)
+    }
+
+    @Test("one principal: no gateway name")
+    func idOnly() throws {
+        let m = try SSHTestMaterial.get()
+        #expect(try evaluate(m, "id-only") == .accepted(GatewayIdentity(gatewayId: "gw-id", gatewayName: nil, keyID: "client-relay1", serial: 0)))
+    }
+
+    @Test("signed by another CA → untrustedAuthority (Infisical skips this check)")
+    func wrongCA() throws {
+        let m = try SSHTestMaterial.get()
+        let d = try evaluate(m, "rogue-ca")
+        #expect(reason(d) == .untrustedAuthority)
+        guard case .rejected(let r) = d else { return }
+        #expect(r.message == "Gateway 'gw-id' certificate validation failed: certificate check failed: ssh: certificate signed by unrecognized authority")
+        // A CA of another type is just as foreign.
+        #expect(reason(try gatewayPolicy(m, ca: "rsa").evaluate(presentedKeyBase64: b64(m.cert("user-ca-ed25519")), username: "gw-id",
+                                                                 peerAddress: nil, now: now(), verifier: SSHSignatureVerifier())) == .untrustedAuthority)
+    }
+
+    @Test("expired and not yet valid")
+    func window() throws {
+        let m = try SSHTestMaterial.get()
+        let t = now()
+        let expired = try evaluate(m, "expired", at: t)
+        #expect(reason(expired) == .expired(validBefore: 1_577_923_200, now: t))
+        if case .rejected(let r) = expired {
+            #expect(r.message.hasPrefix("Gateway 'gw-id' certificate validation failed: certificate check failed: ssh: cert has expired (valid before 2020-01-02T00:00:00Z, now "))
+        }
+        guard case .notYetValid(let after, _)? = reason(try evaluate(m, "not-yet-valid", at: t)) else {
+            Issue.record("expected notYetValid"); return
+        }
+        #expect(after > UInt64(t.seconds))
+    }
+
+    @Test("validity boundaries, with and without clock skew")
+    func boundaries() throws {
+        let m = try SSHTestMaterial.get()
+        let after: Int64 = 1_735_689_600, before: Int64 = 1_735_787_045
+        func at(_ s: Int64, skew: Int64 = 0) throws -> GatewayCertificateDecision {
+            try evaluate(m, "fixed-window", at: UnixTime(seconds: s), skew: skew)
+        }
+        #expect(reason(try at(after - 1)) == .notYetValid(validAfter: UInt64(after), now: UnixTime(seconds: after - 1)))
+        #expect(reason(try at(after)) == nil)
+        #expect(reason(try at(before - 1)) == nil)
+        #expect(reason(try at(before)) == .expired(validBefore: UInt64(before), now: UnixTime(seconds: before)))
+        #expect(reason(try at(after - 30, skew: 30)) == nil)
+        #expect(reason(try at(after - 31, skew: 30)) != nil)
+        #expect(reason(try at(before + 29, skew: 30)) == nil)
+        #expect(reason(try at(before + 30, skew: 30)) != nil)
+        // Skew is clamped to 0…300 s.
+        #expect(reason(try at(before + 299, skew: 10_000)) == nil)
+        #expect(reason(try at(before + 300, skew: 10_000)) != nil)
+        #expect(reason(try at(before, skew: -50)) != nil)
+        // "forever" certificates have no upper bound.
+        #expect(reason(try evaluate(m, "forever", at: UnixTime(seconds: Int64.max))) == nil)
+    }
+
+    @Test("wrong key id → Infisical's message")
+    func wrongKeyID() throws {
+        let m = try SSHTestMaterial.get()
+        let d = try evaluate(m, "wrong-key-id")
+        #expect(reason(d) == .keyIDMismatch(actual: "client-relay2", expected: "client-relay1"))
+        guard case .rejected(let r) = d else { return }
+        #expect(r.message == "Gateway 'gw-id' certificate Key ID 'client-relay2' does not match expected 'client-relay1'")
+    }
+
+    @Test("user name not among the principals; no principals at all")
+    func principals() throws {
+        let m = try SSHTestMaterial.get()
+        let d = try evaluate(m, "other-principal")
+        #expect(reason(d) == .principalNotAllowed(username: "gw-id", principals: ["someone-else"]))
+        if case .rejected(let r) = d {
+            #expect(r.message == #"Gateway 'gw-id' certificate validation failed: certificate check failed: ssh: principal "gw-id" not in the set of valid principals for given certificate: ["someone-else"]"#)
+        }
+        #expect(reason(try evaluate(m, "user-ca-ed25519", user: "gw-other")) == .principalNotAllowed(username: "gw-other", principals: ["gw-id", "gw-name"]))
+        #expect(reason(try evaluate(m, "no-principals")) == .noPrincipals)
+    }
+
+    @Test("a host certificate presented as a user certificate")
+    func hostAsUser() throws {
+        let m = try SSHTestMaterial.get()
+        let d = try gatewayPolicy(m).evaluate(presentedKeyBase64: b64(m.cert("host")), username: "relay.example:2222",
+                                              peerAddress: nil, now: now(), verifier: SSHSignatureVerifier())
+        #expect(reason(d) == .notUserCertificate(.host))
+        if case .rejected(let r) = d { #expect(r.message == "Gateway 'relay.example:2222' certificate validation failed: invalid certificate type: 2") }
+    }
+
+    @Test("a raw public key → Infisical's message")
+    func rawKey() throws {
+        let m = try SSHTestMaterial.get()
+        let d = try gatewayPolicy(m).evaluate(presentedKeyBase64: b64(m.key("gw-ed25519")), username: "gw-id",
+                                              peerAddress: nil, now: now(), verifier: SSHSignatureVerifier())
+        #expect(reason(d) == .rawPublicKey)
+        if case .rejected(let r) = d { #expect(r.message == "Gateway 'gw-id' tried to authenticate with raw public key (rejected)") }
+    }
+
+    @Test("RSA CA signing with SHA-1 (ssh-rsa) is refused; a 1024-bit RSA CA is refused")
+    func weakSignatures() throws {
+        let m = try SSHTestMaterial.get()
+        #expect(reason(try evaluate(m, "user-ca-rsa-sha1")) == .signature(.algorithmRefused("ssh-rsa")))
+        #expect(reason(try evaluate(m, "user-ca-rsa1024")) == .signature(.weakKey(bits: 1024)))
+    }
+
+    @Test("critical options: force-command refused; source-address enforced")
+    func criticalOptions() throws {
+        let m = try SSHTestMaterial.get()
+        #expect(reason(try evaluate(m, "force-command")) == .unsupportedCriticalOption("force-command"))
+        for peer in ["10.1.2.3", "10.1.255.255", "::ffff:10.1.0.1", "2001:db8:ffff::1", "2001:db8::1%eth0"] {
+            #expect(reason(try evaluate(m, "source-address", peer: peer)) == nil, "\(peer)")
+        }
+        #expect(reason(try evaluate(m, "source-address", peer: "10.2.0.1"))
+                == .sourceAddressNotAllowed(peer: "10.2.0.1", allowed: "10.1.0.0/16,2001:db8::/32"))
+        #expect(reason(try evaluate(m, "source-address", peer: "2001:db9::1"))
+                == .sourceAddressNotAllowed(peer: "2001:db9:0:0:0:0:0:1", allowed: "10.1.0.0/16,2001:db8::/32"))
+        #expect(reason(try evaluate(m, "source-address", peer: nil)) == .sourceAddressUnverifiable(peer: nil))
+        #expect(reason(try evaluate(m, "source-address", peer: "relay.example")) == .sourceAddressUnverifiable(peer: "relay.example"))
+    }
+
+    @Test("tampering with one byte of the signed data or of the signature → signature does not verify")
+    func tampered() throws {
+        let m = try SSHTestMaterial.get()
+        for name in ["user-ca-ed25519", "user-ca-rsa-sha512", "user-ca-ecdsa256", "user-ca-ecdsa521"] {
+            let c = try SSHCertificate.parse(line: m.cert(name))
+            let policy = try gatewayPolicy(m, ca: SSHTestMaterial.caFor[name] ?? "")
+            // Nonce byte (signed data) and the last byte of the blob (inside the signature).
+            for index in [40, c.blob.count - 1] {
+                var blob = c.blob
+                blob[index] ^= 0x01
+                let d = policy.evaluate(presentedKeyBlob: blob, username: "gw-id", peerAddress: nil, now: now(), verifier: SSHSignatureVerifier())
+                #expect(reason(d) == .signature(.invalid), "\(name) byte \(index)")
+                if case .rejected(let r) = d {
+                    #expect(r.message == "Gateway 'gw-id' certificate validation failed: certificate check failed: ssh: certificate signature does not verify")
+                }
+            }
+        }
+    }
+
+    @Test("garbage and unreadable key blobs are malformed, not raw keys")
+    func garbage() throws {
+        let m = try SSHTestMaterial.get()
+        let p = try gatewayPolicy(m)
+        #expect(reason(p.evaluate(presentedKeyBase64: "!!!", username: "u", peerAddress: nil, now: now(), verifier: SSHSignatureVerifier()))
+                == .malformed(.base64InvalidLength(length: 3)))
+        #expect(reason(p.evaluate(presentedKeyBlob: [], username: "u", peerAddress: nil, now: now(), verifier: SSHSignatureVerifier()))
+                == .malformed(.truncated(field: .keyType)))
+        // An unknown plain type is still a raw key; an unknown certificate type is malformed.
+        var dss = SSHWireWriter()
+        dss.string("ssh-dss")
+        #expect(reason(p.evaluate(presentedKeyBlob: dss.bytes, username: "u", peerAddress: nil, now: now(), verifier: SSHSignatureVerifier())) == .rawPublicKey)
+        var dssCert = SSHWireWriter()
+        dssCert.string("ssh-dss-cert-v01@openssh.com")
+        #expect(reason(p.evaluate(presentedKeyBlob: dssCert.bytes, username: "u", peerAddress: nil, now: now(), verifier: SSHSignatureVerifier()))
+                == .malformed(.unsupportedKeyType("ssh-dss-cert-v01@openssh.com")))
+    }
+
+    @Test("the policy reads ssh.clientCAPublicKey; a certificate there is refused")
+    func caLine() throws {
+        let m = try SSHTestMaterial.get()
+        #expect(throws: SSHParseError.unexpectedCertificate(keyType: "ssh-ed25519-cert-v01@openssh.com")) {
+            try GatewayCertificatePolicy(relayName: "r", clientCAPublicKey: m.cert("user-ca-ed25519"))
+        }
+        #expect(try gatewayPolicy(m).expectedKeyID == "client-relay1")
+    }
+}
+
+@Suite("Gateway certificate policy: order and single checks (crafted certificates)")
+struct GatewayCertificatePolicyOrderTests {
+    static let ca = try! SSHPublicKey.parse(blob: SSHCertBuilder.ed25519Key(Array(repeating: 9, count: 32)))
+    static let policy = GatewayCertificatePolicy(relayName: "relay1", trustedCA: ca)
+    static let inWindow = UnixTime(seconds: 1_500)
+
+    static func decide(_ b: SSHCertBuilder, user: String = "gw-id", verifier: FixedVerifier = FixedVerifier(), at t: UnixTime = inWindow) -> GatewayCertificateRejectionReason? {
+        reason(policy.evaluate(presentedKeyBlob: b.blob, username: user, peerAddress: "10.0.0.1", now: t, verifier: verifier))
+    }
+
+    @Test("the crafted default is accepted")
+    func accepted() {
+        #expect(Self.decide(SSHCertBuilder()) == nil)
+    }
+
+    @Test("principal[0] empty → gateway id is required")
+    func emptyGatewayId() {
+        let b = with(SSHCertBuilder()) { $0.principals = [[], Array("gw-id".utf8)] }
+        #expect(Self.decide(b) == .gatewayIdMissing)
+        let r = GatewayCertificateRejection(username: "gw-id", reason: .gatewayIdMissing)
+        #expect(r.message == "Gateway 'gw-id' certificate validation failed: gateway id is required")
+        // Logging in as the empty principal does not help.
+        #expect(Self.decide(b, user: "") == .gatewayIdMissing)
+    }
+
+    @Test("empty principal[1] means no gateway name")
+    func emptyName() {
+        let b = with(SSHCertBuilder()) { $0.principals = [Array("gw-id".utf8), []] }
+        #expect(reason(Self.policy.evaluate(presentedKeyBlob: b.blob, username: "gw-id", peerAddress: nil, now: Self.inWindow,
+                                            verifier: FixedVerifier())) == nil)
+        #expect(Self.policy.evaluate(presentedKeyBlob: b.blob, username: "gw-id", peerAddress: nil, now: Self.inWindow, verifier: FixedVerifier())
+                == .accepted(GatewayIdentity(gatewayId: "gw-id", gatewayName: nil, keyID: "client-relay1", serial: 5)))
+    }
+
+    @Test("order: CA before signature before type before window before options before principals before key id")
+    func order() {
+        // Everything wrong at once: each fix reveals the next check.
+        var b = with(SSHCertBuilder()) {
+            $0.signatureKey = SSHCertBuilder.ed25519Key(Array(repeating: 8, count: 32))
+            $0.kind = 2
+            $0.validAfter = 5_000
+            $0.validBefore = 6_000
+            $0.critical = [("verify-required", [])]
+            $0.principals = [Array("other".utf8)]
+            $0.keyID = Array("client-x".utf8)
+        }
+        let bad = FixedVerifier(answer: .invalid)
+        #expect(Self.decide(b, verifier: bad) == .untrustedAuthority)
+        b.signatureKey = SSHCertBuilder.ed25519Key(Array(repeating: 9, count: 32))
+        #expect(Self.decide(b, verifier: bad) == .signature(.invalid))
+        #expect(Self.decide(b) == .notUserCertificate(.host))
+        b.kind = 1
+        #expect(Self.decide(b) == .notYetValid(validAfter: 5_000, now: Self.inWindow))
+        b.validAfter = 1_000
+        b.validBefore = 1_400
+        #expect(Self.decide(b) == .expired(validBefore: 1_400, now: Self.inWindow))
+        b.validBefore = 2_000
+        #expect(Self.decide(b) == .unsupportedCriticalOption("verify-required"))
+        b.critical = []
+        #expect(Self.decide(b) == .principalNotAllowed(username: "gw-id", principals: ["other"]))
+        b.principals = [Array("gw-id".utf8)]
+        #expect(Self.decide(b) == .keyIDMismatch(actual: "client-x", expected: "client-relay1"))
+        b.keyID = Array("client-relay1".utf8)
+        #expect(Self.decide(b) == nil)
+    }
+
+    @Test("source-address values that are not CIDR lists are refused")
+    func malformedSourceAddress() {
+        for value in ["", "10.0.0.0/33", "10.0.0.1/24", "host.example", "10.0.0.0/8, 10.1.0.0/16", "10.0.0.0/8,", "01.2.3.4"] {
+            let b = with(SSHCertBuilder()) { $0.critical = [("source-address", Array(value.utf8))] }
+            #expect(Self.decide(b) == .sourceAddressMalformed(value), "\(value)")
+        }
+    }
+
+    @Test("user names, principals and key ids compare as bytes, not as canonically equivalent Unicode")
+    func bytesNotUnicodeEquivalence() {
+        let composed = "gw-\u{E9}", decomposed = "gw-e\u{301}"
+        #expect(composed == decomposed)  // Swift's String equality
+        let b = with(SSHCertBuilder()) { $0.principals = [Array(composed.utf8)] }
+        #expect(Self.decide(b, user: decomposed) == .principalNotAllowed(username: decomposed, principals: [composed]))
+        #expect(Self.decide(b, user: composed) == nil)
+        let policy = GatewayCertificatePolicy(relayName: "r\u{E9}", trustedCA: Self.ca)
+        let k = with(SSHCertBuilder()) { $0.keyID = Array("client-re\u{301}".utf8) }
+        #expect(reason(policy.evaluate(presentedKeyBlob: k.blob, username: "gw-id", peerAddress: nil, now: Self.inWindow, verifier: FixedVerifier()))
+                == .keyIDMismatch(actual: "client-re\u{301}", expected: "client-r\u{E9}"))
+    }
+
+    @Test("extensions are ignored (none grants anything on a relay)")
+    func extensionsIgnored() {
+        let b = with(SSHCertBuilder()) { $0.extensions = [("no-touch-required", []), ("permit-port-forwarding", []), ("x@y", Array("z".utf8))] }
+        #expect(Self.decide(b) == nil)
+    }
+
+    @Test("messages for every reason", arguments: [
+        (GatewayCertificateRejectionReason.malformed(.truncated(field: .nonce)), "Gateway 'u' certificate validation failed: malformed certificate: truncated nonce"),
+        (.signature(.algorithmRefused("ssh-rsa")), "Gateway 'u' certificate validation failed: certificate check failed: ssh: certificate signature does not verify (signature algorithm \"ssh-rsa\" (RSA with SHA-1) is refused; rsa-sha2-256 or rsa-sha2-512 is required)"),
+        (.notYetValid(validAfter: 1_735_689_600, now: UnixTime(seconds: 0)), "Gateway 'u' certificate validation failed: certificate check failed: ssh: cert is not yet valid (valid after 2025-01-01T00:00:00Z, now 1970-01-01T00:00:00Z)"),
+        (.unsupportedCriticalOption("force-command"), "Gateway 'u' certificate validation failed: certificate check failed: ssh: unsupported critical option \"force-command\" in certificate"),
+        (.sourceAddressMalformed("x"), "Gateway 'u' certificate validation failed: certificate check failed: ssh: error parsing source-address restriction \"x\""),
+        (.sourceAddressUnverifiable(peer: nil), "Gateway 'u' certificate validation failed: certificate check failed: ssh: remote address unknown cannot be checked against the source-address restriction"),
+        (.sourceAddressNotAllowed(peer: "10.0.0.1", allowed: "10.1.0.0/16"), "Gateway 'u' certificate validation failed: certificate check failed: ssh: remote address 10.0.0.1 is not allowed because of source-address restriction \"10.1.0.0/16\""),
+        (.noPrincipals, "Gateway 'u' certificate validation failed: certificate check failed: certificate has no principals; gateway id is required"),
+    ])
+    func messages(reason: GatewayCertificateRejectionReason, message: String) {
+        #expect(GatewayCertificateRejection(username: "u", reason: reason).message == message)
+    }
+
+    @Test("peer-controlled text is escaped in messages")
+    func escaping() {
+        let r = GatewayCertificateRejection(username: "gw\nINFO fake line", reason: .keyIDMismatch(actual: "a\u{1B}[2J", expected: "client-r"))
+        #expect(r.message == "Gateway 'gw\\nINFO fake line' certificate Key ID 'a\\u{1b}[2J' does not match expected 'client-r'")
+    }
+}
+
+@Suite("Relay host certificate policy (gateway side, D1)")
+struct RelayHostCertificatePolicyTests {
+    static func decide(_ m: SSHTestMaterial, cert: String = "host", ca: String = "ed25519", host: String = "relay.example",
+                       port: UInt16 = 2222, presented: String = "host", at t: UnixTime? = nil) throws -> RelayHostCertificateDecision {
+        let policy = try RelayHostCertificatePolicy(serverCAPublicKey: m.ca(ca))
+        return policy.evaluate(certificateLine: try m.cert(cert), dialledHost: host, dialledPort: port,
+                               presentedHostKey: try SSHAuthorizedKeyLine.parse(m.key(presented)).blob,
+                               now: t ?? now(), verifier: SSHSignatureVerifier())
+    }
+    static func reason(_ d: RelayHostCertificateDecision) -> RelayHostCertificateRejectionReason? {
+        if case .rejected(let r) = d { return r.reason }
+        return nil
+    }
+
+    @Test("accepted: right CA, host type, principal host:port, presented key certified")
+    func accepted() throws {
+        let m = try SSHTestMaterial.get()
+        #expect(try Self.decide(m) == .accepted(RelayHostIdentity(principal: "relay.example:2222", keyID: "relay-server", serial: 9)))
+        #expect(Self.reason(try Self.decide(m, cert: "host-rsa", ca: "rsa", host: "127.0.0.1")) == nil)
+    }
+
+    @Test("rejections", arguments: [
+        ("wrong port", "host", "ed25519", "relay.example", UInt16(2223), "host"),
+        ("wrong host", "host", "ed25519", "relay.other", UInt16(2222), "host"),
+        ("other key presented", "host", "ed25519", "relay.example", UInt16(2222), "other-host"),
+        ("wrong CA", "host", "rsa", "relay.example", UInt16(2222), "host"),
+        ("user certificate", "host-as-user", "ed25519", "gw-id", UInt16(2222), "host"),
+    ])
+    func rejections(label: String, cert: String, ca: String, host: String, port: UInt16, presented: String) throws {
+        let m = try SSHTestMaterial.get()
+        let d = try Self.decide(m, cert: cert, ca: ca, host: host, port: port, presented: presented)
+        let expected: RelayHostCertificateRejectionReason
+        switch label {
+        case "wrong port": expected = .principalMismatch(expected: "relay.example:2223", principals: ["relay.example:2222"])
+        case "wrong host": expected = .principalMismatch(expected: "relay.other:2222", principals: ["relay.example:2222"])
+        case "other key presented": expected = .hostKeyMismatch
+        case "wrong CA": expected = .untrustedAuthority
+        default: expected = .notHostCertificate(.user)
+        }
+        #expect(Self.reason(d) == expected)
+    }
+
+    @Test("expired host certificate; plain key instead of a certificate; message shape")
+    func expiredAndPlain() throws {
+        let m = try SSHTestMaterial.get()
+        let later = UnixTime(seconds: now().seconds + 3 * 86_400)
+        guard case .expired? = Self.reason(try Self.decide(m, at: later)) else { Issue.record("expected expired"); return }
+        let policy = try RelayHostCertificatePolicy(serverCAPublicKey: m.ca("ed25519"))
+        let d = policy.evaluate(certificateLine: try m.key("host"), dialledHost: "h", dialledPort: 2222, presentedHostKey: [],
+                                now: now(), verifier: SSHSignatureVerifier())
+        #expect(Self.reason(d) == .malformed(.notACertificate(keyType: "ssh-ed25519")))
+        if case .rejected(let r) = try Self.decide(m, port: 2223) {
+            #expect(r.message == #"Relay 'relay.example:2223' host certificate check failed: ssh: principal "relay.example:2223" not in the set of valid principals for given certificate: ["relay.example:2222"]"#)
+        }
+    }
+
+    @Test("host certificates with critical options or no principals are refused")
+    func craftedHost() {
+        let ca = try! SSHPublicKey.parse(blob: SSHCertBuilder.ed25519Key(Array(repeating: 9, count: 32)))
+        let policy = RelayHostCertificatePolicy(trustedCA: ca)
+        let key = SSHCertBuilder.ed25519Key(Array(repeating: 1, count: 32))
+        func decide(_ b: SSHCertBuilder) -> RelayHostCertificateRejectionReason? {
+            let c = try! SSHCertificate.parse(blob: b.blob)
+            return Self.reason(policy.evaluate(certificate: c, dialledHost: "h", dialledPort: 2222, presentedHostKey: key,
+                                               now: UnixTime(seconds: 1_500), verifier: FixedVerifier()))
+        }
+        let good = with(SSHCertBuilder()) { $0.kind = 2; $0.principals = [Array("h:2222".utf8)] }
+        #expect(decide(good) == nil)
+        #expect(decide(with(good) { $0.critical = [("source-address", Array("10.0.0.0/8".utf8))] }) == .unsupportedCriticalOption("source-address"))
+        #expect(decide(with(good) { $0.principals = [] }) == .principalMismatch(expected: "h:2222", principals: []))
+        #expect(decide(with(good) { $0.keyFields = SSHCertBuilder.ed25519Fields(Array(repeating: 2, count: 32)) }) == .hostKeyMismatch)
+    }
+}
+
+// MARK: - IP addresses and CIDR
+
+@Suite("source-address: IP and CIDR parsing")
+struct SourceAddressTests {
+    @Test("addresses", arguments: [
+        ("1.2.3.4", [1, 2, 3, 4] as [UInt8]?), ("0.0.0.0", [0, 0, 0, 0]), ("255.255.255.255", [255, 255, 255, 255]),
+        ("256.1.1.1", nil), ("1.2.3", nil), ("1.2.3.4.5", nil), ("01.2.3.4", nil), ("1..3.4", nil), ("", nil), ("a.b.c.d", nil),
+        ("::", Array(repeating: 0, count: 16)), ("::1", Array(repeating: 0, count: 15) + [1]),
+        ("2001:db8::", [0x20, 0x01, 0x0d, 0xb8] + Array(repeating: 0, count: 12)),
+        ("::ffff:1.2.3.4", Array(repeating: 0, count: 10) + [0xff, 0xff, 1, 2, 3, 4]),
+        ("1:2:3:4:5:6:7:8", [0, 1, 0, 2, 0, 3, 0, 4, 0, 5, 0, 6, 0, 7, 0, 8]),
+        ("1:2:3:4:5:6:7::", [0, 1, 0, 2, 0, 3, 0, 4, 0, 5, 0, 6, 0, 7, 0, 0]),
+        ("1:2:3:4::5:6:7:8", nil), ("1::2::3", nil), (":::", nil), ("1:2:3:4:5:6:7", nil), ("12345::", nil), ("::g", nil),
+        (":1::", nil), ("1::2:", nil), ("1.2.3.4::", nil), ("::1.2.3.4:5", nil),
+    ])
+    func addresses(text: String, bytes: [UInt8]?) {
+        #expect(IPAddress.parse(text)?.bytes == bytes)
+    }
+
+    @Test("CIDR blocks and membership")
+    func cidr() throws {
+        let b = try #require(CIDRBlock.parse("10.1.0.0/16"))
+        #expect(b.contains(try #require(IPAddress.parse("10.1.200.3"))))
+        #expect(!b.contains(try #require(IPAddress.parse("10.2.0.0"))))
+        #expect(b.contains(try #require(IPAddress.parse("::ffff:10.1.0.9"))))
+        #expect(!b.contains(try #require(IPAddress.parse("::1"))))
+        #expect(CIDRBlock.parse("10.1.0.1/16") == nil)  // host bits set
+        #expect(CIDRBlock.parse("10.1.0.0/016") == nil)
+        #expect(CIDRBlock.parse("10.1.0.0/") == nil)
+        #expect(CIDRBlock.parse("::/0")?.contains(try #require(IPAddress.parse("2001::1"))) == true)
+        #expect(CIDRBlock.parse("0.0.0.0/0")?.contains(try #require(IPAddress.parse("8.8.8.8"))) == true)
+        #expect(CIDRBlock.parse("1.2.3.4")?.prefixLength == 32)
+        #expect(CIDRBlock.parse("fe80::/10")?.contains(try #require(IPAddress.parse("fe80::1%eth0", allowZone: true))) == true)
+        #expect(IPAddress.parse("fe80::1%eth0") == nil)
+        #expect(SourceAddressList.parse(Array(repeating: "1.2.3.4", count: 65).joined(separator: ",")) == nil)
+    }
+
+    @Test("IP parsing agrees with glibc inet_pton on random text")
+    func agreesWithInetPton() async {
+        let alphabet = Array("0123456789abcdefABCDEF:.".utf8)
+        let gen = Gen.int(in: 0..<alphabet.count).array(of: 0...20).map { idx in String(decoding: idx.map { alphabet[$0] }, as: UTF8.self) }
+        await propertyCheck(count: 20_000, input: gen) { text in
+            #expect(IPAddress.parse(text)?.bytes == inetPton(text), "\(text)")
+        }
+        for text in ["1.2.3.4", "::", "::1", "1::", "::ffff:1.2.3.4", "1:2:3:4:5:6:1.2.3.4", "1:2:3:4:5:6:7:1.2.3.4", "1::1.2.3.4",
+                     "0:0:0:0:0:0:0:0", "00000::", "1:2:3:4:5:6:7:8:9", "1.2.3.04", "1.2.3.255", "1.2.3.256", "::1.2.3", "1:::2"] {
+            #expect(IPAddress.parse(text)?.bytes == inetPton(text), "\(text)")
+        }
+    }
+}
+
+private func inetPton(_ text: String) -> [UInt8]? {
+    if text.contains(":") {
+        var a = in6_addr()
+        guard inet_pton(AF_INET6, text, &a) == 1 else { return nil }
+        return withUnsafeBytes(of: &a) { Array($0) }
+    }
+    var a = in_addr()
+    guard inet_pton(AF_INET, text, &a) == 1 else { return nil }
+    return withUnsafeBytes(of: &a) { Array($0) }
+}
+
+// MARK: - Properties: totality and tamper-resistance
+
+@Suite("SSH certificates: properties (never trap, never accept tampering)")
+struct SSHCertificatePropertyTests {
+    static let verifier = SSHSignatureVerifier()
+
+    /// Everything the policy can be asked, with the real verifier; true only if accepted.
+    static func accepts(_ m: SSHTestMaterial, blob: [UInt8], ca: String, t: UnixTime) -> Bool {
+        guard let line = m.cas[ca], let policy = try? GatewayCertificatePolicy(relayName: "relay1", clientCAPublicKey: line) else { return false }
+        if case .accepted = policy.evaluate(presentedKeyBlob: blob, username: "gw-id", peerAddress: "10.1.0.1", now: t, verifier: verifier) {
+            return true
+        }
+        return false
+    }
+
+    @Test("random byte strings: parsers return a value or an error; the policy never accepts")
+    func randomBytes() async throws {
+        let m = try SSHTestMaterial.get()
+        let t = now()
+        await propertyCheck(count: 3_000, input: Gen.uint8(in: 0...255).array(of: 0...600)) { bytes in
+            _ = try? SSHCertificate.parse(blob: bytes)
+            _ = try? SSHPublicKey.parse(blob: bytes)
+            _ = try? SSHPresentedKey.parse(blob: bytes)
+            _ = try? SSHSignature.parse(bytes)
+            _ = try? Base64.decode(bytes)
+            _ = try? SSHAuthorizedKeyLine.parse(String(decoding: bytes, as: UTF8.self))
+            var r = SSHWireReader(bytes)
+            _ = try? r.nameList()
+            #expect(!Self.accepts(m, blob: bytes, ca: "ed25519", t: t))
+        }
+    }
+
+    @Test("random bytes behind a valid certificate header reach the deeper fields and never trap")
+    func randomAfterHeader() async throws {
+        let m = try SSHTestMaterial.get()
+        let t = now()
+        let heads = try ["user-ca-ed25519", "user-ca-rsa-sha512", "user-ca-ecdsa384"].map { name in
+            let c = try SSHCertificate.parse(line: m.cert(name))
+            return Array(c.blob.prefix(c.signedDataCount / 2))
+        }
+        await propertyCheck(count: 3_000, input: Gen.int(in: 0...2), Gen.uint8(in: 0...255).array(of: 0...400)) { which, tail in
+            let blob = heads[which] + tail
+            _ = try? SSHCertificate.parse(blob: blob)
+            #expect(!Self.accepts(m, blob: blob, ca: "ed25519", t: t))
+        }
+    }
+
+    @Test("every truncation of every real certificate is refused", arguments: SSHTestMaterial.validGateway)
+    func truncations(name: String) throws {
+        let m = try SSHTestMaterial.get()
+        let blob = try SSHCertificate.parse(line: m.cert(name)).blob
+        for n in 0..<blob.count {
+            #expect(throws: SSHParseError.self) { try SSHCertificate.parse(blob: Array(blob.prefix(n))) }
+        }
+    }
+
+    @Test("every single-byte change of a real certificate is rejected by policy + verifier", arguments: SSHTestMaterial.validGateway)
+    func everyMutation(name: String) throws {
+        let m = try SSHTestMaterial.get()
+        let t = now()
+        let ca = try #require(SSHTestMaterial.caFor[name])
+        let blob = try SSHCertificate.parse(line: m.cert(name)).blob
+        #expect(Self.accepts(m, blob: blob, ca: ca, t: t))
+        for i in 0..<blob.count {
+            for flip: UInt8 in [0x01, 0x80] {
+                var mutated = blob
+                mutated[i] ^= flip
+                #expect(!Self.accepts(m, blob: mutated, ca: ca, t: t), "\(name): byte \(i) ^ \(flip) accepted")
+            }
+        }
+    }
+
+    @Test("random truncations and random single-byte mutations (property)")
+    func randomMutations() async throws {
+        let m = try SSHTestMaterial.get()
+        let t = now()
+        let names = SSHTestMaterial.validGateway
+        let blobs = try names.map { try SSHCertificate.parse(line: m.cert($0)).blob }
+        await propertyCheck(count: 4_000, input: Gen.int(in: 0..<names.count), Gen.int(in: 0...100_000), Gen.uint8(in: 1...255), Gen.bool) {
+            which, position, xor, truncate in
+            let blob = blobs[which]
+            let ca = SSHTestMaterial.caFor[names[which]] ?? ""
+            if truncate {
+                let cut = Array(blob.prefix(position % blob.count))
+                #expect(throws: SSHParseError.self) { try SSHCertificate.parse(blob: cut) }
+                #expect(!Self.accepts(m, blob: cut, ca: ca, t: t))
+            } else {
+                var mutated = blob
+                mutated[position % blob.count] ^= xor
+                #expect(!Self.accepts(m, blob: mutated, ca: ca, t: t), "\(names[which]) byte \(position % blob.count) ^ \(xor)")
+            }
+        }
+    }
+
+    @Test("UTC rendering matches Foundation for random times")
+    func utc() async {
+        let f = ISO8601DateFormatter()
+        f.timeZone = TimeZone(identifier: "UTC")
+        await propertyCheck(count: 5_000, input: Gen.int64(in: 0...253_402_300_799)) { s in
+            #expect(UTCText.format(s) == f.string(from: Date(timeIntervalSince1970: TimeInterval(s))))
+        }
+        #expect(UTCText.format(UInt64.max) == "forever")
+        #expect(UTCText.format(Int64(-1)) == "unix:-1")
+        #expect(UTCText.format(UInt64(253_402_300_800)) == "unix:253402300800")
+    }
+}
