@@ -7,7 +7,7 @@ import RelayModel
 /// serialises transactions, so one resource's events are handled one at a time; `consumeToken` is
 /// still a conditional DELETE whose row count must be 1 (defence in depth).
 enum PlatformLedger {
-    typealias Machine = InterimTokenLedgerMachine
+    typealias Machine = TokenLedgerMachine
 
     /// What the HTTP layer does with the outcome.
     enum Outcome: Equatable {
