@@ -488,19 +488,57 @@ struct PlatformAPI: Sendable {
         return json(creds)
     }
 
+    /// The gateway heartbeat (Infisical's `heartbeat` in gateway-v2-service.ts): the platform
+    /// dials the gateway's relay with a client certificate for this gateway, runs the inner mTLS
+    /// with ALPN `infisical-ping` and expects `PONG`; the health view records the outcome.
     func gatewayHeartbeat(_ req: Request) async throws -> Response {
         let g = try await authenticate(.gateway, req)
-        // The platform's ping through the relay (`infisical-ping` → PONG) is the data-path client's
-        // job (`relay connect`); until it exists, the heartbeat is acknowledged without a probe
-        // and recorded as a failure reason so the page does not claim the gateway is Healthy.
-        let now = PlatformClock.now()
-        let window = self.window(.gateway)
-        try await store.write { db in
-            guard let fresh = try PlatformStore.resource(db, id: g.id) else { return }
-            try PlatformHealth.handle(db, resource: fresh, event: .probeFailed(
-                wallNow: UnixTime(seconds: now), reason: "gateway ping through the relay is not implemented yet"), staleAfter: window)
+        let relay = try await store.read { db in try g.relayId.flatMap { try PlatformStore.resource(db, id: $0) } }
+        let ca = self.ca
+        let timeout = service.configuration.probeTimeoutMilliseconds
+        let probe: Result<Void, RuntimeError>
+        if let relay {
+            let host = relay.host ?? "", port = relay.effectiveTLSPort
+            probe = try await PlatformService.blocking { () throws -> Result<Void, RuntimeError> in
+                let outerCert = try ca.platformClientCertificate(gatewayId: g.id, gatewayName: g.name)
+                let innerCert = try ca.gatewayClientCertificate(gatewayId: g.id, targetHost: nil, targetPort: nil)
+                let outer = try TLSContext.mutualClient(certificatePEM: outerCert.certificatePEM, keyPEM: outerCert.privateKeyPEM,
+                                                        serverCAsPEM: ca.relayServerChainPEM)
+                let inner = try TLSContext.mutualClient(certificatePEM: innerCert.certificatePEM, keyPEM: innerCert.privateKeyPEM,
+                                                        serverCAsPEM: ca.gatewayServerChainPEM)
+                do {
+                    let tunnel = try TunnelClient(relayHost: host, relayPort: port, outer: outer, inner: inner,
+                                                  alpn: "infisical-ping", timeoutMilliseconds: timeout)
+                    defer { tunnel.close() }
+                    let answer = String(decoding: try tunnel.readToEnd(limit: 64, timeoutMilliseconds: timeout), as: UTF8.self)
+                    return answer.trimmingWhitespace == "PONG" ? .success(()) : .failure(.tls("unexpected answer to infisical-ping"))
+                } catch {
+                    return .failure((error as? RuntimeError) ?? .resource("\(error)"))
+                }
+            }
+        } else {
+            probe = .failure(.resource("the gateway has not fetched credentials for a relay"))
         }
-        return json(.object([("message", .string("Successfully triggered heartbeat"))]))
+        let now = PlatformClock.now()
+        let event: HealthViewMachine.Event
+        switch probe {
+        case .success: event = .probeSucceeded(wallNow: UnixTime(seconds: now))
+        case .failure(let e): event = .probeFailed(wallNow: UnixTime(seconds: now), reason: e.description)
+        }
+        let window = self.window(.gateway)
+        let alerts = try await store.write { db -> [HealthViewMachine.HealthAlert] in
+            guard let fresh = try PlatformStore.resource(db, id: g.id) else { return [] }
+            return try PlatformHealth.handle(db, resource: fresh, event: event, staleAfter: window)
+        }
+        for a in alerts { log.warning("\(a.title): \(a.body(names: [g.name]))") }
+        switch probe {
+        case .success:
+            log.info("Gateway heartbeat: reachable", metadata: ["id": "\(g.id)", "name": "\(g.name)"])
+            return json(.object([("message", .string("Successfully triggered heartbeat"))]))
+        case .failure(let e):
+            log.info("Gateway heartbeat: not reachable", metadata: ["id": "\(g.id)", "name": "\(g.name)", "error": "\(e)"])
+            throw APIError.badRequest("Gateway \(g.name) is not reachable: \(e)")
+        }
     }
 
     // MARK: Page

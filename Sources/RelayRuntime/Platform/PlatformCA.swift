@@ -235,8 +235,8 @@ public final class PlatformCA: Sendable {
     }
 
     /// A platform→gateway client certificate (inner mTLS): `O=Infisical,OU=gateway-client,
-    /// CN=platform:<gatewayId>`, EKU clientAuth, the routing and actor JSON extensions.
-    public func gatewayClientCertificate(gatewayId: String, targetHost: String, targetPort: Int, lifetime: Int64 = 300) throws -> Issued {
+    /// CN=platform:<gatewayId>`, EKU clientAuth, the actor and (for proxy modes) routing JSON extensions.
+    public func gatewayClientCertificate(gatewayId: String, targetHost: String?, targetPort: Int?, lifetime: Int64 = 300) throws -> Issued {
         var b = CertificateBuilder(subject: [("O", "Infisical"), ("OU", "gateway-client"), ("CN", "platform:\(gatewayId)")])
         b.lifetime = lifetime
         b.extensions = [("basicConstraints", "critical,CA:FALSE"),
@@ -244,9 +244,12 @@ public final class PlatformCA: Sendable {
                         ("extendedKeyUsage", "critical,clientAuth"),
                         ("subjectKeyIdentifier", "hash"),
                         ("authorityKeyIdentifier", "keyid:always")]
-        let routing = Jansson.serialize(.object([("targetHost", .string(targetHost)), ("targetPort", .integer(Int64(targetPort)))]))
         let actor = Jansson.serialize(.object([("type", .string("platform"))]))
-        b.rawExtensions = [("1.3.6.1.4.1.12345.100.1", Array(routing.utf8)), ("1.3.6.1.4.1.12345.100.2", Array(actor.utf8))]
+        b.rawExtensions = [("1.3.6.1.4.1.12345.100.2", Array(actor.utf8))]
+        if let targetHost, let targetPort {
+            let routing = Jansson.serialize(.object([("targetHost", .string(targetHost)), ("targetPort", .integer(Int64(targetPort)))]))
+            b.rawExtensions.insert(("1.3.6.1.4.1.12345.100.1", Array(routing.utf8)), at: 0)
+        }
         return try issue(b, by: gatewayClient)
     }
 
