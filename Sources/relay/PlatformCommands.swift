@@ -18,17 +18,15 @@ struct PlatformServe: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "serve",
         abstract: "Run the platform (HTTPS with its own CA unless --tls-cert/--tls-key or --insecure-http).",
-        discussion: """
-            On first start an admin token is created and printed once as `Admin token: <token>`
-            (and written with mode 0600 to --admin-token-file). The platform's CA certificate is
-            written to <data-dir>/ca.pem: clients pass it as --ca-file.
-            """)
+        discussion: "On first start an admin token is created and printed once as `Admin token: <token>` "
+            + "(and written with mode 0600 to --admin-token-file). The platform's CA certificate is written "
+            + "to <data-dir>/ca.pem: clients pass it as --ca-file.")
 
     @Option(help: "Directory for the store (platform.sqlite, mode 0600) and ca.pem.")
     var dataDir: String
 
-    @Option(help: "Address to listen on, HOST:PORT (port 0 picks a free one).")
-    var listen = "127.0.0.1:8443"
+    @Option(help: "Address to listen on, HOST:PORT (port 0 picks a free one; 9443 by default, clear of the relay's 8443).")
+    var listen = "127.0.0.1:9443"
 
     @Option(help: "PEM certificate chain to serve instead of one from the platform's CA.")
     var tlsCert: String?
