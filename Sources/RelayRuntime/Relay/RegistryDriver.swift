@@ -170,7 +170,8 @@ final class RegistryDriver: GatewaySessionDelegate, @unchecked Sendable {
             metrics.clientClosed(reason: reason.rawValue)
             guard let pc = objects.withLock({ $0.clients.removeValue(forKey: client) }) else { return }
             let box = UncheckedBox(pc)
-            pc.loop.execute { box.value.tls.release() }
+            // A TLS close_notify (an alert, never application bytes), then the socket closes.
+            pc.loop.execute { _ = box.value.tls.sendCloseNotify(); box.value.tls.release() }
         case .log(let message):
             log(message)
         case .report(let metric):
