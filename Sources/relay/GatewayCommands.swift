@@ -17,13 +17,32 @@ struct GatewayStart: ParsableCommand {
         commandName: "start",
         abstract: "Connect to the best relay and serve channels until stopped (SIGTERM/SIGINT drain).",
         discussion: """
-        Standalone: --credentials-file FILE (the /api/v3/gateways/connect JSON) and one --relay per \
-        candidate (NAME=HOST[:PORT], SSH port 2222 by default). Enrolled mode (platform) is added by \
-        the platform integration.
+        Enrolled: --enroll-method token --token TOKEN --domain URL [--ca-file FILE] logs in to the \
+        platform (POST /api/v2/gateways/login) and fetches credentials (POST /api/v3/gateways/connect). \
+        Standalone: --credentials-file FILE (that JSON) and one --relay per candidate \
+        (NAME=HOST[:PORT], SSH port 2222 by default).
         """)
 
-    @Option(help: "Gateway credentials JSON, shaped like /api/v3/gateways/connect.")
-    var credentialsFile: String
+    @Option(help: "Gateway credentials JSON, shaped like /api/v3/gateways/connect (standalone mode).")
+    var credentialsFile: String?
+
+    @Option(help: "Enrollment method: token.")
+    var enrollMethod: String?
+
+    @Option(help: "One-time enrollment token (enrolled mode).")
+    var token: String?
+
+    @Option(help: "Platform URL (enrolled mode); INFISICAL_DOMAIN / INFISICAL_API_URL as fallbacks.")
+    var domain: String?
+
+    @Option(help: "CA bundle to trust for the platform's HTTPS.")
+    var caFile: String?
+
+    @Option(help: "Use this relay (by name) instead of the platform's choice.")
+    var targetRelayName: String?
+
+    @Option(help: "Heartbeat interval to the platform in seconds (Infisical: 180).")
+    var heartbeatInterval: Int = 180
 
     @Option(name: .customLong("relay"), help: "A relay candidate NAME=HOST[:PORT] (repeatable). Defaults to the credentials' relay.")
     var relays: [String] = []
@@ -41,6 +60,10 @@ struct GatewayStart: ParsableCommand {
     var logFormat: String = "text"
 
     func validate() throws {
+        if credentialsFile == nil {
+            guard enrollMethod == "token" else { throw ValidationError("--enroll-method token (with --token and --domain) or --credentials-file is required") }
+            guard token?.isEmpty == false else { throw ValidationError("--token is required when --enroll-method=token") }
+        }
         guard algorithms == "modern" || algorithms == "infisical" else { throw ValidationError("--algorithms must be modern or infisical") }
         for r in relays where !r.contains("=") { throw ValidationError("--relay takes NAME=HOST[:PORT], got \(r)") }
     }
@@ -48,14 +71,32 @@ struct GatewayStart: ParsableCommand {
     func run() throws {
         RelayLog.bootstrap(format: RelayLog.Format(rawValue: logFormat) ?? .text, level: RelayLog.level(named: CommandEnv.get("LOG_LEVEL")))
         signal(SIGPIPE, SIG_IGN)
-        let text: String
-        switch ReplayFiles.readFile(credentialsFile, limit: 1 << 20) {
-        case .success(let b): text = String(decoding: b, as: UTF8.self)
-        case .failure(let e): throw ValidationError("cannot read \(credentialsFile): \(e.reason)")
-        }
-        let creds: GatewayCredentials
-        do { creds = try GatewayCredentials.parse(json: text) } catch {
-            throw ValidationError("\(credentialsFile) is not gateway credentials: \(error)")
+        var creds: GatewayCredentials
+        var enrolled: (api: PlatformAPIClient, accessToken: String)?
+        if let credentialsFile {
+            let text: String
+            switch ReplayFiles.readFile(credentialsFile, limit: 1 << 20) {
+            case .success(let b): text = String(decoding: b, as: UTF8.self)
+            case .failure(let e): throw ValidationError("cannot read \(credentialsFile): \(e.reason)")
+            }
+            do { creds = try GatewayCredentials.parse(json: text) } catch {
+                throw ValidationError("\(credentialsFile) is not gateway credentials: \(error)")
+            }
+        } else {
+            guard let url = domain ?? CommandEnv.get("INFISICAL_DOMAIN") ?? CommandEnv.get("INFISICAL_API_URL") else {
+                throw ValidationError("--domain is required in enrolled mode")
+            }
+            let api = PlatformAPIClient(domain: url, caFile: caFile)
+            RelayLog.gateway.info("Enrolling gateway with enrollment token...")
+            do {
+                let login = try api.gatewayLogin(token: token ?? "")
+                creds = try api.gatewayConnect(accessToken: login.accessToken, relayName: targetRelayName)
+                enrolled = (api, login.accessToken)
+            } catch {
+                RelayLog.gateway.error("Gateway enrollment failed: \(error)")
+                throw ExitCode(1)
+            }
+            RelayLog.gateway.info("Gateway \(creds.gatewayId) received certificates; relay \(creds.relayName ?? creds.relayHost)")
         }
         var candidates: [GatewayAgent.Relay] = relays.map { spec in
             let parts = spec.split(separator: "=", maxSplits: 1)
@@ -72,6 +113,7 @@ struct GatewayStart: ParsableCommand {
         let trace = try traceOut.map { path throws -> TraceRecorder in try TraceRecorder(path: path) }
         let agent = try GatewayAgent(options: options, trace: trace)
         agent.start()
+        if let enrolled { GatewayHeartbeats(api: enrolled.api, accessToken: enrolled.accessToken, agent: agent, interval: heartbeatInterval).start() }
         ShutdownSignals.wait()
         RelayLog.gateway.info("Shutting down gateway...")
         agent.stop()
@@ -99,5 +141,43 @@ enum ShutdownSignals {
         pthread_sigmask(SIG_BLOCK, &set, nil)
         var sig: Int32 = 0
         sigwait(&set, &sig)
+    }
+}
+
+/// The gateway's heartbeat to the platform (Infisical: every 3 min; the platform then pings the
+/// gateway through its relay). Retries every 10 s until the first success.
+final class GatewayHeartbeats: @unchecked Sendable {
+    let api: PlatformAPIClient
+    let accessToken: String
+    let agent: GatewayAgent
+    let interval: Int
+    init(api: PlatformAPIClient, accessToken: String, agent: GatewayAgent, interval: Int) {
+        self.api = api; self.accessToken = accessToken; self.agent = agent; self.interval = interval
+    }
+    func start() {
+        let box = Unmanaged.passRetained(self)
+        var tid = pthread_t()
+        pthread_create(&tid, nil, { arg in
+            let h = Unmanaged<GatewayHeartbeats>.fromOpaque(arg!).takeRetainedValue()
+            h.loop()
+            return nil
+        }, box.toOpaque())
+        pthread_detach(tid)
+    }
+    private func loop() {
+        var healthy = false
+        while true {
+            if agent.status.connectedRelay != nil {
+                do {
+                    try api.gatewayHeartbeat(accessToken: accessToken)
+                    if !healthy { RelayLog.gateway.info("Gateway is reachable by Infisical") }
+                    healthy = true
+                } catch {
+                    RelayLog.gateway.warning("Heartbeat failed: \(error)")
+                    healthy = false
+                }
+            }
+            sleep(UInt32(healthy ? max(10, interval) : 10))
+        }
     }
 }

@@ -46,6 +46,7 @@ struct PlatformAPI: Sendable {
         router.post("/api/v2/relays/heartbeat") { req, ctx in try await guarded { try await relayHeartbeat(req) } }
         router.post("/api/v3/gateways/connect") { req, ctx in try await guarded { try await gatewayConnect(req) } }
         router.post("/api/v2/gateways/heartbeat") { req, ctx in try await guarded { try await gatewayHeartbeat(req) } }
+        router.post("/api/v2/gateways/:id/connect-credentials") { req, ctx in try await guarded { try await connectCredentials(req, ctx) } }
         router.get("/admin") { req, ctx in try await guarded { try await adminPage(req) } }
         router.get("/api/status") { _, _ in json(.object([("status", .string("ok"))])) }
     }
@@ -485,6 +486,34 @@ struct PlatformAPI: Sendable {
         }
         try await store.write { db in try PlatformStore.setGatewayRelay(db, id: gatewayId, relayId: relay.id) }
         log.info("Gateway connected: credentials issued", metadata: ["id": "\(g.id)", "name": "\(g.name)", "relay": "\(relay.name)"])
+        return json(creds)
+    }
+
+    /// Ours (additive, admin): short-lived identities for `relay connect` to reach
+    /// `targetHost:targetPort` through the gateway's relay — the same outer and inner client
+    /// certificates the platform's own data-path connections use (5 minutes).
+    func connectCredentials(_ req: Request, _ ctx: PlatformRequestContext) async throws -> Response {
+        try requireAdmin(req)
+        let g = try await resource(.gateway, ctx)
+        let b = try await body(req)
+        guard let targetHost = b["targetHost"]?.stringValue, !targetHost.isEmpty, targetHost.utf8.count <= 253,
+              let port = b["targetPort"]?.intValue, (1...65535).contains(port) else {
+            throw APIError.badRequest("targetHost (string) and targetPort (1-65535) are required")
+        }
+        let relay = try await store.read { db in try g.relayId.flatMap { try PlatformStore.resource(db, id: $0) } }
+        guard let relay, let host = relay.host else {
+            throw APIError.badRequest("Gateway \(g.name) is not connected to a relay yet")
+        }
+        let ca = self.ca
+        let creds = try await PlatformService.blocking { () throws -> JSONValue in
+            let outer = try ca.platformClientCertificate(gatewayId: g.id, gatewayName: g.name)
+            let inner = try ca.gatewayClientCertificate(gatewayId: g.id, targetHost: targetHost, targetPort: Int(port))
+            return try JSONValueEncoder().encode(ConnectCredentials(
+                gatewayId: g.id, relayHost: host, relayTlsPort: relay.effectiveTLSPort,
+                outer: .init(certificate: outer.certificatePEM, privateKey: outer.privateKeyPEM, caChain: ca.relayServerChainPEM),
+                inner: .init(certificate: inner.certificatePEM, privateKey: inner.privateKeyPEM, caChain: ca.gatewayServerChainPEM)))
+        }
+        log.info("Connect credentials issued", metadata: ["gateway": "\(g.name)", "target": "\(targetHost):\(port)"])
         return json(creds)
     }
 
