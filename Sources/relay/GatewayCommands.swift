@@ -23,6 +23,9 @@ struct GatewayStart: ParsableCommand {
         (NAME=HOST[:PORT], SSH port 2222 by default).
         """)
 
+    @Option(help: "The gateway's name (as on the platform; for logs).")
+    var name: String?
+
     @Option(help: "Gateway credentials JSON, shaped like /api/v3/gateways/connect (standalone mode).")
     var credentialsFile: String?
 
