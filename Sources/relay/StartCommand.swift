@@ -108,12 +108,6 @@ struct Start: ParsableCommand {
         }
         Glibc.exit(code)
     }
-
-    /// Infisical's `util.HandleError`: `error: <message>` on stderr, exit 1.
-    func fail(_ message: String) -> Never {
-        printError("error: \(message)")
-        Glibc.exit(1)
-    }
 }
 
 /// The process environment as a dictionary.
