@@ -16,3 +16,10 @@ struct PendingRelayAPI: RelayAPI {
     func connect(accessToken: String) -> RelayAPIConnect { .failure(.unreachable(reason: "no HTTP client")) }
     func heartbeat(accessToken: String) -> RelayAPIHeartbeat { .failure("no HTTP client") }
 }
+
+extension PlatformClients {
+    /// `relay doctor`'s platform check: `GET url`, status and `Date` header.
+    public static func statusProbe(caFile: String?) -> Doctor.PlatformProbe {
+        Doctor.PlatformProbe { _ in .failure(.resource("no HTTP client")) }
+    }
+}

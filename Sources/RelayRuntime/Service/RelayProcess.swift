@@ -65,6 +65,8 @@ public final class RelayProcess: @unchecked Sendable {
     private let trace: TraceRecorder?
     private let draining = Atomic<Bool>(false)
     private let heartbeatStarted = Atomic<Bool>(false)
+    /// `<state-dir>/<name>.status.json` for `relay doctor` (enrolled mode).
+    private let status = Mutex<(directory: String, value: RelayStatus)?>(nil)
 
     public init(options: StartOptions) throws(RuntimeError) {
         self.options = options
@@ -92,6 +94,22 @@ public final class RelayProcess: @unchecked Sendable {
     /// The bound ports, once serving (tests, doctor).
     public var boundPorts: (ssh: Int, tls: Int)? {
         server.withLock { s in s.map { ($0.boundSSHPort, $0.boundTLSPort) } }
+    }
+
+    /// Changes the status file's content and rewrites it (no-op without a state directory).
+    func updateStatus(_ change: (inout RelayStatus) -> Void) {
+        status.withLock { st in
+            guard var s = st else { return }
+            change(&s.value)
+            s.value.updatedAt = Clock.wallNow().seconds
+            if let ports = server.withLock({ $0.map { ($0.boundSSHPort, $0.boundTLSPort, $0.certificateNotAfter) } }) {
+                s.value.sshPort = ports.0
+                s.value.tlsPort = ports.1
+                s.value.certificateNotAfter = ports.2
+            }
+            st = s
+            if let problem = s.value.write(directory: s.directory) { RelayLog.relay.debug("status file: \(problem)") }
+        }
     }
 
     // MARK: Readiness and metrics
@@ -248,6 +266,11 @@ public final class RelayProcess: @unchecked Sendable {
             return 1
         }
         let reading = store.read()
+        status.withLock {
+            $0 = (inputs.stateDirectory, RelayStatus(relayName: options.relayName, pid: getpid(), listenAddress: options.listenAddress,
+                                                     sshPort: options.sshPort, tlsPort: options.tlsPort, metricsListen: options.metricsListen,
+                                                     enrollment: "idle", updatedAt: Clock.wallNow().seconds))
+        }
         let domain = StartSettings.domain(flag: inputs.domainFlag, stored: reading.domain,
                                           cliConfigDomain: RelayProcess.cliConfigDomain(environment: inputs.environment),
                                           environment: inputs.environment)
@@ -269,14 +292,19 @@ public final class RelayProcess: @unchecked Sendable {
                 if failure == nil, !heartbeatStarted.exchange(true, ordering: .acquiringAndReleasing) {
                     heartbeatRef.withLock { $0 }?.start()
                 }
+                updateStatus { $0.enrollment = failure == nil ? "serving" : "failed" }
                 return failure
             },
             applyCertificates: { [unowned self] creds in
                 do { try server.withLock { $0 }?.replaceCredentials(creds) } catch {
                     RelayLog.relay.error("Failed to apply renewed certificates: \(error)")
                 }
+                updateStatus { $0.enrollment = "serving" }
             },
-            stopAccepting: { [unowned self] in server.withLock { $0 }?.stopAccepting() },
+            stopAccepting: { [unowned self] in
+                server.withLock { $0 }?.stopAccepting()
+                updateStatus { $0.enrollment = "not accepting" }
+            },
             finish: { [gate] outcome in
                 switch outcome {
                 case .stopped: gate.open(0)
@@ -288,11 +316,17 @@ public final class RelayProcess: @unchecked Sendable {
                                       importedAccessToken: legacyAccessToken, hooks: hooks)
         let heartbeat = HeartbeatDriver(config: options.heartbeat, instance: options.relayName, loop: control, trace: trace, api: api,
                                         accessToken: { driver.currentAccessToken },
-                                        report: { status in
-                                            metrics.registry.set("relay_heartbeat_healthy", status.health == .healthy ? 1 : 0)
-                                            metrics.registry.set("relay_heartbeat_consecutive_failures", Double(status.consecutiveFailures))
-                                            if status.health == .healthy {
-                                                metrics.registry.set("relay_heartbeat_last_success_seconds", Double(Clock.wallNow().seconds))
+                                        report: { [unowned self] report in
+                                            let now = Clock.wallNow().seconds
+                                            metrics.registry.set("relay_heartbeat_healthy", report.health == .healthy ? 1 : 0)
+                                            metrics.registry.set("relay_heartbeat_consecutive_failures", Double(report.consecutiveFailures))
+                                            if report.health == .healthy {
+                                                metrics.registry.set("relay_heartbeat_last_success_seconds", Double(now))
+                                            }
+                                            updateStatus { s in
+                                                let last = report.health == .healthy ? now : s.heartbeat?.lastSuccessAt
+                                                s.heartbeat = RelayStatus.Heartbeat(health: report.health.rawValue, consecutiveFailures: report.consecutiveFailures,
+                                                                                    lastSuccessAt: last, lastAttemptAt: now)
                                             }
                                         })
         heartbeatRef.withLock { $0 = heartbeat }
@@ -309,7 +343,9 @@ public final class RelayProcess: @unchecked Sendable {
                              now: Clock.now(), wallNow: Clock.wallNow()))
         let code = gate.wait()
         heartbeat.stop()
+        updateStatus { $0.enrollment = code == 0 ? "stopping" : "failed" }
         shutDown(announce: code != 0)
+        updateStatus { $0.enrollment = code == 0 ? "stopped" : "failed" }
         withExtendedLifetime(store) {}
         return code
     }
