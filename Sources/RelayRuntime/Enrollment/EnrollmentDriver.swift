@@ -43,6 +43,8 @@ final class EnrollmentDriver: @unchecked Sendable {
     private var signed: SignedSTSRequest?
 
     private var timers: [M.TimerKind: TimerHeap.ID] = [:]
+    /// State-file writes still running (a write is never abandoned: the process waits for it).
+    private let writesInFlight = Atomic<Int>(0)
 
     init(config: M.Config, loop: EventLoop, trace: TraceRecorder?, api: any RelayAPI, store: StateStore,
          signer: (any AWSLoginSigner)?, token: String?, heldAccessToken: String?, importedAccessToken: String?, hooks: Hooks) {
@@ -56,6 +58,13 @@ final class EnrollmentDriver: @unchecked Sendable {
         self.token = token
         self.importedAccessToken = importedAccessToken
         self.accessToken = Mutex(heldAccessToken)
+    }
+
+    /// Waits (up to `timeout`) for state-file writes in progress to finish (Specs/enrollment.md §4:
+    /// a write is not cancellable).
+    func waitForWrites(timeout: TimeSpan) {
+        let deadline = Clock.now() + timeout
+        while writesInFlight.load(ordering: .acquiring) > 0 && Clock.now() < deadline { usleep(5000) }
     }
 
     /// The access token in use (for heartbeats); nil before one is held.
@@ -139,7 +148,9 @@ final class EnrollmentDriver: @unchecked Sendable {
             }
             let contents = StateStore.Contents(tokenHash: tokenHash, accessToken: secret, relayId: relayId, domain: domain)
             let store = store
-            background {
+            writesInFlight.add(1, ordering: .acquiringAndReleasing)
+            background { [self] in
+                defer { writesInFlight.subtract(1, ordering: .acquiringAndReleasing) }
                 do {
                     try store.write(contents)
                     return .stateWritten(now: Clock.now())

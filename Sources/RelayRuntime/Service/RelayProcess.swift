@@ -342,6 +342,7 @@ public final class RelayProcess: @unchecked Sendable {
                              accessTokenFromEnvironment: fromEnvironment != nil, stateFile: reading.model, statePath: store.path,
                              now: Clock.now(), wallNow: Clock.wallNow()))
         let code = gate.wait()
+        driver.waitForWrites(timeout: .seconds(10))
         heartbeat.stop()
         updateStatus { $0.enrollment = code == 0 ? "stopping" : "failed" }
         shutDown(announce: code != 0)
