@@ -23,9 +23,9 @@ int relay_epoll_wait(int epfd, int *fds, uint32_t *events, int max, int timeout_
 
 int relay_pipe_nonblocking(int fds[2]) { return pipe2(fds, O_NONBLOCK | O_CLOEXEC); }
 
-int relay_accept_nonblocking(int fd, struct sockaddr *addr, unsigned int *len) {
+int relay_accept_nonblocking(int fd, void *addr, unsigned int *len) {
     socklen_t l = *len;
-    int r = accept4(fd, addr, &l, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    int r = accept4(fd, (struct sockaddr *)addr, &l, SOCK_NONBLOCK | SOCK_CLOEXEC);
     *len = l;
     return r;
 }

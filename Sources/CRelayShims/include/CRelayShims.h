@@ -18,12 +18,17 @@ int relay_epoll_create(void);
 int relay_epoll_ctl(int epfd, int op, int fd, uint32_t events);
 int relay_epoll_wait(int epfd, int *fds, uint32_t *events, int max, int timeout_ms);
 int relay_pipe_nonblocking(int fds[2]);
-struct sockaddr;
-int relay_accept_nonblocking(int fd, struct sockaddr *addr, unsigned int *len);
+// addr: a struct sockaddr_storage (void * keeps <sys/socket.h> out of this module).
+int relay_accept_nonblocking(int fd, void *addr, unsigned int *len);
+// Linux socket constants (kept here so Swift files that import this module never depend on
+// which module clang credits with <sys/socket.h>'s declarations).
+enum { RELAY_SOCK_STREAM = 1, RELAY_SOCK_NONBLOCK = 04000, RELAY_SOCK_CLOEXEC = 02000000 };
 enum {
     RELAY_EPOLL_ADD = 1, RELAY_EPOLL_DEL = 2, RELAY_EPOLL_MOD = 3,
     RELAY_EPOLLIN = 0x001, RELAY_EPOLLOUT = 0x004, RELAY_EPOLLERR = 0x008, RELAY_EPOLLHUP = 0x010,
     RELAY_EPOLLRDHUP = 0x2000
+};
+enum { RELAY_EPOLLET = 1u << 31
 };
 
 static inline int relay_ssl_ctx_set_min_tls12(SSL_CTX *ctx) {

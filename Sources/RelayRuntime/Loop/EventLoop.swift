@@ -132,6 +132,7 @@ final class EventLoop: @unchecked Sendable {
     func later(_ work: @escaping () -> Void) { deferred.append(work) }
 
     /// Runs `check` after every poll iteration until removed (e.g. a splice waiting for window).
+    /// Checks must be cheap; they run when any fd of this loop was ready or a timer fired.
     func setAfterPoll(_ owner: AnyObject, _ check: (() -> Void)?) {
         afterPoll[ObjectIdentifier(owner)] = check
     }
@@ -169,7 +170,8 @@ final class EventLoop: @unchecked Sendable {
             let now = Clock.now()
             var timeout = EventLoop.maxPollMilliseconds
             if let next = timers.nextDeadline { timeout = max(0, min(timeout, (next - now).milliseconds)) }
-            if !afterPoll.isEmpty || !deferred.isEmpty { timeout = min(timeout, 1) }
+            // After-poll checks wait for I/O like everything else: the events they wait for
+            // (window adjusts, key-exchange packets, channel confirmations) arrive on a polled fd.
             _ = ssh_event_dopoll(event, Int32(timeout))
             // Inbox work (from other threads), then deferred work, due timers, after-poll checks.
             let work = inbox.withLock { box -> [@Sendable () -> Void] in let w = box; box.removeAll(); return w }
@@ -242,6 +244,45 @@ struct TimerHeap {
             if r < heap.count && heap[r].deadline < heap[m].deadline { m = r }
             if m == i { break }
             heap.swapAt(i, m); i = m
+        }
+    }
+}
+
+/// Watches a libssh session's socket for the peer going away. libssh notices a closed socket
+/// only inside its own poll and tells nobody (no server-side callback), so the session fd is
+/// also registered here, edge-triggered for hang-up; when that fires, `check` runs after every
+/// poll until it reports the session gone (libssh reads the EOF in a following poll).
+final class HangupWatch: PollHandler, @unchecked Sendable {
+    let fd: Int32
+    unowned let loop: EventLoop
+    private let isGone: () -> Bool
+    private let onGone: () -> Void
+    private var registered = false
+
+    init(fd: Int32, loop: EventLoop, isGone: @escaping () -> Bool, onGone: @escaping () -> Void) {
+        self.fd = fd; self.loop = loop; self.isGone = isGone; self.onGone = onGone
+    }
+
+    func arm() {
+        guard fd >= 0, !registered else { return }
+        registered = true
+        loop.register(fd: fd, events: UInt32(RELAY_EPOLLRDHUP) | UInt32(RELAY_EPOLLET), handler: self)
+    }
+
+    /// Must run before the socket is closed.
+    func disarm() {
+        loop.setAfterPoll(self, nil)
+        guard registered else { return }
+        registered = false
+        loop.unregister(fd: fd)
+    }
+
+    func loopReady(events: UInt32) {
+        loop.setAfterPoll(self) { [unowned self] in
+            if self.isGone() {
+                self.disarm()
+                self.onGone()
+            }
         }
     }
 }

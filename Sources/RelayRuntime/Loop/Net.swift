@@ -31,7 +31,7 @@ enum Net {
     static func resolve(host: String, port: Int, passive: Bool) throws(RuntimeError) -> [(family: Int32, storage: sockaddr_storage, length: socklen_t)] {
         var hints = addrinfo()
         hints.ai_family = AF_UNSPEC
-        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        hints.ai_socktype = Int32(RELAY_SOCK_STREAM)
         if passive { hints.ai_flags = AI_PASSIVE }
         var res: UnsafeMutablePointer<addrinfo>?
         let h: String? = host.isEmpty ? nil : host
@@ -57,7 +57,7 @@ enum Net {
         let candidates = try resolve(host: host.isEmpty ? "::" : host, port: port, passive: true)
         var lastErr: Int32 = 0
         for c in candidates {
-            let fd = socket(c.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+            let fd = socket(c.family, Int32(RELAY_SOCK_STREAM) | Int32(RELAY_SOCK_CLOEXEC), 0)
             if fd < 0 { lastErr = errno; continue }
             var one: Int32 = 1
             setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
@@ -118,11 +118,7 @@ enum Net {
     static func accept(_ listener: Int32) -> (fd: Int32, peer: Address)? {
         var ss = sockaddr_storage()
         var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
-        let fd = withUnsafeMutablePointer(to: &ss) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                relay_accept_nonblocking(listener, $0, &len)
-            }
-        }
+        let fd = withUnsafeMutablePointer(to: &ss) { relay_accept_nonblocking(listener, $0, &len) }
         guard fd >= 0 else { return nil }
         setNoDelay(fd)
         return (fd, address(ss) ?? Address(host: "?", port: 0))
@@ -132,7 +128,7 @@ enum Net {
     static func connect(host: String, port: Int, timeoutMilliseconds: Int32) throws(RuntimeError) -> Int32 {
         var lastErr: Int32 = ECONNREFUSED
         for c in try resolve(host: host, port: port, passive: false) {
-            let fd = socket(c.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+            let fd = socket(c.family, Int32(RELAY_SOCK_STREAM) | Int32(RELAY_SOCK_CLOEXEC) | Int32(RELAY_SOCK_NONBLOCK), 0)
             if fd < 0 { lastErr = errno; continue }
             setNoDelay(fd)
             var ss = c.storage

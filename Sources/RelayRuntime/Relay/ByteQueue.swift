@@ -23,7 +23,19 @@ struct ByteQueue {
         if head == storage.count { storage.removeAll(keepingCapacity: true); head = 0 }
     }
 
-    func withReadable<R>(_ body: (UnsafeRawBufferPointer) -> R) -> R {
-        storage.withUnsafeBytes { body(UnsafeRawBufferPointer(rebasing: $0[head...])) }
+    func withReadable<R, E: Error>(_ body: (UnsafeRawBufferPointer) throws(E) -> R) throws(E) -> R {
+        let h = head
+        let r: Result<R, E> = storage.withUnsafeBytes { all in
+            Result { () throws(E) -> R in try body(UnsafeRawBufferPointer(rebasing: all[h...])) }
+        }
+        return try r.get()
+    }
+}
+
+extension Array where Element == UInt8 {
+    /// `withUnsafeMutableBytes` for a body with a typed error.
+    mutating func withMutableBytes<R, E: Error>(_ body: (UnsafeMutableRawBufferPointer) throws(E) -> R) throws(E) -> R {
+        let r: Result<R, E> = withUnsafeMutableBytes { p in Result { () throws(E) -> R in try body(p) } }
+        return try r.get()
     }
 }

@@ -195,10 +195,16 @@ final class Splice: PollHandler, @unchecked Sendable {
             bytesDown += UInt64(take)
         }
         libsshHoldsData = take < p.count
+        inDataCallback = true
         flushToTLS()
+        inDataCallback = false
         updateInterest()
         return take
     }
+
+    /// True while libssh is inside our data callback: reading from the channel then would
+    /// consume bytes libssh is about to drop from its own buffer.
+    private var inDataCallback = false
 
     private func flushToTLS() {
         guard let ch = channel else { return }
@@ -212,8 +218,8 @@ final class Splice: PollHandler, @unchecked Sendable {
                 case .failed(let why): abort(reason: "client TLS error: \(why)"); return
                 }
             }
-            // Pull what libssh kept back while we were full.
-            guard libsshHoldsData, phase == .open else { break }
+            // Pull what libssh kept back while we were full (never from inside its callback).
+            guard libsshHoldsData, phase == .open, !inDataCallback else { break }
             let n = Splice.scratch.withUnsafeMutableBytes {
                 ssh_channel_read_nonblocking(ch, $0.baseAddress, UInt32(min($0.count, toTLS.space)), 0)
             }

@@ -40,6 +40,7 @@ final class GatewaySession: @unchecked Sendable {
     private var failedAuthAttempts = 0
     private var lastSeenPackets: UInt64 = 0
     var splices: [UInt64: Splice] = [:]
+    private var hangup: HangupWatch?
     let maxAuthTries: Int
 
     init(id: UInt64, loop: EventLoop, bind: SSHBind, fd: Int32, peer: Net.Address,
@@ -101,6 +102,11 @@ final class GatewaySession: @unchecked Sendable {
 
     /// Starts the non-blocking key exchange and joins the loop.
     func start() {
+        let watch = HangupWatch(fd: Int32(ssh_get_fd(session)), loop: loop,
+                                isGone: { [unowned self] in !self.isConnected },
+                                onGone: { [unowned self] in self.fail("connection closed") })
+        hangup = watch
+        watch.arm()
         let rc = ssh_handle_key_exchange(session)
         if rc == SSH_ERROR { fail("SSH handshake failed: \(errorText)"); return }
         loop.add(session: session)
@@ -182,6 +188,8 @@ final class GatewaySession: @unchecked Sendable {
         phase = .closed
         loop.setAfterPoll(self, nil)
         for s in Array(splices.values) { s.abort(reason: "gateway connection closed") }
+        hangup?.disarm()
+        hangup = nil
         loop.later { [self] in
             loop.remove(session: session)
             if ssh_is_connected(session) != 0 { ssh_disconnect(session) }

@@ -151,11 +151,46 @@ public final class TLSContext: @unchecked Sendable {
             try trust(ctx, pem: clientCAsPEM)
             SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nil)
             _ = SSL_CTX_set_purpose(ctx, X509_PURPOSE_SSL_CLIENT)
+            if !alpn.isEmpty { TLSContext.installALPN(ctx, alpn) }
             return TLSContext(ptr: ctx, notAfter: notAfter)
         } catch {
             SSL_CTX_free(ctx)
             throw error
         }
+    }
+
+    /// Server-side ALPN: the first protocol in the client's list that we support wins; a client
+    /// offering none of ours gets no ALPN (the gateway then refuses the connection by mode).
+    private static func installALPN(_ ctx: OpaquePointer, _ protocols: [String]) {
+        let box = Unmanaged.passRetained(ALPNList(protocols)).toOpaque() // lives as long as the process
+        SSL_CTX_set_alpn_select_cb(ctx, { _, out, outlen, input, inlen, arg in
+            guard let arg, let input, let out, let outlen else { return SSL_TLSEXT_ERR_NOACK }
+            let supported = Unmanaged<ALPNList>.fromOpaque(arg).takeUnretainedValue().protocols
+            var i = 0
+            let n = Int(inlen)
+            while i < n {
+                let len = Int(input[i])
+                guard i + 1 + len <= n else { break }
+                let name = String(decoding: UnsafeBufferPointer(start: input + i + 1, count: len), as: UTF8.self)
+                if supported.contains(name) {
+                    out.pointee = input + i + 1
+                    outlen.pointee = UInt8(len)
+                    return SSL_TLSEXT_ERR_OK
+                }
+                i += 1 + len
+            }
+            return SSL_TLSEXT_ERR_NOACK
+        }, box)
+    }
+
+    /// A plain client (no client certificate): trusts `trustPEM` (or the system store when nil);
+    /// `verify: false` skips verification (Infisical's `verify=false` for HTTP proxy targets).
+    public static func client(trustPEM: String?, verify: Bool) throws(RuntimeError) -> TLSContext {
+        let ctx = try base(server: false)
+        if let trustPEM { do { try trust(ctx, pem: trustPEM) } catch { SSL_CTX_free(ctx); throw error } }
+        else { SSL_CTX_set_default_verify_paths(ctx) }
+        SSL_CTX_set_verify(ctx, verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, nil)
+        return TLSContext(ptr: ctx, notAfter: nil)
     }
 
     /// A client that presents `certificatePEM` and verifies the server against `serverCAsPEM`.
@@ -171,4 +206,9 @@ public final class TLSContext: @unchecked Sendable {
             throw error
         }
     }
+}
+
+final class ALPNList {
+    let protocols: Set<String>
+    init(_ p: [String]) { protocols = Set(p) }
 }

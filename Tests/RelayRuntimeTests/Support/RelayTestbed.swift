@@ -13,7 +13,8 @@ final class RelayTestbed: @unchecked Sendable {
     let serverCA: (Certificate, KeyPair)
     let credentials: RelayCredentials
     let keygen: SSHKeygen
-    let hostKey: KeyPair
+    let gatewayServerCA: (Certificate, KeyPair)
+    let gatewayClientCA: (Certificate, KeyPair)
     var server: RelayServer!
 
     init(relayName: String = "relay1") throws {
@@ -44,12 +45,15 @@ final class RelayTestbed: @unchecked Sendable {
         let serverCert = try sb.sign(publicKeyOf: serverKey, issuer: serverPair)
         keygen = try SSHKeygen()
         _ = try keygen.key("user-ca", type: "ed25519")
-        hostKey = try KeyPair.generate(.rsa2048)
+        _ = try keygen.key("host-ca", type: "ed25519")
+        _ = try keygen.key("host", type: "rsa")
+        gatewayServerCA = try intermediate("Infisical Gateway Server CA", serial: 4)
+        gatewayClientCA = try intermediate("Infisical Gateway Client CA", serial: 5)
         credentials = RelayCredentials(
             relayId: "relay-id-1",
             pki: .init(serverCertificate: serverCert.pem, serverPrivateKey: serverKey.privateKeyPEM,
                        clientCertificateChain: clientPair.0.pem + rootPair.0.pem),
-            ssh: .init(serverCertificate: "", serverPrivateKey: hostKey.privateKeyPEM,
+            ssh: .init(serverCertificate: "", serverPrivateKey: try keygen.read("host"),
                        clientCAPublicKey: try keygen.read("user-ca.pub")))
     }
 
@@ -77,6 +81,45 @@ final class RelayTestbed: @unchecked Sendable {
         _ = try keygen.sign(ca: ca, key: keyName, identity: keyId ?? "client-\(relayName)",
                             principals: "\(id),\(name)", validity: validity)
         return (keygen.dir.appendingPathComponent(keyName).path, keygen.dir.appendingPathComponent("\(keyName)-cert.pub").path)
+    }
+
+    /// The relay's SSH host certificate for the bound port (D1 principal `<host>:<port>`).
+    func hostCertificate(principal: String? = nil, ca: String = "host-ca") throws -> String {
+        try keygen.sign(ca: ca, key: "host", identity: "relay-server", principals: principal ?? "127.0.0.1:\(server.boundSSHPort)",
+                        validity: "-5m:+30d", host: true)
+    }
+
+    /// Credentials for our own gateway (`GatewayAgent`), shaped like `/api/v3/gateways/connect`.
+    func ourGatewayCredentials(_ id: String, name: String = "gw", hostCertificate: String? = nil) throws -> GatewayCredentials {
+        let ident = try gatewayIdentity(id, name: name)
+        let key = try KeyPair.generate(.ecdsaP256)
+        var b = CertificateBuilder(subject: [("O", "org-1"), ("CN", "Gateway")])
+        b.serial = UInt64.random(in: 100...UInt64(1 << 40))
+        b.extensions = [("basicConstraints", "CA:FALSE"), ("keyUsage", "critical,digitalSignature,keyEncipherment"),
+                        ("extendedKeyUsage", "serverAuth"), ("subjectAltName", "DNS:localhost,IP:127.0.0.1,IP:::1")]
+        let cert = try b.sign(publicKeyOf: key, issuer: gatewayServerCA)
+        return GatewayCredentials(
+            gatewayId: id, relayHost: "127.0.0.1", relayName: relayName, relaySshPort: server.boundSSHPort,
+            pki: .init(serverCertificate: cert.pem, serverPrivateKey: key.privateKeyPEM,
+                       clientCertificateChain: gatewayClientCA.0.pem + rootCA.0.pem),
+            ssh: .init(clientCertificate: try String(contentsOfFile: ident.cert, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines),
+                       clientPrivateKey: try String(contentsOfFile: ident.key, encoding: .utf8),
+                       serverCAPublicKey: try keygen.read("host-ca.pub")),
+            relayHostCertificate: hostCertificate)
+    }
+
+    /// The platform's inner-TLS client context for a target (routing + actor extensions).
+    func innerClientContext(targetHost: String, targetPort: Int) throws -> TLSContext {
+        let key = try KeyPair.generate(.ecdsaP256)
+        var b = CertificateBuilder(subject: [("O", "org-1"), ("OU", "gateway-client"), ("CN", "platform:gw")])
+        b.serial = UInt64.random(in: 100...UInt64(1 << 40))
+        b.extensions = [("basicConstraints", "CA:FALSE"), ("extendedKeyUsage", "critical,clientAuth")]
+        b.rawExtensions = [
+            ("1.3.6.1.4.1.12345.100.1", Array("{\"targetHost\":\"\(targetHost)\",\"targetPort\":\(targetPort)}".utf8)),
+            ("1.3.6.1.4.1.12345.100.2", Array("{\"type\":\"platform\"}".utf8)),
+        ]
+        let cert = try b.sign(publicKeyOf: key, issuer: gatewayClientCA)
+        return try TLSContext.mutualClient(certificatePEM: cert.pem, keyPEM: key.privateKeyPEM, serverCAsPEM: gatewayServerCA.0.pem + rootCA.0.pem)
     }
 
     /// Starts a Go x/crypto gateway for `id` and waits for READY.
@@ -134,4 +177,47 @@ func randomBytes(_ n: Int) -> [UInt8] {
         i += 8
     }
     return out
+}
+
+/// Full duplex through a `PlaintextStream`-backed client on one thread: a socketpair's far end
+/// is written (then half-closed) and read by the caller's helper threads.
+enum Duplex {
+    /// Sends `payload`, half-closes, and returns everything read back.
+    static func roundTrip(_ payload: [UInt8], pump: @escaping @Sendable (Int32) throws -> Void) throws -> [UInt8] {
+        var fds: [Int32] = [0, 0]
+        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0 else { throw DuplexError.socketpair }
+        let near = fds[0], far = fds[1]
+        let pumpError = LockedBox<(any Error)?>(nil)
+        let pumper = Thread { do { try pump(near) } catch { pumpError.set(error) }; close(near) }
+        pumper.start()
+        let writer = Thread {
+            var off = 0
+            while off < payload.count {
+                let n = payload.withUnsafeBytes { write(far, $0.baseAddress! + off, $0.count - off) }
+                if n <= 0 { break }
+                off += n
+            }
+            shutdown(far, Int32(SHUT_WR))
+        }
+        writer.start()
+        var out: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = read(far, &buf, buf.count)
+            if n <= 0 { break }
+            out += buf[0..<n]
+        }
+        close(far)
+        if let e = pumpError.get() { throw e }
+        return out
+    }
+    enum DuplexError: Error { case socketpair }
+}
+
+final class LockedBox<T>: @unchecked Sendable {
+    private var v: T
+    private let lock = NSLock()
+    init(_ v: T) { self.v = v }
+    func set(_ n: T) { lock.lock(); v = n; lock.unlock() }
+    func get() -> T { lock.lock(); defer { lock.unlock() }; return v }
 }

@@ -1,0 +1,116 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CLibSSH
+import RelayModel
+
+/// The gateway's authenticated SSH connection to a relay, on one event loop: accepts the
+/// `direct-tcpip` channels the relay opens (every other channel type is refused), answers
+/// nothing else, sends keepalives when the machine asks, and reports when the connection ends.
+final class GatewayLink: @unchecked Sendable {
+    let connection: Int
+    let loop: EventLoop
+    let session: OpaquePointer
+    private let innerContext: TLSContext
+    private let receiveCounter: UnsafeMutablePointer<ssh_counter_struct>
+    private let sendCounter: UnsafeMutablePointer<ssh_counter_struct>
+    private var lastSeen: UInt64 = 0
+    private var inner: [UInt64: InnerConnection] = [:]
+    private var nextInner: UInt64 = 1
+    private(set) var closed = false
+    private var hangup: HangupWatch?
+    /// Called once, on the loop, when the connection ends (not after `close()`).
+    var onLost: ((TransportCloseCause) -> Void)?
+    var channelCount: Int { inner.count }
+
+    init(connection: Int, loop: EventLoop, session: OpaquePointer, innerContext: TLSContext) {
+        self.connection = connection; self.loop = loop; self.session = session; self.innerContext = innerContext
+        receiveCounter = .allocate(capacity: 1); receiveCounter.initialize(to: ssh_counter_struct())
+        sendCounter = .allocate(capacity: 1); sendCounter.initialize(to: ssh_counter_struct())
+    }
+
+    deinit {
+        ssh_free(session)
+        receiveCounter.deallocate(); sendCounter.deallocate()
+    }
+
+    /// Joins the loop (call on the loop thread).
+    func start() {
+        ssh_set_blocking(session, 0)
+        ssh_set_counters(session, sendCounter, receiveCounter)
+        lastSeen = receiveCounter.pointee.in_packets
+        let me = Unmanaged.passUnretained(self).toOpaque()
+        ssh_set_message_callback(session, { _, msg, ud in
+            guard let msg, let ud else { return 1 }
+            let link = Unmanaged<GatewayLink>.fromOpaque(ud).takeUnretainedValue()
+            if ssh_message_type(msg) == Int32(SSH_REQUEST_CHANNEL_OPEN.rawValue),
+               ssh_message_subtype(msg) == Int32(SSH_CHANNEL_DIRECT_TCPIP.rawValue),
+               !link.closed, let ch = ssh_message_channel_request_open_reply_accept(msg) {
+                link.accepted(ch)
+                return 0
+            }
+            return 1 // libssh's default reply: refuse
+        }, me)
+        loop.add(session: session)
+        let watch = HangupWatch(fd: Int32(ssh_get_fd(session)), loop: loop,
+                                isGone: { [unowned self] in self.closed || ssh_is_connected(self.session) == 0
+                                    || ssh_get_status(self.session) & Int32(SSH_CLOSED | SSH_CLOSED_ERROR) != 0 },
+                                onGone: { [unowned self] in self.checkAlive() })
+        hangup = watch
+        watch.arm()
+    }
+
+    private func accepted(_ ch: OpaquePointer) {
+        let id = nextInner
+        nextInner += 1
+        guard let c = InnerConnection(id: id, link: self, channel: ch, context: innerContext) else {
+            loop.later { ssh_channel_close(ch); ssh_channel_free(ch) }
+            return
+        }
+        inner[id] = c
+        c.onClose = { [weak self] conn, _ in self?.inner[conn.id] = nil }
+        c.pump()
+    }
+
+    private func checkAlive() {
+        guard !closed else { return }
+        if ssh_is_connected(session) == 0 || ssh_get_status(session) & Int32(SSH_CLOSED | SSH_CLOSED_ERROR) != 0 {
+            let err = ssh_get_error(UnsafeMutableRawPointer(session)).map { String(cString: $0) } ?? ""
+            teardown()
+            onLost?(err.isEmpty || err.contains("closed") ? .closedByPeer : .io(detail: err))
+            onLost = nil
+        }
+    }
+
+    /// True when the relay sent anything since the last call (a keepalive reply counts).
+    func heardSinceLastCheck() -> Bool {
+        let now = receiveCounter.pointee.in_packets
+        defer { lastSeen = now }
+        return now != lastSeen
+    }
+
+    /// `keepalive@openssh.com` with want-reply (libssh keeps one outstanding; see the relay side).
+    func sendKeepalive() {
+        guard !closed else { return }
+        _ = ssh_send_keepalive(session)
+        _ = ssh_send_keepalive(session)
+    }
+
+    /// Closes the connection on purpose (drain, failback, keepalive timeout).
+    func close() {
+        guard !closed else { return }
+        teardown()
+        onLost = nil
+    }
+
+    private func teardown() {
+        closed = true
+        hangup?.disarm()
+        hangup = nil
+        for c in Array(inner.values) { c.finish("gateway connection closed") }
+        loop.later { [self] in
+            loop.remove(session: session)
+            if ssh_is_connected(session) != 0 { ssh_disconnect(session) }
+        }
+    }
+}

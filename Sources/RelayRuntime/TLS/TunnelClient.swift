@@ -1,0 +1,169 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import COpenSSL
+import CRelayShims
+import RelayModel
+
+/// The platform's side of the data path (what `relay connect` and the platform's probes use):
+/// outer mTLS to the relay (client certificate CN = gateway id), then an inner mTLS session with
+/// the gateway carried inside it (memory BIOs), pinned to the gateway CA, with exactly one ALPN.
+/// The relay sees only the inner ciphertext. Blocking, one connection per instance.
+public final class TunnelClient: @unchecked Sendable {
+    private let outer: BlockingTLSClient
+    private let ssl: OpaquePointer
+    private let rbio: OpaquePointer
+    private let wbio: OpaquePointer
+    private var outerEOF = false
+    private var innerClosed = false
+    private var pendingOuter = ByteQueue(capacity: 1 << 20)
+
+    /// `inner`: a client context presenting the gateway-client certificate (routing/actor
+    /// extensions) and trusting only the gateway server CA. `serverName` is what the gateway's
+    /// certificate must name (Infisical's platform checks "localhost").
+    public init(relayHost: String, relayPort: Int, outer outerContext: TLSContext, inner: TLSContext,
+                alpn: String, serverName: String = "localhost", timeoutMilliseconds: Int32 = 30_000) throws(RuntimeError) {
+        outer = try BlockingTLSClient(host: relayHost, port: relayPort, context: outerContext, serverName: relayHost,
+                                      verifyHost: true, timeoutMilliseconds: timeoutMilliseconds)
+        guard let s = SSL_new(inner.ptr), let r = BIO_new(BIO_s_mem()), let w = BIO_new(BIO_s_mem()) else {
+            throw .tls("SSL_new: \(openSSLErrors())")
+        }
+        SSL_set_bio(s, r, w)
+        SSL_set_connect_state(s)
+        SSL_set1_host(s, serverName)
+        var wire: [UInt8] = [UInt8(alpn.utf8.count)] + Array(alpn.utf8)
+        SSL_set_alpn_protos(s, &wire, UInt32(wire.count))
+        ssl = s; rbio = r; wbio = w
+        while true {
+            ERR_clear_error()
+            let rc = SSL_do_handshake(s)
+            try handshakeFlush()
+            if rc == 1 { break }
+            let err = SSL_get_error(s, rc)
+            guard err == SSL_ERROR_WANT_READ else { throw .tls("inner handshake: \(openSSLErrors())") }
+            guard try handshakeFeed() else { throw .tls("inner handshake: the relay or gateway closed the connection") }
+        }
+        guard negotiatedALPN == alpn else { throw .tls("the gateway did not accept ALPN \(alpn)") }
+    }
+
+    deinit { SSL_free(ssl) }
+
+    public var negotiatedALPN: String? {
+        var p: UnsafePointer<UInt8>?
+        var len: UInt32 = 0
+        SSL_get0_alpn_selected(ssl, &p, &len)
+        return p.map { String(decoding: UnsafeBufferPointer(start: $0, count: Int(len)), as: UTF8.self) }
+    }
+    public var outerCipher: String { outer.cipher }
+    public var innerCipher: String {
+        SSL_get_current_cipher(ssl).flatMap { SSL_CIPHER_get_name($0) }.map { String(cString: $0) } ?? "none"
+    }
+
+    /// Inner TLS output → outer connection (blocking; handshake only).
+    private func handshakeFlush() throws(RuntimeError) {
+        var buf = [UInt8](repeating: 0, count: 65536)
+        while BIO_ctrl_pending(wbio) > 0 {
+            let n = BIO_read(wbio, &buf, Int32(buf.count))
+            if n <= 0 { break }
+            try outer.write(Array(buf[0..<Int(n)]))
+        }
+    }
+
+    /// Outer connection → inner TLS input (blocking; handshake only); false at EOF.
+    private func handshakeFeed() throws(RuntimeError) -> Bool {
+        let chunk = try outer.read()
+        if chunk.isEmpty { return false }
+        _ = chunk.withUnsafeBytes { BIO_write(rbio, $0.baseAddress, Int32($0.count)) }
+        return true
+    }
+
+    /// Reads until the gateway ends the stream (ping, health), without sending anything.
+    public func readToEnd(limit: Int = 1 << 20, timeoutMilliseconds: Int32 = 30_000) throws(RuntimeError) -> [UInt8] {
+        var out: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 65536)
+        while out.count < limit {
+            let r = try buf.withMutableBytes { (p) throws(RuntimeError) -> Int? in try tryRead(p) }
+            guard let n = r else {
+                var p = pollfd(fd: socket, events: Int16(POLLIN), revents: 0)
+                if poll(&p, 1, timeoutMilliseconds) == 0 { throw .tls("read timed out") }
+                continue
+            }
+            if n == 0 { break }
+            out += buf[0..<n]
+        }
+        return out
+    }
+
+    public func close() { outer.close() }
+}
+
+extension TunnelClient: PlaintextStream {
+    var socket: Int32 { outer.socket }
+
+    /// Inner ciphertext → pending outer bytes.
+    private func drainInner() {
+        var buf = [UInt8](repeating: 0, count: 65536)
+        while BIO_ctrl_pending(wbio) > 0 {
+            let n = BIO_read(wbio, &buf, Int32(buf.count))
+            if n <= 0 { break }
+            buf.withUnsafeBytes { pendingOuter.append(UnsafeRawBufferPointer(rebasing: $0[0..<Int(n)])) }
+        }
+    }
+
+    func tryWrite(_ p: UnsafeRawBufferPointer) throws(RuntimeError) -> Int {
+        guard pendingOuter.count < 256 * 1024 else { try flush(); return 0 }
+        var n = 0
+        ERR_clear_error()
+        guard SSL_write_ex(ssl, p.baseAddress, min(p.count, 64 * 1024), &n) == 1 else { throw .tls("inner write: \(openSSLErrors())") }
+        drainInner()
+        try flush()
+        return n
+    }
+
+    func tryRead(_ p: UnsafeMutableRawBufferPointer) throws(RuntimeError) -> Int? {
+        while true {
+            var n = 0
+            ERR_clear_error()
+            let rc = SSL_read_ex(ssl, p.baseAddress, p.count, &n)
+            drainInner()
+            if rc == 1 { return n }
+            let err = SSL_get_error(ssl, rc)
+            if err == SSL_ERROR_ZERO_RETURN { return 0 }
+            guard err == SSL_ERROR_WANT_READ else {
+                if outerEOF { return 0 }
+                throw .tls("inner read: \(openSSLErrors())")
+            }
+            if outerEOF { return 0 }
+            var buf = [UInt8](repeating: 0, count: 65536)
+            guard let got = try buf.withMutableBytes({ (q) throws(RuntimeError) -> Int? in try outer.tryRead(q) }) else { return nil }
+            if got == 0 {
+                outerEOF = true
+                _ = BIO_ctrl(rbio, BIO_C_SET_BUF_MEM_EOF_RETURN, 0, nil)
+                continue
+            }
+            _ = buf.withUnsafeBytes { BIO_write(rbio, $0.baseAddress, Int32(got)) }
+        }
+    }
+
+    func finishWriting() throws(RuntimeError) {
+        guard !innerClosed else { return }
+        innerClosed = true
+        ERR_clear_error()
+        _ = SSL_shutdown(ssl)
+        drainInner()
+        try flush()
+    }
+
+    var hasPendingOutput: Bool { !pendingOuter.isEmpty }
+
+    func flush() throws(RuntimeError) {
+        while !pendingOuter.isEmpty {
+            let n = try pendingOuter.withReadable { (p) throws(RuntimeError) -> Int in try outer.tryWrite(p) }
+            if n == 0 { return }
+            pendingOuter.consume(n)
+        }
+    }
+
+    /// Full duplex on one thread through a local socket (`relay connect` runs one per connection).
+    public func pump(local: Int32) throws(RuntimeError) { try StreamPump.run(self, local: local) }
+}
