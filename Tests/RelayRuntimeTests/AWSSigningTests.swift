@@ -178,7 +178,7 @@ struct AWSSigningTests {
 
     @Test("container credentials: relative and full URIs, authorization token, loopback-only http")
     func containerCredentials() throws {
-        let seen = LockedBox<[(String, String, [(name: String, value: String)])]>([])
+        let seen = SharedBox<[(String, String, [(name: String, value: String)])]>([])
         let fetch = AWSCredentialChain.Fetch { method, url, headers in
             seen.mutate { $0.append((method, url, headers)) }
             return .success((200, Array(#"{"AccessKeyId":"CONTAINERKEY","SecretAccessKey":"CS","Token":"CT","Expiration":"2030-01-01T00:00:00Z"}"#.utf8)))
@@ -200,7 +200,7 @@ struct AWSSigningTests {
 
     @Test("IMDSv2: token first, then role, then credentials; region from placement when nothing else names one")
     func instanceMetadata() throws {
-        let seen = LockedBox<[String]>([])
+        let seen = SharedBox<[String]>([])
         let fetch = AWSCredentialChain.Fetch { method, url, headers in
             seen.mutate { $0.append("\(method) \(url) \(headers.map { "\($0.name)=\($0.value)" }.joined(separator: ","))") }
             let path = url.replacingOccurrences(of: "http://127.0.0.1:7777", with: "")
@@ -229,7 +229,7 @@ struct AWSSigningTests {
     }
 }
 
-final class LockedBox<T>: @unchecked Sendable {
+final class SharedBox<T>: @unchecked Sendable {
     private var v: T
     private let lock = NSLock()
     init(_ v: T) { self.v = v }

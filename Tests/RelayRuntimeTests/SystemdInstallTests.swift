@@ -9,7 +9,7 @@ import Testing
 struct SystemdInstallTests {
     /// A platform stand-in for the install-time login.
     final class StubAPI: RelayAPI, @unchecked Sendable {
-        let logins = LockedBox<[String]>([])
+        let logins = SharedBox<[String]>([])
         var answer: RelayAPILogin = .success(accessToken: "eyJ.install-time.jwt", relayId: "relay-uuid-1")
         func login(_ request: RelayLoginRequest) -> RelayAPILogin {
             if case .token(let t) = request { logins.mutate { $0.append(t) } }
@@ -19,7 +19,7 @@ struct SystemdInstallTests {
         func heartbeat(accessToken: String) -> RelayAPIHeartbeat { .failure("stub") }
     }
 
-    func installer(_ root: String, said: LockedBox<[String]> = LockedBox([]), systemctl: LockedBox<[[String]]> = LockedBox([])) -> SystemdInstaller {
+    func installer(_ root: String, said: SharedBox<[String]> = SharedBox([]), systemctl: SharedBox<[[String]]> = SharedBox([])) -> SystemdInstaller {
         SystemdInstaller(root: root, systemctl: { args in systemctl.mutate { $0.append(args) }; return 0 }, say: { line in said.mutate { $0.append(line) } })
     }
 
@@ -58,7 +58,7 @@ struct SystemdInstallTests {
     func tokenInstall() throws {
         let tmp = TempDir("relay-root")
         let api = StubAPI()
-        let said = LockedBox<[String]>([])
+        let said = SharedBox<[String]>([])
         let i = SystemdInstaller.Install(name: "edge-2", method: .token, token: "gwe_install_token_123", relayId: nil,
                                          domain: "https://platform.example/api", logFile: nil, executable: "/usr/local/bin/relay")
         let r = installer(tmp.url.path, said: said).install(i, api: api)
@@ -118,7 +118,7 @@ struct SystemdInstallTests {
     func uninstall() throws {
         let tmp = TempDir("relay-root")
         try FileManager.default.createDirectory(atPath: tmp.path("etc/logrotate.d"), withIntermediateDirectories: true)
-        let calls = LockedBox<[[String]]>([])
+        let calls = SharedBox<[[String]]>([])
         let inst = installer(tmp.url.path, systemctl: calls)
         let i = SystemdInstaller.Install(name: "edge-4", method: .token, token: "gwe_t", relayId: nil, domain: "https://p/api",
                                          logFile: "/var/log/edge-4.log", executable: "/usr/local/bin/relay")
