@@ -17,8 +17,9 @@ CONFIG:
    "aws": {"sts": "http://127.0.0.1:MOTO", "relayId": "…", "allowedAccounts": ["123456789012"]},
    "heartbeatProbe": {"host": "127.0.0.1", "port": 8443, "cert": …, "key": …, "ca": …} (optional)}
 
-Control (plain HTTP on the same TLS port): POST /__control {"revoke": true} makes every access
-token unauthorized from then on; {"tokens": {...}} adds tokens.
+Control (on the same HTTPS port): POST /__control {"revoke": true} makes every access token
+unauthorized from then on; {"tokens": {...}} adds tokens; {"connectStatus": [...]} and
+{"loginStatus": [...]} queue forced answers.
 Every request is appended to the log as one JSON line (method, path, outcome; tokens as SHA-256).
 """
 import base64, hashlib, http.server, json, os, socket, ssl, sys, threading, time, urllib.request
@@ -100,6 +101,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 if body.get("revoke"):
                     STATE["revoked"] = True
                 STATE["tokens"].update(body.get("tokens", {}))
+                STATE["connectStatus"].extend(body.get("connectStatus", []))
+                STATE["loginStatus"].extend(body.get("loginStatus", []))
             return self.reply(200, {"ok": True})
         if path == "/api/v2/relays/login":
             return self.login(body)
