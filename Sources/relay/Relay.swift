@@ -10,7 +10,7 @@ struct Relay: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "relay",
         abstract: "Infisical-compatible relay, gateway and reference platform.",
-        subcommands: [Replay.self, Version.self, Start.self, Systemd.self, DoctorCommand.self])
+        subcommands: [Replay.self, Version.self, Start.self, Systemd.self, DoctorCommand.self, Gateway.self, Connect.self])
 }
 
 struct Version: ParsableCommand {

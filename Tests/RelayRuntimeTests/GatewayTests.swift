@@ -79,3 +79,83 @@ struct GatewayTests {
         gw.stop()
     }
 }
+
+extension GatewayTests {
+    @Test("the relay cannot decrypt: a marker sent through relay connect reaches the target but never appears in what the relay splices")
+    func relayCannotDecrypt() async throws {
+        let bed = try RelayTestbed()
+        let tapped = bed.tapped
+        try bed.startRelay { o in o.spliceTap = { bytes in tapped.set(tapped.get() + bytes) } }
+        let target = try EchoServer()
+        let gw = try agent(bed, "gw-secret", hostCertificate: try bed.hostCertificate())
+        gw.start()
+        #expect(Self.waitConnected(gw))
+        let outer = try bed.platformClientContext(gatewayId: "gw-secret")
+        let inner = try bed.innerClientContext(targetHost: "127.0.0.1", targetPort: target.port)
+        let proxy = try ConnectProxy(listenHost: "127.0.0.1", listenPort: 0) {
+            ConnectProxy.Endpoint(relayHost: "127.0.0.1", relayPort: bed.server.boundTLSPort, outer: outer, inner: inner)
+        }
+        Thread { proxy.run() }.start()
+        let marker = "MARKER-\(UUID().uuidString)-plaintext"
+        let fd = try Net.connect(host: "127.0.0.1", port: proxy.port, timeoutMilliseconds: 5000)
+        let bytes = Array((String(repeating: marker + "\n", count: 50)).utf8)
+        var off = 0
+        while off < bytes.count {
+            let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + off, $0.count - off) }
+            if n > 0 { off += n } else { usleep(1000) }
+        }
+        shutdown(fd, Int32(SHUT_WR))
+        // The echo target sends everything back: the marker reached the target in plaintext.
+        var back: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 65536)
+        while true {
+            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            if poll(&p, 1, 10_000) <= 0 { break }
+            let n = read(fd, &buf, buf.count)
+            if n <= 0 { break }
+            back += buf[0..<n]
+        }
+        close(fd)
+        #expect(back == bytes ? true : false, "echoed \(back.count) of \(bytes.count) bytes")
+        #expect(String(decoding: back, as: UTF8.self).contains(marker))
+        let seen = tapped.get()
+        #expect(seen.count > bytes.count / 2, "the relay carried the bytes (\(seen.count))")
+        #expect(!String(decoding: seen, as: UTF8.self).contains("MARKER-"))
+        proxy.stop()
+        gw.stop()
+    }
+
+    @Test("three gateways on a two-loop relay carry 20 concurrent 256 KiB connections each, byte-exact")
+    func manyGatewaysAcrossLoops() async throws {
+        let bed = try RelayTestbed()
+        try bed.startRelay()
+        let target = try EchoServer()
+        var agents: [GatewayAgent] = []
+        for i in 0..<3 {
+            let a = try agent(bed, "gw-multi-\(i)", hostCertificate: try bed.hostCertificate())
+            a.start()
+            agents.append(a)
+        }
+        for a in agents { #expect(Self.waitConnected(a)) }
+        let ok = Counter()
+        let done = DispatchGroup()
+        for i in 0..<60 {
+            let outer = try bed.platformClientContext(gatewayId: "gw-multi-\(i % 3)")
+            let inner = try bed.innerClientContext(targetHost: "127.0.0.1", targetPort: target.port)
+            done.enter()
+            Thread {
+                defer { done.leave() }
+                let payload = randomBytes(256 * 1024)
+                guard let c = try? TunnelClient(relayHost: "127.0.0.1", relayPort: bed.server.boundTLSPort, outer: outer, inner: inner,
+                                                alpn: "infisical-tcp-proxy") else { return }
+                defer { c.close() }
+                if (try? Duplex.roundTrip(payload) { try c.pump(local: $0) }) == payload { ok.increment() }
+            }.start()
+        }
+        #expect(done.wait(timeout: .now() + 120) == .success)
+        #expect(ok.value == 60)
+        for a in agents { a.stop() }
+        target.stop()
+    }
+}
+

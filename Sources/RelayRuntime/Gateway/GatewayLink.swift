@@ -53,9 +53,11 @@ final class GatewayLink: @unchecked Sendable {
         }, me)
         loop.add(session: session)
         let watch = HangupWatch(fd: Int32(ssh_get_fd(session)), loop: loop,
-                                isGone: { [unowned self] in self.closed || ssh_is_connected(self.session) == 0
-                                    || ssh_get_status(self.session) & Int32(SSH_CLOSED | SSH_CLOSED_ERROR) != 0 },
-                                onGone: { [unowned self] in self.checkAlive() })
+                                isGone: { [weak self] in
+                                    guard let self else { return true }
+                                    return self.closed || ssh_is_connected(self.session) == 0
+                                        || ssh_get_status(self.session) & Int32(SSH_CLOSED | SSH_CLOSED_ERROR) != 0 },
+                                onGone: { [weak self] in self?.checkAlive() })
         hangup = watch
         watch.arm()
     }

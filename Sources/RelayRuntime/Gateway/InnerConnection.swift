@@ -21,7 +21,8 @@ final class InnerConnection: PollHandler, @unchecked Sendable {
     enum Phase: Equatable { case handshake, connectingTarget, running, finishing, closed }
 
     let id: UInt64
-    unowned let link: GatewayLink
+    weak var link: GatewayLink?
+    let loop: EventLoop
     private var channel: OpaquePointer?
     private let ssl: OpaquePointer
     private let rbio: OpaquePointer
@@ -43,16 +44,14 @@ final class InnerConnection: PollHandler, @unchecked Sendable {
     private var connectTimer: TimerHeap.ID?
     private var httpWorker: HTTPProxyWorker?
     var onClose: ((InnerConnection, String) -> Void)?
-    nonisolated(unsafe) private static var scratch = [UInt8](repeating: 0, count: 64 * 1024)
 
-    var loop: EventLoop { link.loop }
 
     init?(id: UInt64, link: GatewayLink, channel: OpaquePointer, context: TLSContext) {
         guard let s = SSL_new(context.ptr) else { return nil }
         guard let r = BIO_new(BIO_s_mem()), let w = BIO_new(BIO_s_mem()) else { SSL_free(s); return nil }
         SSL_set_bio(s, r, w) // the SSL owns both BIOs now
         SSL_set_accept_state(s)
-        self.id = id; self.link = link; self.channel = channel
+        self.id = id; self.link = link; self.loop = link.loop; self.channel = channel
         ssl = s; rbio = r; wbio = w
         callbacks = .allocate(capacity: 1)
         callbacks.initialize(to: ssh_channel_callbacks_struct())
@@ -105,9 +104,9 @@ final class InnerConnection: PollHandler, @unchecked Sendable {
         while BIO_ctrl_pending(wbio) > 0 {
             let window = Int(ssh_channel_window_size(ch))
             if window == 0 { waitForWindow(); return }
-            let n = InnerConnection.scratch.withUnsafeMutableBytes { BIO_read(wbio, $0.baseAddress, Int32(min(window, $0.count))) }
+            let n = withScratch { BIO_read(wbio, $0.baseAddress, Int32(min(window, $0.count))) }
             if n <= 0 { break }
-            let rc = InnerConnection.scratch.withUnsafeBytes { ssh_channel_write(ch, $0.baseAddress, UInt32(n)) }
+            let rc = withScratchBytes { ssh_channel_write(ch, $0.baseAddress, UInt32(n)) }
             if rc == SSH_ERROR { finish("channel write failed"); return }
         }
         if closeNotifySent && BIO_ctrl_pending(wbio) == 0 && !channelEOFSent && (targetEOF || mode != "infisical-tcp-proxy") {
@@ -119,7 +118,8 @@ final class InnerConnection: PollHandler, @unchecked Sendable {
     private func waitForWindow() {
         guard !windowWait else { return }
         windowWait = true
-        loop.setAfterPoll(self) { [unowned self] in
+        loop.setAfterPoll(self) { [weak self] in
+            guard let self else { return }
             guard let ch = self.channel, self.phase != .closed else { self.loop.setAfterPoll(self, nil); return }
             if ssh_channel_window_size(ch) > 0 {
                 self.windowWait = false
@@ -164,9 +164,9 @@ final class InnerConnection: PollHandler, @unchecked Sendable {
     private func pullHeld() {
         guard libsshHolds, let ch = channel, BIO_ctrl_pending(rbio) < InnerConnection.highWater / 2 else { return }
         if inDataCallback { loop.later { [weak self] in self?.pump() }; return }
-        let n = InnerConnection.scratch.withUnsafeMutableBytes { ssh_channel_read_nonblocking(ch, $0.baseAddress, UInt32($0.count), 0) }
+        let n = withScratch { ssh_channel_read_nonblocking(ch, $0.baseAddress, UInt32($0.count), 0) }
         if n > 0 {
-            _ = InnerConnection.scratch.withUnsafeBytes { BIO_write(rbio, $0.baseAddress, n) }
+            _ = withScratchBytes { BIO_write(rbio, $0.baseAddress, n) }
             loop.later { [weak self] in self?.pump() }
         } else {
             libsshHolds = false
@@ -178,10 +178,10 @@ final class InnerConnection: PollHandler, @unchecked Sendable {
         while toTarget.space > 0 {
             var n = 0
             ERR_clear_error()
-            let rc = InnerConnection.scratch.withUnsafeMutableBytes { SSL_read_ex(ssl, $0.baseAddress, min($0.count, toTarget.space), &n) }
+            let rc = withScratch { SSL_read_ex(ssl, $0.baseAddress, min($0.count, toTarget.space), &n) }
             if rc == 1 {
                 if mode == "infisical-tcp-proxy" || mode == "infisical-http-proxy" {
-                    InnerConnection.scratch.withUnsafeBytes { toTarget.append(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+                    withScratchBytes { toTarget.append(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
                 }
                 continue
             }
@@ -342,10 +342,10 @@ final class InnerConnection: PollHandler, @unchecked Sendable {
 
     private func readTarget() {
         while !targetEOF && BIO_ctrl_pending(wbio) < InnerConnection.highWater {
-            let n = InnerConnection.scratch.withUnsafeMutableBytes { Glibc.read(targetFD, $0.baseAddress, $0.count) }
+            let n = withScratch { Glibc.read(targetFD, $0.baseAddress, $0.count) }
             if n > 0 {
                 bytesFromTarget += n
-                if !InnerConnection.scratch.withUnsafeBytes({ writePlaintext(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }) {
+                if !withScratchBytes({ writePlaintext(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }) {
                     finish("inner TLS write failed"); return
                 }
                 flushToChannel()
@@ -414,4 +414,9 @@ final class InnerConnection: PollHandler, @unchecked Sendable {
             onClose = nil
         }
     }
+}
+
+extension InnerConnection {
+    func withScratch<R>(_ body: (UnsafeMutableRawBufferPointer) -> R) -> R { body(loop.scratch) }
+    func withScratchBytes<R>(_ body: (UnsafeRawBufferPointer) -> R) -> R { body(UnsafeRawBufferPointer(loop.scratch)) }
 }

@@ -29,11 +29,14 @@ final class EventLoop: @unchecked Sendable {
     private let inbox = Mutex<[@Sendable () -> Void]>([])
     private var handlers: [Int32: any PollHandler] = [:]
     private var deferred: [() -> Void] = []
-    private var afterPoll: [ObjectIdentifier: () -> Void] = [:]
+    private var afterPoll: [ObjectIdentifier: (owner: Weak, check: () -> Void)] = [:]
     private var timers = TimerHeap()
     private var sessions: Set<OpaquePointer> = []
     private let stopping = Atomic<Bool>(false)
     private var threadID: pthread_t?
+    /// A 64 KiB buffer for copies done on this loop's thread (splices, inner TLS). Owned by the
+    /// loop, so two loops never share one.
+    let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 16)
     /// Poll timeout cap; keeps libssh's own timeouts (kex, keepalive bookkeeping) ticking.
     static let maxPollMilliseconds: Int64 = 200
 
@@ -60,6 +63,7 @@ final class EventLoop: @unchecked Sendable {
         ssh_event_remove_fd(event, epfd)
         ssh_event_free(event)
         close(epfd); close(wakeRead); close(wakeWrite)
+        scratch.deallocate()
     }
 
     // MARK: Cross-thread
@@ -134,7 +138,7 @@ final class EventLoop: @unchecked Sendable {
     /// Runs `check` after every poll iteration until removed (e.g. a splice waiting for window).
     /// Checks must be cheap; they run when any fd of this loop was ready or a timer fired.
     func setAfterPoll(_ owner: AnyObject, _ check: (() -> Void)?) {
-        afterPoll[ObjectIdentifier(owner)] = check
+        afterPoll[ObjectIdentifier(owner)] = check.map { (Weak(owner), $0) }
     }
 
     @discardableResult
@@ -179,7 +183,10 @@ final class EventLoop: @unchecked Sendable {
             runDeferred()
             let t = Clock.now()
             while let due = timers.popDue(now: t) { due(); runDeferred() }
-            for check in Array(afterPoll.values) { check() }
+            for (key, entry) in afterPoll {
+                // An owner that went away without clearing its check loses it here.
+                if entry.owner.value == nil { afterPoll[key] = nil } else { entry.check() }
+            }
             runDeferred()
         }
         let work = inbox.withLock { box -> [@Sendable () -> Void] in let w = box; box.removeAll(); return w }
@@ -195,6 +202,11 @@ final class EventLoop: @unchecked Sendable {
             for w in d { w() }
         }
     }
+}
+
+final class Weak {
+    weak var value: AnyObject?
+    init(_ v: AnyObject) { value = v }
 }
 
 /// A small binary heap of timers; cancellation marks entries dead.
@@ -254,7 +266,7 @@ struct TimerHeap {
 /// poll until it reports the session gone (libssh reads the EOF in a following poll).
 final class HangupWatch: PollHandler, @unchecked Sendable {
     let fd: Int32
-    unowned let loop: EventLoop
+    let loop: EventLoop
     private let isGone: () -> Bool
     private let onGone: () -> Void
     private var registered = false
@@ -278,7 +290,8 @@ final class HangupWatch: PollHandler, @unchecked Sendable {
     }
 
     func loopReady(events: UInt32) {
-        loop.setAfterPoll(self) { [unowned self] in
+        loop.setAfterPoll(self) { [weak self] in
+            guard let self else { return }
             if self.isGone() {
                 self.disarm()
                 self.onGone()

@@ -200,6 +200,7 @@ final class RegistryDriver: GatewaySessionDelegate, @unchecked Sendable {
                 return
             }
             let splice = Splice(id: UInt64(bitPattern: Int64(client)), owner: s, tls: tls.value, openTimeout: timeout)
+            splice.tap = server?.options.spliceTap
             var opened = false
             splice.onOpen = { [self] _ in
                 opened = true

@@ -34,6 +34,9 @@ public final class RelayServer: @unchecked Sendable {
         /// Certificate clock-skew allowance for gateway SSH certificates.
         public var certificateSkew: Int64 = 0
         public var registry: TunnelRegistryMachine.Config
+        /// Sees every byte the relay splices, after the outer TLS is removed (what the relay
+        /// could read if it tried). For tests proving it carries only inner ciphertext.
+        public var spliceTap: (@Sendable ([UInt8]) -> Void)?
         public init(relayName: String, registry: TunnelRegistryMachine.Config = TunnelRegistryMachine.Config()) {
             self.relayName = relayName
             self.registry = registry
@@ -134,8 +137,12 @@ public final class RelayServer: @unchecked Sendable {
 
     private func registerListeners(ssh: Int32, tls: Int32) {
         let acceptLoop = loops[0]
-        let sshL = Listener(fd: ssh) { [unowned self] fd, peer in self.acceptSSH(fd: fd, peer: peer) }
-        let tlsL = Listener(fd: tls) { [unowned self] fd, peer in self.acceptTLS(fd: fd, peer: peer) }
+        let sshL = Listener(fd: ssh) { [weak self] fd, peer in
+            if let self { self.acceptSSH(fd: fd, peer: peer) } else { close(fd) }
+        }
+        let tlsL = Listener(fd: tls) { [weak self] fd, peer in
+            if let self { self.acceptTLS(fd: fd, peer: peer) } else { close(fd) }
+        }
         sshListener = sshL
         tlsListener = tlsL
         acceptLoop.execute { acceptLoop.register(fd: ssh, events: UInt32(RELAY_EPOLLIN), handler: sshL) }

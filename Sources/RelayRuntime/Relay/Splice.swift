@@ -17,7 +17,8 @@ final class Splice: PollHandler, @unchecked Sendable {
     enum Phase: Equatable { case opening, open, closed }
 
     let id: UInt64
-    unowned let owner: GatewaySession
+    /// Strong: the session's `splices` table holds this splice until `abort` breaks the cycle.
+    let owner: GatewaySession
     let tls: TLSConnection
     private(set) var phase: Phase = .opening
     private var channel: OpaquePointer?
@@ -31,13 +32,14 @@ final class Splice: PollHandler, @unchecked Sendable {
     private var interest: UInt32 = 0
     private let openDeadline: Instant
     private(set) var bytesUp: UInt64 = 0, bytesDown: UInt64 = 0
+    /// Test tap: every spliced byte, both directions.
+    var tap: (@Sendable ([UInt8]) -> Void)?
     /// Called once when the gateway confirmed the channel.
     var onOpen: ((Splice) -> Void)?
     /// Called once when the splice has ended (on the loop, outside libssh callbacks).
     var onClose: ((Splice, String) -> Void)?
 
     static let chunk = 64 * 1024
-    nonisolated(unsafe) private static var scratch = [UInt8](repeating: 0, count: 64 * 1024)
 
     init(id: UInt64, owner: GatewaySession, tls: TLSConnection, openTimeout: TimeSpan) {
         self.id = id; self.owner = owner; self.tls = tls
@@ -56,7 +58,7 @@ final class Splice: PollHandler, @unchecked Sendable {
         guard let ch = ssh_channel_new(owner.session) else { abort(reason: "cannot allocate channel"); return }
         channel = ch
         owner.splices[id] = self
-        loop.setAfterPoll(self) { [unowned self] in self.pollOpen() }
+        loop.setAfterPoll(self) { [weak self] in self?.pollOpen() }
         pollOpen()
     }
 
@@ -129,14 +131,15 @@ final class Splice: PollHandler, @unchecked Sendable {
             let window = Int(ssh_channel_window_size(ch))
             if window == 0 { blockOnWindow(); break }
             let want = min(window, Splice.chunk)
-            let r = Splice.scratch.withUnsafeMutableBytes { tls.read(UnsafeMutableRawBufferPointer(rebasing: $0[0..<want])) }
+            let r = withScratch { tls.read(UnsafeMutableRawBufferPointer(rebasing: $0[0..<want])) }
             switch r {
             case .done(let n):
                 bytesUp += UInt64(n)
-                let wrote = Splice.scratch.withUnsafeBytes { writeChannel(ch, UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+                if let tap { withScratchBytes { tap(Array($0[0..<n])) } }
+                let wrote = withScratchBytes { writeChannel(ch, UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
                 if wrote < 0 { abort(reason: "channel write failed: \(owner.errorText)"); return }
                 if wrote < n {
-                    Splice.scratch.withUnsafeBytes { toChannel.append(UnsafeRawBufferPointer(rebasing: $0[wrote..<n])) }
+                    withScratchBytes { toChannel.append(UnsafeRawBufferPointer(rebasing: $0[wrote..<n])) }
                 }
             case .wantRead, .wantWrite:
                 updateInterest(); return
@@ -173,7 +176,8 @@ final class Splice: PollHandler, @unchecked Sendable {
     private func blockOnWindow() {
         guard !windowBlocked else { return }
         windowBlocked = true
-        loop.setAfterPoll(self) { [unowned self] in
+        loop.setAfterPoll(self) { [weak self] in
+            guard let self else { return }
             guard let ch = self.channel, self.phase == .open else { self.loop.setAfterPoll(self, nil); return }
             if ssh_channel_window_size(ch) > 0 {
                 self.windowBlocked = false
@@ -192,6 +196,7 @@ final class Splice: PollHandler, @unchecked Sendable {
         let take = min(p.count, toTLS.space)
         if take > 0 {
             toTLS.append(UnsafeRawBufferPointer(rebasing: p[0..<take]))
+            tap?(Array(p[0..<take]))
             bytesDown += UInt64(take)
         }
         libsshHoldsData = take < p.count
@@ -220,12 +225,13 @@ final class Splice: PollHandler, @unchecked Sendable {
             }
             // Pull what libssh kept back while we were full (never from inside its callback).
             guard libsshHoldsData, phase == .open, !inDataCallback else { break }
-            let n = Splice.scratch.withUnsafeMutableBytes {
+            let n = withScratch {
                 ssh_channel_read_nonblocking(ch, $0.baseAddress, UInt32(min($0.count, toTLS.space)), 0)
             }
             if n <= 0 { libsshHoldsData = false; break }
             bytesDown += UInt64(n)
-            Splice.scratch.withUnsafeBytes { toTLS.append(UnsafeRawBufferPointer(rebasing: $0[0..<Int(n)])) }
+            withScratchBytes { toTLS.append(UnsafeRawBufferPointer(rebasing: $0[0..<Int(n)])) }
+            if let tap { withScratchBytes { tap(Array($0[0..<Int(n)])) } }
         }
         if channelEOF && toTLS.isEmpty && !closeNotifySent {
             closeNotifySent = tls.sendCloseNotify()
@@ -266,4 +272,9 @@ final class Splice: PollHandler, @unchecked Sendable {
             onClose = nil
         }
     }
+}
+
+extension Splice {
+    func withScratch<R>(_ body: (UnsafeMutableRawBufferPointer) -> R) -> R { body(loop.scratch) }
+    func withScratchBytes<R>(_ body: (UnsafeRawBufferPointer) -> R) -> R { body(UnsafeRawBufferPointer(loop.scratch)) }
 }

@@ -103,14 +103,14 @@ final class GatewaySession: @unchecked Sendable {
     /// Starts the non-blocking key exchange and joins the loop.
     func start() {
         let watch = HangupWatch(fd: Int32(ssh_get_fd(session)), loop: loop,
-                                isGone: { [unowned self] in !self.isConnected },
-                                onGone: { [unowned self] in self.fail("connection closed") })
+                                isGone: { [weak self] in self.map { !$0.isConnected } ?? true },
+                                onGone: { [weak self] in self?.fail("connection closed") })
         hangup = watch
         watch.arm()
         let rc = ssh_handle_key_exchange(session)
         if rc == SSH_ERROR { fail("SSH handshake failed: \(errorText)"); return }
         loop.add(session: session)
-        if rc == SSH_OK { phase = .authenticating } else { loop.setAfterPoll(self) { [unowned self] in self.pollKeyExchange() } }
+        if rc == SSH_OK { phase = .authenticating } else { loop.setAfterPoll(self) { [weak self] in self?.pollKeyExchange() } }
     }
 
     private func pollKeyExchange() {

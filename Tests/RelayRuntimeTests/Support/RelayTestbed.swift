@@ -59,6 +59,9 @@ final class RelayTestbed: @unchecked Sendable {
 
     deinit { server?.stop(); keygen.remove() }
 
+    /// Everything the relay spliced (after removing the outer TLS), when tapped.
+    let tapped = LockedBox<[UInt8]>([])
+
     @discardableResult
     func startRelay(_ configure: (inout RelayServer.Options) -> Void = { _ in }) throws -> RelayServer {
         var o = RelayServer.Options(relayName: relayName)
