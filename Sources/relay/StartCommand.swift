@@ -57,7 +57,7 @@ struct Start: ParsableCommand {
     @Option(name: .customLong("loops"), help: .hidden) var loops: Int?
 
     func run() throws {
-        ShutdownSignals.blockEarly()  // before any thread exists: threads inherit the mask
+        RelayRuntime.ShutdownSignals.blockEarly()  // before any thread exists: threads inherit the mask
         let env = Environment.current
         let flags = StartSettings.Flags(
             name: name, host: host, type: type, enrollMethod: enrollMethod, tokenGiven: token != nil,
