@@ -321,6 +321,10 @@ struct RelayEnrollmentTests {
                 for l in keyLines.prefix(5) { #expect(!h.contains(l), "private key material leaked (\(format))") }
             }
             #expect(relay.log.count > 500)
+            // The trace is a fixture: the enrollment and heartbeat machines replay it exactly (D9).
+            let replay = try await RelayCLI.run(["replay", "--quiet", trace])
+            #expect(replay.exit == .exited(0), "\(replay.stdout)\(replay.stderr)")
+            #expect(replay.stdout.contains("enrollment") && replay.stdout.contains("heartbeat"), "\(replay.stdout)")
         }
     }
 }
