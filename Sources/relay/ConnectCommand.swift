@@ -57,6 +57,7 @@ struct Connect: ParsableCommand {
         let endpoint = try creds.endpoint()
         let proxy = try ConnectProxy(listenHost: host, listenPort: port) { endpoint }
         print("Listening on \(host):\(proxy.port) → gateway \(creds.gatewayId) via relay \(creds.relayHost):\(creds.relayTlsPort)")
+        fflush(nil)  // stdout may be a file (relay demo waits for this line)
         let runner = ProxyRunner(proxy)
         runner.start()
         ShutdownSignals.wait()

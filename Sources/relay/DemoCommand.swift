@@ -215,7 +215,9 @@ final class DemoRun {
             let c = try DemoChild(name: "relay", arguments: args, log: "\(dir)/relay.log")
             children.append(c)
             guard c.waitFor("Relay server started successfully", seconds: 60) else { throw Failure(description: "relay did not start; see \(c.log)") }
-            return "relay: SSH 127.0.0.1:\(sshPort) (gateways), TLS 127.0.0.1:\(tlsPort) (platform)"
+            // Gateways pick a relay the platform has seen healthy: wait for the first heartbeat.
+            guard c.waitFor("Relay is reachable by Infisical", seconds: 60) else { throw Failure(description: "the platform never reached the relay; see \(c.log)") }
+            return "relay: SSH 127.0.0.1:\(sshPort) (gateways), TLS 127.0.0.1:\(tlsPort) (platform), reachable by the platform"
         }) else { return false }
         summary.append("relay:     SSH 127.0.0.1:\(sshPort), mTLS 127.0.0.1:\(tlsPort)   log: \(dir)/relay.log")
 

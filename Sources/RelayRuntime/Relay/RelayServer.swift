@@ -162,17 +162,15 @@ public final class RelayServer: @unchecked Sendable {
     }
 
     /// Graceful: stop accepting, let the registry drain tunnels and splices up to `timeout`,
-    /// then stop the loops. Returns when everything is closed. `announce: false` when the caller
-    /// already logged `Shutting down relay server...` (the enrollment machine does).
-    public func drain(timeout: TimeSpan, announce: Bool = true) {
-        if announce { RelayLog.relay.info("Shutting down relay server...") }
+    /// then stop the loops. Returns when everything is closed. The registry machine logs
+    /// `Shutting down relay server...` and `Relay server shutdown complete`.
+    public func drain(timeout: TimeSpan) {
         stopAccepting()
         let done = Mutex<Bool>(false)
         registry.drain(deadline: Clock.now() + timeout) { done.withLock { $0 = true } }
         let hardStop = Clock.now() + timeout + .seconds(2)
         while !done.withLock({ $0 }) && Clock.now() < hardStop { usleep(10_000) }
         stopLoops()
-        RelayLog.relay.info("Relay server shutdown complete")
     }
 
     /// Immediate stop: close everything.

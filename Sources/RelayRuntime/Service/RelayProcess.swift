@@ -196,7 +196,7 @@ public final class RelayProcess: @unchecked Sendable {
             return 1
         }
         _ = gate.wait()
-        shutDown(announce: true)
+        shutDown()
         return 0
     }
 
@@ -243,10 +243,10 @@ public final class RelayProcess: @unchecked Sendable {
         return nil
     }
 
-    private func shutDown(announce: Bool) {
+    private func shutDown() {
         draining.store(true, ordering: .releasing)
         _ = SystemdNotify.notify("STOPPING=1")
-        if let s = server.withLock({ $0 }) { s.drain(timeout: options.drainTimeout, announce: announce) }
+        if let s = server.withLock({ $0 }) { s.drain(timeout: options.drainTimeout) }
         metricsServer?.stop()
     }
 
@@ -345,7 +345,7 @@ public final class RelayProcess: @unchecked Sendable {
         driver.waitForWrites(timeout: .seconds(10))
         heartbeat.stop()
         updateStatus { $0.enrollment = code == 0 ? "stopping" : "failed" }
-        shutDown(announce: code != 0)
+        shutDown()
         updateStatus { $0.enrollment = code == 0 ? "stopped" : "failed" }
         withExtendedLifetime(store) {}
         return code
