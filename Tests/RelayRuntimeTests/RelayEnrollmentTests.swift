@@ -274,7 +274,28 @@ struct RelayEnrollmentTests {
 
     // MARK: Heartbeat, doctor
 
-    @Test("heartbeat failures are retried and reported; doctor reports a healthy relay OK and a broken one FAIL with what to do")
+    @Test("a platform that cannot reach 8443: heartbeat failures are logged, retried, shown in /metrics and by doctor")
+    func heartbeatFailure() async throws {
+        let s = try await Setup(probe: true)
+        let metrics = try unusedPort()
+        // The relay listens on another TLS port than the one the platform probes.
+        let relay = try RelayCLI.start(s.args(["--tls-port=\(try unusedPort())", "--heartbeat-retry=0.5", "--metrics-listen=127.0.0.1:\(metrics)"]))
+        try await relay.waitForLog("Heartbeat failed: HTTP 400: Relay is not reachable")
+        try await relay.waitForLog("Heartbeat failed", timeout: .seconds(10))
+        #expect(relay.count("Heartbeat failed") >= 1)
+        try await Task.sleep(for: .milliseconds(1500))
+        #expect(s.platform.count("heartbeat", outcome: "400") >= 2, "no retry")
+        let m = try httpGet(port: metrics, path: "/metrics").body
+        #expect(m.contains("relay_heartbeat_healthy 0") && !m.contains("relay_heartbeat_consecutive_failures 0\n"), "\(m)")
+        let doctor = try await RelayCLI.run(["doctor", "--name=edge-1", "--state-dir=\(s.stateDir)", "--ca-file=\(s.platform.caFile)"])
+        #expect(doctor.exit == .exited(1))
+        #expect(doctor.stdout.contains("FAIL last heartbeat: no heartbeat has succeeded yet"), "\(doctor.stdout)")
+        #expect(!relay.log.contains("Relay is reachable by Infisical"))
+        relay.signal(SIGTERM)
+        #expect(await relay.waitForExit() == .exited(0))
+    }
+
+    @Test("heartbeat and doctor: a healthy relay is OK on every check, a stopped one with a loose state file FAILs with what to do")
     func heartbeatAndDoctor() async throws {
         let s = try await Setup(probe: true)
         let relay = try RelayCLI.start(s.args())

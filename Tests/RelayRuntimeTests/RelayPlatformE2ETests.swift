@@ -81,6 +81,47 @@ struct RelayPlatformE2ETests {
         }
     }
 
+    @Test("relay systemd install enrolls once at install time; the unit's ExecStart with its environment file then serves without a login")
+    func systemdInstallThenStart() async throws {
+        let p = try await PlatformHarness.shared.value
+        let ssh = try unusedPort(), tls = try unusedPort()
+        let name = "unit-\(UUID().uuidString.prefix(6).lowercased())"
+        let id = try await p.createRelay(name, host: "127.0.0.1", sshPort: ssh, tlsPort: tls)
+        let token = try await p.mint(id)
+        let root = TempDir("relay-root")
+        let install = try await RelayCLI.run(["systemd", "install", name, "--enroll-method=token", "--token=\(token)", "--domain=\(p.base)",
+                                              "--ca-file=\(p.service.caFilePath)", "--root", root.url.path])
+        #expect(install.exit == .exited(0), "\(install.stderr)")
+        #expect(install.stderr.contains("Relay enrolled successfully"))
+        // What systemd would run: ExecStart's words and the EnvironmentFile's variables.
+        let unit = try String(contentsOfFile: root.path("etc/systemd/system/\(name).service"), encoding: .utf8)
+        let exec = try #require(unit.split(separator: "\n").first { $0.hasPrefix("ExecStart=") }).dropFirst("ExecStart=".count)
+        let words = exec.split(separator: " ").map(String.init)
+        #expect(words.dropFirst().first == "start")
+        var env: [String: String] = [:]
+        for line in try String(contentsOfFile: root.path("etc/infisical/relays/\(name).env.conf"), encoding: .utf8).split(separator: "\n") {
+            let kv = line.split(separator: "=", maxSplits: 1).map(String.init)
+            env[kv[0]] = kv[1]
+        }
+        #expect(env["INFISICAL_RELAY_ENROLL_METHOD"] == "token" && env["INFISICAL_RELAY_NAME"] == name)
+        let relay = try RelayCLI.start(Array(words.dropFirst()) + ["--state-dir=\(root.path("etc/infisical/relays"))", "--listen-address=127.0.0.1",
+                                                                  "--ssh-port=\(ssh)", "--tls-port=\(tls)", "--loops=2"], environment: env)
+        try await relay.waitForLog("Using stored access token...")
+        try await relay.waitForLog("Relay is reachable by Infisical", timeout: .seconds(30))
+        #expect(try await status(p, id) == "Healthy")
+        // Re-running the deploy command with the same token is recognised too (the install kept its hash).
+        relay.signal(SIGTERM)
+        #expect(await relay.waitForExit() == .exited(0), "\(relay.log)")
+        let rerun = try RelayCLI.start(["start", "--name=\(name)", "--enroll-method=token", "--token=\(token)", "--domain=\(p.base)",
+                                        "--ca-file=\(p.service.caFilePath)", "--state-dir=\(root.path("etc/infisical/relays"))",
+                                        "--listen-address=127.0.0.1", "--ssh-port=\(ssh)", "--tls-port=\(tls)", "--loops=2"])
+        try await rerun.waitForLog("Enrollment token matches stored token. Using stored access token...")
+        try await rerun.waitForLog("Relay server started successfully")
+        rerun.signal(SIGTERM)
+        #expect(await rerun.waitForExit() == .exited(0))
+        #expect(try await p.login(token).status == 400, "the token was not used exactly once")
+    }
+
     @Test("AWS: the platform verifies the relay's own SigV4 request against moto; every start signs and logs in again")
     func awsAgainstPlatform() async throws {
         let moto = try await RelayAWSTests.Moto()
