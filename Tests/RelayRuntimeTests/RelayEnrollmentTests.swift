@@ -124,6 +124,35 @@ struct RelayEnrollmentTests {
         #expect(await relay.waitForExit() == .exited(0))
     }
 
+    @Test("E-14: a platform certificate from another CA: the TLS handshake fails, the token is never sent, the relay gives up with the reason")
+    func wrongPlatformCA() async throws {
+        let s = try await Setup()
+        let otherCA = try s.bed.dir.write("other-ca.pem", s.bed.rootCA.0.pem)
+        let args = s.args(["--max-start-attempts=2"]).map { $0.hasPrefix("--ca-file=") ? "--ca-file=\(otherCA)" : $0 }
+        let out = try await RelayCLI.run(args)
+        #expect(out.exit == .exited(1))
+        #expect(out.stderr.contains("Giving up after 2 login attempts: cannot reach \(s.platform.domain)/api"), "\(out.stderr)")
+        #expect(s.platform.count("login") == 0, "the token reached a platform the relay does not trust")
+    }
+
+    @Test("E-15: a redirect from the platform is not followed with the token; the login fails with a message")
+    func redirectNotFollowed() async throws {
+        let s = try await Setup(extra: ["loginStatus": [302]])
+        let out = try await RelayCLI.run(s.args())
+        #expect(out.exit == .exited(1))
+        #expect(out.stderr.contains("the platform answered with a redirect (HTTP 302); not following it with a credential"), "\(out.stderr)")
+        #expect(s.platform.count("login") == 1)
+    }
+
+    @Test("E-11: a connect answer over 1 MiB is refused (bounded read), retried, then the start gives up")
+    func hugeConnectAnswer() async throws {
+        let s = try await Setup(extra: ["connectHuge": true])
+        let out = try await RelayCLI.run(s.args(["--max-start-attempts=2"]))
+        #expect(out.exit == .exited(1))
+        #expect(out.stderr.contains("larger than 1048576 bytes"), "\(out.stderr)")
+        #expect(out.stderr.contains("Giving up after 2 connect attempts"))
+    }
+
     // MARK: kill -9 during enrollment
 
     struct Crash: CustomStringConvertible, Sendable {

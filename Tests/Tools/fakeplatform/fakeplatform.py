@@ -13,7 +13,8 @@ CONFIG:
    "relayId": "…",
    "credentials": ["connect-1.json", "connect-2.json", …],   served in order, the last one repeats
    "connectStatus": [500, 200, …],   statuses to answer before serving credentials (default none)
-   "loginDelay": seconds, "loginStatus": [429, …],
+   "loginDelay": seconds, "loginStatus": [429, 302, …] (3xx answers carry a Location elsewhere),
+   "connectHuge": true (a 2 MiB connect answer),
    "aws": {"sts": "http://127.0.0.1:MOTO", "relayId": "…", "allowedAccounts": ["123456789012"]},
    "heartbeatProbe": {"host": "127.0.0.1", "port": 8443, "cert": …, "key": …, "ca": …} (optional)}
 
@@ -118,6 +119,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
             forced = STATE["loginStatus"].pop(0) if STATE["loginStatus"] else None
         if forced:
             log({"path": "login", "outcome": forced})
+            if 300 <= forced < 400:
+                self.send_response(forced)
+                self.send_header("Location", "https://attacker.example/api/v2/relays/login")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             return self.reply(forced, {"message": "forced %d" % forced})
         if body is None:
             return self.reply(400, {"message": "Malformed JSON"})
@@ -192,6 +199,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if forced:
             log({"path": "connect", "outcome": forced})
             return self.reply(forced, {"message": "forced %d" % forced})
+        if CONFIG.get("connectHuge"):
+            log({"path": "connect", "outcome": "huge"})
+            return self.reply(200, {"relayId": "x", "padding": "A" * (2 << 20)})
         files = CONFIG["credentials"]
         creds = json.load(open(files[min(i, len(files) - 1)]))
         log({"path": "connect", "outcome": 200, "n": i})
