@@ -48,10 +48,10 @@ struct RelayEnrollmentTests {
 
         var statePath: String { stateDir + "/edge-1.json" }
 
+        /// The state file's content, read without taking the relay's lock.
         func stored() throws -> StateStore.Contents? {
-            guard FileManager.default.fileExists(atPath: statePath) else { return nil }
-            let store = try StateStore.open(directory: stateDir, relayName: "edge-1")
-            return store.read().contents
+            guard case .bytes(let b) = StateStore.inspectOnly(path: statePath) else { return nil }
+            return try StateStore.decode(b, relayName: "edge-1").get()
         }
     }
 
@@ -69,7 +69,7 @@ struct RelayEnrollmentTests {
         #expect(s.platform.count("login") == 1)
         #expect(s.platform.count("heartbeat", outcome: "200") >= 1)
         let stored = try #require(try s.stored())
-        #expect(stored.tokenHash == Digest.sha256Hex(Self.token) && stored.accessToken != nil && stored.relayId == "relay-uuid-1")
+        #expect(stored.tokenHash == Crypto.sha256Hex(Self.token) && stored.accessToken != nil && stored.relayId == "relay-uuid-1")
         #expect(stored.domain == s.platform.domain + "/api")
         #expect(try String(contentsOfFile: s.statePath, encoding: .utf8).contains(Self.token) == false)
         first.signal(SIGTERM)
@@ -154,7 +154,7 @@ struct RelayEnrollmentTests {
         case "absent": #expect(!FileManager.default.fileExists(atPath: s.statePath))
         default:
             let st = try #require(try s.stored())
-            #expect(st.tokenHash == Digest.sha256Hex(Self.token) && st.accessToken != nil)
+            #expect(st.tokenHash == Crypto.sha256Hex(Self.token) && st.accessToken != nil)
         }
         // Never a partial file: whatever is there parses (or nothing is there), and leftovers are cleaned.
         do {

@@ -51,11 +51,11 @@ struct StateStoreTests {
         chmod(dir + "/relay-a.conf", 0o600)
         let r = store.read()
         guard case .legacyConf(let st) = r.model else { Issue.record("expected legacyConf, got \(r.model)"); return }
-        #expect(st.tokenHash == Digest.sha256Hex("gwe_rawtoken") && st.hasAccessToken)
+        #expect(st.tokenHash == Crypto.sha256Hex("gwe_rawtoken") && st.hasAccessToken)
         try store.write(r.contents!)
         let text = try String(contentsOfFile: store.path, encoding: .utf8)
         #expect(!text.contains("gwe_rawtoken"))
-        #expect(text.contains(Digest.sha256Hex("gwe_rawtoken")))
+        #expect(text.contains(Crypto.sha256Hex("gwe_rawtoken")))
     }
 
     @Test("Infisical's .conf: first matching line wins, blank values ignored, unrelated files read as missing")

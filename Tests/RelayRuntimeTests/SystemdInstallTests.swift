@@ -66,7 +66,7 @@ struct SystemdInstallTests {
         #expect(api.logins.value == ["gwe_install_token_123"])
         let store = try StateStore.open(directory: tmp.path("etc/infisical/relays"), relayName: "edge-2")
         let c = try #require(store.read().contents)
-        #expect(c == StateStore.Contents(tokenHash: Digest.sha256Hex("gwe_install_token_123"), accessToken: "eyJ.install-time.jwt",
+        #expect(c == StateStore.Contents(tokenHash: Crypto.sha256Hex("gwe_install_token_123"), accessToken: "eyJ.install-time.jwt",
                                          relayId: "relay-uuid-1", domain: "https://platform.example/api"))
         #expect(read(tmp.path("etc/infisical/relays/edge-2.env.conf")) ==
                 "INFISICAL_RELAY_NAME=edge-2\nINFISICAL_RELAY_ENROLL_METHOD=token\nINFISICAL_API_URL=https://platform.example/api\n")

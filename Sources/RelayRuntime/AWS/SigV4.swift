@@ -83,7 +83,7 @@ public enum SigV4 {
         let canonical = headers.map { (name: $0.name.lowercased(), value: collapse($0.value)) }.sorted { $0.name < $1.name }
         let signed = canonical.map(\.name).joined(separator: ";")
         let lines = canonical.map { "\($0.name):\($0.value)\n" }.joined()
-        let text = "\(method)\n\(path)\n\(query)\n\(lines)\n\(signed)\n\(Digest.hex(Digest.sha256(body)))"
+        let text = "\(method)\n\(path)\n\(query)\n\(lines)\n\(signed)\n\(Crypto.hex(Crypto.sha256(body)))"
         return (text, signed)
     }
 
@@ -92,12 +92,12 @@ public enum SigV4 {
                                     amzDate: String, date: String) -> String {
         let (canonical, signed) = canonicalRequest(method: method, path: path, query: query, headers: headers, body: body)
         let scope = "\(date)/\(region)/\(service)/aws4_request"
-        let stringToSign = "AWS4-HMAC-SHA256\n\(amzDate)\n\(scope)\n\(Digest.hex(Digest.sha256(Array(canonical.utf8))))"
-        var key = Digest.hmacSHA256(key: Array("AWS4\(c.secretAccessKey)".utf8), data: Array(date.utf8))
-        key = Digest.hmacSHA256(key: key, data: Array(region.utf8))
-        key = Digest.hmacSHA256(key: key, data: Array(service.utf8))
-        key = Digest.hmacSHA256(key: key, data: Array("aws4_request".utf8))
-        let signature = Digest.hex(Digest.hmacSHA256(key: key, data: Array(stringToSign.utf8)))
+        let stringToSign = "AWS4-HMAC-SHA256\n\(amzDate)\n\(scope)\n\(Crypto.hex(Crypto.sha256(Array(canonical.utf8))))"
+        var key = Crypto.hmacSHA256(key: Array("AWS4\(c.secretAccessKey)".utf8), data: Array(date.utf8))
+        key = Crypto.hmacSHA256(key: key, data: Array(region.utf8))
+        key = Crypto.hmacSHA256(key: key, data: Array(service.utf8))
+        key = Crypto.hmacSHA256(key: key, data: Array("aws4_request".utf8))
+        let signature = Crypto.hex(Crypto.hmacSHA256(key: key, data: Array(stringToSign.utf8)))
         return "AWS4-HMAC-SHA256 Credential=\(c.accessKeyId)/\(scope), SignedHeaders=\(signed), Signature=\(signature)"
     }
 

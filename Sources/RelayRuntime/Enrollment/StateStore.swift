@@ -287,7 +287,7 @@ public final class StateStore: @unchecked Sendable {
             return nil
         }
         let token = value("INFISICAL_RELAY_ENROLLMENT_TOKEN")
-        let c = Contents(tokenHash: token.map(Digest.sha256Hex), accessToken: value("INFISICAL_RELAY_ACCESS_TOKEN"),
+        let c = Contents(tokenHash: token.map(Crypto.sha256Hex), accessToken: value("INFISICAL_RELAY_ACCESS_TOKEN"),
                          relayId: value("INFISICAL_RELAY_ID"), domain: value("INFISICAL_RELAY_DOMAIN"))
         if c.tokenHash == nil && c.accessToken == nil && c.relayId == nil && c.domain == nil { return nil }
         return c

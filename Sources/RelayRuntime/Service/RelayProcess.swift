@@ -337,7 +337,7 @@ public final class RelayProcess: @unchecked Sendable {
             driver.post(.shutdownRequested(now: Clock.now()))
         }, onSecond: { _ in RelayProcess.forceExit() })
 
-        let tokenHash = inputs.method == .token ? inputs.token.map(Digest.sha256Hex) : nil
+        let tokenHash = inputs.method == .token ? inputs.token.map(Crypto.sha256Hex) : nil
         driver.post(.started(method: inputs.method, tokenHash: tokenHash, relayId: inputs.relayId, domain: domain,
                              accessTokenFromEnvironment: fromEnvironment != nil, stateFile: reading.model, statePath: store.path,
                              now: Clock.now(), wallNow: Clock.wallNow()))

@@ -193,7 +193,7 @@ public struct SystemdInstaller: Sendable {
             say("Enrolling relay with enrollment token...")
             switch api.login(.token(token)) {
             case let .success(accessToken, relayId):
-                let contents = StateStore.Contents(tokenHash: Digest.sha256Hex(token), accessToken: accessToken, relayId: relayId, domain: i.domain)
+                let contents = StateStore.Contents(tokenHash: Crypto.sha256Hex(token), accessToken: accessToken, relayId: relayId, domain: i.domain)
                 do { try store.write(contents) } catch {
                     return .failure(Failure("the relay enrolled, but its access token could not be saved to \(store.path): \(error). The enrollment token is now used up: mint a new one and install again."))
                 }
