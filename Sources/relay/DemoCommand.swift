@@ -219,6 +219,16 @@ final class DemoRun {
         }) else { return false }
         summary.append("relay:     SSH 127.0.0.1:\(sshPort), mTLS 127.0.0.1:\(tlsPort)   log: \(dir)/relay.log")
 
+        guard step("The platform shows the relay Healthy (its heartbeat probe reached :\(tlsPort) with mTLS)", {
+            for _ in 0..<120 {
+                let r = try api.call("GET", "/api/v2/relays/\(relayId)", bearer: adminToken)
+                let status = r["status"]?.stringValue ?? r["relay"]?["status"]?.stringValue
+                if status == "Healthy" { return "demo-relay: Healthy (last heartbeat \(r["heartbeat"]?.stringValue ?? r["relay"]?["heartbeat"]?.stringValue ?? "?"))" }
+                usleep(250_000)
+            }
+            throw Failure(description: "relay not Healthy after 30 s; see \(dir)/relay.log and \(dir)/platform.log")
+        }) else { return false }
+
         guard step("Create gateway \"demo-gateway\", mint its token and start it (relay gateway start …)", {
             let g = try api.call("POST", "/api/v2/gateways", bearer: adminToken, body: .object([
                 ("name", .string("demo-gateway")), ("authMethod", .object([("method", .string("token"))]))]))
@@ -252,16 +262,6 @@ final class DemoRun {
             return "GET through 127.0.0.1:\(connectPort) → relay → gateway → target answered: \(DemoTarget.greeting)"
         }) else { return false }
         summary.append("connect:   curl http://127.0.0.1:\(connectPort)/   (credentials: \(dir)/connect.json, valid 5 min)")
-
-        guard step("The platform shows the relay Healthy (its heartbeat probe reached :\(tlsPort) with mTLS)", {
-            for _ in 0..<120 {
-                let r = try api.call("GET", "/api/v2/relays/\(relayId)", bearer: adminToken)
-                let status = r["status"]?.stringValue ?? r["relay"]?["status"]?.stringValue
-                if status == "Healthy" { return "demo-relay: Healthy (last heartbeat \(r["heartbeat"]?.stringValue ?? r["relay"]?["heartbeat"]?.stringValue ?? "?"))" }
-                usleep(250_000)
-            }
-            throw Failure(description: "relay not Healthy after 30 s; see \(dir)/relay.log and \(dir)/platform.log")
-        }) else { return false }
 
         print("\nWhat is running:")
         for line in summary { print("  \(line)") }

@@ -91,14 +91,33 @@ struct GatewayStart: ParsableCommand {
             }
             let api = PlatformAPIClient(domain: url, caFile: caFile)
             RelayLog.gateway.info("Enrolling gateway with enrollment token...")
-            do {
-                let login = try api.gatewayLogin(token: token ?? "")
-                creds = try api.gatewayConnect(accessToken: login.accessToken, relayName: targetRelayName)
-                enrolled = (api, login.accessToken)
-            } catch {
+            let login: (accessToken: String, gatewayId: String?)
+            do { login = try api.gatewayLogin(token: token ?? "") } catch {
                 RelayLog.gateway.error("Gateway enrollment failed: \(error)")
                 throw ExitCode(1)
             }
+            // The platform may have no healthy relay yet (Infisical's "No relay associated with
+            // this gateway"): retry with backoff for a while instead of giving up at once.
+            var delay: UInt32 = 1
+            var attempt = 0
+            while true {
+                do {
+                    creds = try api.gatewayConnect(accessToken: login.accessToken, relayName: targetRelayName)
+                    break
+                } catch {
+                    attempt += 1
+                    let transient = error.status == nil || error.status! >= 500 || error.status == 429
+                        || error.message.contains("No relay") || error.message.contains("not found")
+                    guard transient, attempt < 12 else {
+                        RelayLog.gateway.error("Gateway connect failed: \(error)")
+                        throw ExitCode(1)
+                    }
+                    RelayLog.gateway.warning("Gateway connect failed: \(error); retrying in \(delay)s")
+                    sleep(delay)
+                    delay = min(delay * 2, 15)
+                }
+            }
+            enrolled = (api, login.accessToken)
             RelayLog.gateway.info("Gateway \(creds.gatewayId) received certificates; relay \(creds.relayName ?? creds.relayHost)")
         }
         var candidates: [GatewayAgent.Relay] = relays.map { spec in
