@@ -135,9 +135,12 @@ struct GatewayStart: ParsableCommand {
         let trace = try traceOut.map { path throws -> TraceRecorder in try TraceRecorder(path: path) }
         let agent = try GatewayAgent(options: options, trace: trace)
         agent.start()
-        if let enrolled { GatewayHeartbeats(api: enrolled.api, accessToken: enrolled.accessToken, agent: agent, interval: heartbeatInterval).start() }
+        let heartbeats = enrolled.map {
+            agent.startHeartbeats(api: $0.api, accessToken: $0.accessToken, steadyInterval: .seconds(Int64(max(10, heartbeatInterval))), trace: trace)
+        }
         ShutdownSignals.wait()
         RelayLog.gateway.info("Shutting down gateway...")
+        heartbeats?.stop()
         agent.stop()
     }
 }
@@ -166,40 +169,3 @@ enum ShutdownSignals {
     }
 }
 
-/// The gateway's heartbeat to the platform (Infisical: every 3 min; the platform then pings the
-/// gateway through its relay). Retries every 10 s until the first success.
-final class GatewayHeartbeats: @unchecked Sendable {
-    let api: PlatformAPIClient
-    let accessToken: String
-    let agent: GatewayAgent
-    let interval: Int
-    init(api: PlatformAPIClient, accessToken: String, agent: GatewayAgent, interval: Int) {
-        self.api = api; self.accessToken = accessToken; self.agent = agent; self.interval = interval
-    }
-    func start() {
-        let box = Unmanaged.passRetained(self)
-        var tid = pthread_t()
-        pthread_create(&tid, nil, { arg in
-            let h = Unmanaged<GatewayHeartbeats>.fromOpaque(arg!).takeRetainedValue()
-            h.loop()
-            return nil
-        }, box.toOpaque())
-        pthread_detach(tid)
-    }
-    private func loop() {
-        var healthy = false
-        while true {
-            if agent.status.connectedRelay != nil {
-                do {
-                    try api.gatewayHeartbeat(accessToken: accessToken)
-                    if !healthy { RelayLog.gateway.info("Gateway is reachable by Infisical") }
-                    healthy = true
-                } catch {
-                    RelayLog.gateway.warning("Heartbeat failed: \(error)")
-                    healthy = false
-                }
-            }
-            sleep(UInt32(healthy ? max(10, interval) : 10))
-        }
-    }
-}
