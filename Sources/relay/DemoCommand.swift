@@ -215,11 +215,19 @@ final class DemoRun {
             let c = try DemoChild(name: "relay", arguments: args, log: "\(dir)/relay.log")
             children.append(c)
             guard c.waitFor("Relay server started successfully", seconds: 60) else { throw Failure(description: "relay did not start; see \(c.log)") }
-            // Gateways pick a relay the platform has seen healthy: wait for the first heartbeat.
-            guard c.waitFor("Relay is reachable by Infisical", seconds: 60) else { throw Failure(description: "the platform never reached the relay; see \(c.log)") }
-            return "relay: SSH 127.0.0.1:\(sshPort) (gateways), TLS 127.0.0.1:\(tlsPort) (platform), reachable by the platform"
+            return "relay: SSH 127.0.0.1:\(sshPort) (gateways), TLS 127.0.0.1:\(tlsPort) (platform)"
         }) else { return false }
         summary.append("relay:     SSH 127.0.0.1:\(sshPort), mTLS 127.0.0.1:\(tlsPort)   log: \(dir)/relay.log")
+
+        guard step("The platform shows the relay Healthy (its heartbeat probe reached :\(tlsPort) with mTLS)", {
+            for _ in 0..<120 {
+                let r = try api.call("GET", "/api/v2/relays/\(relayId)", bearer: adminToken)
+                let status = r["status"]?.stringValue ?? r["relay"]?["status"]?.stringValue
+                if status == "Healthy" { return "demo-relay: Healthy (last heartbeat \(r["heartbeat"]?.stringValue ?? r["relay"]?["heartbeat"]?.stringValue ?? "?"))" }
+                usleep(250_000)
+            }
+            throw Failure(description: "relay not Healthy after 30 s; see \(dir)/relay.log and \(dir)/platform.log")
+        }) else { return false }
 
         guard step("Create gateway \"demo-gateway\", mint its token and start it (relay gateway start …)", {
             let g = try api.call("POST", "/api/v2/gateways", bearer: adminToken, body: .object([
@@ -254,16 +262,6 @@ final class DemoRun {
             return "GET through 127.0.0.1:\(connectPort) → relay → gateway → target answered: \(DemoTarget.greeting)"
         }) else { return false }
         summary.append("connect:   curl http://127.0.0.1:\(connectPort)/   (credentials: \(dir)/connect.json, valid 5 min)")
-
-        guard step("The platform shows the relay Healthy (its heartbeat probe reached :\(tlsPort) with mTLS)", {
-            for _ in 0..<120 {
-                let r = try api.call("GET", "/api/v2/relays/\(relayId)", bearer: adminToken)
-                let status = r["status"]?.stringValue ?? r["relay"]?["status"]?.stringValue
-                if status == "Healthy" { return "demo-relay: Healthy (last heartbeat \(r["heartbeat"]?.stringValue ?? r["relay"]?["heartbeat"]?.stringValue ?? "?"))" }
-                usleep(250_000)
-            }
-            throw Failure(description: "relay not Healthy after 30 s; see \(dir)/relay.log and \(dir)/platform.log")
-        }) else { return false }
 
         print("\nWhat is running:")
         for line in summary { print("  \(line)") }

@@ -91,14 +91,33 @@ struct GatewayStart: ParsableCommand {
             }
             let api = PlatformAPIClient(domain: url, caFile: caFile)
             RelayLog.gateway.info("Enrolling gateway with enrollment token...")
-            do {
-                let login = try api.gatewayLogin(token: token ?? "")
-                creds = try api.gatewayConnect(accessToken: login.accessToken, relayName: targetRelayName)
-                enrolled = (api, login.accessToken)
-            } catch {
+            let login: (accessToken: String, gatewayId: String?)
+            do { login = try api.gatewayLogin(token: token ?? "") } catch {
                 RelayLog.gateway.error("Gateway enrollment failed: \(error)")
                 throw ExitCode(1)
             }
+            // The platform may have no healthy relay yet (Infisical's "No relay associated with
+            // this gateway"): retry with backoff for a while instead of giving up at once.
+            var delay: UInt32 = 1
+            var attempt = 0
+            while true {
+                do {
+                    creds = try api.gatewayConnect(accessToken: login.accessToken, relayName: targetRelayName)
+                    break
+                } catch {
+                    attempt += 1
+                    let transient = error.status == nil || error.status! >= 500 || error.status == 429
+                        || error.message.contains("No relay") || error.message.contains("not found")
+                    guard transient, attempt < 12 else {
+                        RelayLog.gateway.error("Gateway connect failed: \(error)")
+                        throw ExitCode(1)
+                    }
+                    RelayLog.gateway.warning("Gateway connect failed: \(error); retrying in \(delay)s")
+                    sleep(delay)
+                    delay = min(delay * 2, 15)
+                }
+            }
+            enrolled = (api, login.accessToken)
             RelayLog.gateway.info("Gateway \(creds.gatewayId) received certificates; relay \(creds.relayName ?? creds.relayHost)")
         }
         var candidates: [GatewayAgent.Relay] = relays.map { spec in
@@ -116,9 +135,12 @@ struct GatewayStart: ParsableCommand {
         let trace = try traceOut.map { path throws -> TraceRecorder in try TraceRecorder(path: path) }
         let agent = try GatewayAgent(options: options, trace: trace)
         agent.start()
-        if let enrolled { GatewayHeartbeats(api: enrolled.api, accessToken: enrolled.accessToken, agent: agent, interval: heartbeatInterval).start() }
+        let heartbeats = enrolled.map {
+            agent.startHeartbeats(api: $0.api, accessToken: $0.accessToken, steadyInterval: .seconds(Int64(max(10, heartbeatInterval))), trace: trace)
+        }
         ShutdownSignals.wait()
         RelayLog.gateway.info("Shutting down gateway...")
+        heartbeats?.stop()
         agent.stop()
     }
 }
@@ -147,40 +169,3 @@ enum ShutdownSignals {
     }
 }
 
-/// The gateway's heartbeat to the platform (Infisical: every 3 min; the platform then pings the
-/// gateway through its relay). Retries every 10 s until the first success.
-final class GatewayHeartbeats: @unchecked Sendable {
-    let api: PlatformAPIClient
-    let accessToken: String
-    let agent: GatewayAgent
-    let interval: Int
-    init(api: PlatformAPIClient, accessToken: String, agent: GatewayAgent, interval: Int) {
-        self.api = api; self.accessToken = accessToken; self.agent = agent; self.interval = interval
-    }
-    func start() {
-        let box = Unmanaged.passRetained(self)
-        var tid = pthread_t()
-        pthread_create(&tid, nil, { arg in
-            let h = Unmanaged<GatewayHeartbeats>.fromOpaque(arg!).takeRetainedValue()
-            h.loop()
-            return nil
-        }, box.toOpaque())
-        pthread_detach(tid)
-    }
-    private func loop() {
-        var healthy = false
-        while true {
-            if agent.status.connectedRelay != nil {
-                do {
-                    try api.gatewayHeartbeat(accessToken: accessToken)
-                    if !healthy { RelayLog.gateway.info("Gateway is reachable by Infisical") }
-                    healthy = true
-                } catch {
-                    RelayLog.gateway.warning("Heartbeat failed: \(error)")
-                    healthy = false
-                }
-            }
-            sleep(UInt32(healthy ? max(10, interval) : 10))
-        }
-    }
-}

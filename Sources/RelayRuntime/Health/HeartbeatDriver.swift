@@ -1,31 +1,40 @@
 import RelayModel
 
-/// Drives the `HeartbeatMachine` (Specs/heartbeat.md) for the relay: `POST /api/v2/relays/heartbeat`
+/// Drives the `HeartbeatMachine` (Specs/heartbeat.md) for the relay (`POST /api/v2/relays/heartbeat`)
+/// and the gateway (`POST /api/v2/gateways/heartbeat`):
 /// on a worker thread, the two timers on the control loop, results fed back as events through the
 /// `Driven` chokepoint. An abandoned request's late result is dropped by its generation number.
-final class HeartbeatDriver: @unchecked Sendable {
+public final class HeartbeatDriver: @unchecked Sendable {
     typealias M = HeartbeatMachine
 
     let machine: Driven<HeartbeatMachine>
     private let loop: EventLoop
-    private let api: any RelayAPI
+    private let send: @Sendable (String) -> RelayAPIHeartbeat
     private let accessToken: @Sendable () -> String?
     private let report: @Sendable (M.Status) -> Void
     private var timers: [M.Timer: TimerHeap.ID] = [:]
     /// The request whose result counts; bumped on send and on abandon (loop thread only).
     private var generation: UInt64 = 0
 
-    init(config: M.Config, instance: String, loop: EventLoop, trace: TraceRecorder?, api: any RelayAPI,
+    convenience init(config: M.Config, instance: String, loop: EventLoop, trace: TraceRecorder?, api: any RelayAPI,
+                     accessToken: @escaping @Sendable () -> String?, report: @escaping @Sendable (M.Status) -> Void) {
+        self.init(config: config, instance: instance, loop: loop, trace: trace, send: { api.heartbeat(accessToken: $0) },
+                  accessToken: accessToken, report: report)
+    }
+
+    /// `send` performs one heartbeat request with the access token (on a worker thread).
+    init(config: M.Config, instance: String, loop: EventLoop, trace: TraceRecorder?,
+         send: @escaping @Sendable (String) -> RelayAPIHeartbeat,
          accessToken: @escaping @Sendable () -> String?, report: @escaping @Sendable (M.Status) -> Void) {
         machine = Driven(HeartbeatMachine.self, config: config, instance: instance, trace: trace)
         self.loop = loop
-        self.api = api
+        self.send = send
         self.accessToken = accessToken
         self.report = report
     }
 
-    func start() { loop.execute { [self] in feed(.started(now: Clock.now())) } }
-    func stop() { loop.execute { [self] in feed(.stopRequested(now: Clock.now())) } }
+    public func start() { loop.execute { [self] in feed(.started(now: Clock.now())) } }
+    public func stop() { loop.execute { [self] in feed(.stopRequested(now: Clock.now())) } }
 
     private func feed(_ event: M.Event) {
         for action in machine.handle(event) { perform(action) }
@@ -37,9 +46,9 @@ final class HeartbeatDriver: @unchecked Sendable {
             generation &+= 1
             let mine = generation
             let token = accessToken()
-            let api = api
+            let send = send
             Worker.run { [self] in
-                let result: RelayAPIHeartbeat = token.map { api.heartbeat(accessToken: $0) } ?? .failure("no access token held")
+                let result: RelayAPIHeartbeat = token.map { send($0) } ?? .failure("no access token held")
                 loop.execute { [self] in
                     guard mine == generation else { return }  // abandoned
                     switch result {

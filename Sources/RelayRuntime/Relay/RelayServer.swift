@@ -180,6 +180,11 @@ public final class RelayServer: @unchecked Sendable {
     }
 
     private func stopLoops() {
+        // Close every connection this relay holds (a process exit would; an in-process stop must),
+        // then stop the loops.
+        registry.closeEverything()
+        let settle = Clock.now() + .milliseconds(500)
+        while registry.openConnections > 0 && Clock.now() < settle { usleep(5_000) }
         for l in loops { l.stop() }
         for l in loops { l.join() }
     }
