@@ -1,3 +1,4 @@
+import COpenSSL
 import Foundation
 import RelayModel
 @testable import RelayRuntime
@@ -50,6 +51,45 @@ struct RelayTLSCasesTests {
         #expect(await eventually { bed.metric("relay_channels_open") == 0 })
         try bed.expectStillServing()
         await source.stop()
+        await gw.stop()
+    }
+
+    /// Connects offering `session` for resumption; returns whether it was resumed and served
+    /// (an echo through the bystander), or why the handshake failed.
+    static func resume(_ bed: RelayTestbed, _ ctx: TLSContext, _ session: OpaquePointer) throws -> (reused: Bool, served: Bool, failure: String?) {
+        let fd = try Net.connect(host: "127.0.0.1", port: bed.server.boundTLSPort, timeoutMilliseconds: 5000)
+        let conn = try TLSConnection(context: ctx, fd: fd, server: false)
+        defer { conn.release() }
+        SSL_set_session(conn.ssl, session)
+        let deadline = Date().addingTimeInterval(5)
+        while Date() < deadline {
+            switch conn.handshake() {
+            case .done:
+                let served = (try? tlsEcho(conn, Array("two".utf8))) == Array("two".utf8)
+                return (SSL_session_reused(conn.ssl) == 1, served, nil)
+            case .wantRead, .wantWrite: usleep(5_000)
+            case .closed: return (false, false, "closed")
+            case .failed(let why): return (false, false, why)
+            }
+        }
+        return (false, false, "timed out")
+    }
+
+    @Test("T-03 no TLS session resumption: no tickets, and offering an earlier session gets a full handshake")
+    func noSessionResumption() async throws {
+        let (bed, gw) = try await Self.bed()
+        let ctx = try bed.clientContext(.init())
+        let first = try bed.connectPlatform(ctx)
+        #expect(try tlsEcho(first, Array("one".utf8)) == Array("one".utf8))
+        let session = try #require(SSL_get1_session(first.conn.ssl))
+        defer { SSL_SESSION_free(session) }
+        // OpenSSL would resume without checking the client certificate again; before this was
+        // turned off, a client offering a session got an internal_error alert instead.
+        #expect(SSL_SESSION_is_resumable(session) == 0, "the relay issues no session tickets")
+        let again = try Self.resume(bed, ctx, session)
+        #expect(again.failure == nil, "\(again)")
+        #expect(again.served && !again.reused, "full handshake, served: \(again)")
+        try bed.expectStillServing()
         await gw.stop()
     }
 }
