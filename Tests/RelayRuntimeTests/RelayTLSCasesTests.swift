@@ -92,4 +92,18 @@ struct RelayTLSCasesTests {
         try bed.expectStillServing()
         await gw.stop()
     }
+
+    @Test("T-10 a valid certificate for a gateway that is not connected: closed cleanly, nothing written")
+    func notConnectedGateway() async throws {
+        let (bed, gw) = try await Self.bed()
+        // Read first: a write racing the relay's close could turn its FIN into a reset.
+        let c = try bed.connectPlatform(try bed.platformClientContext(gatewayId: "gw-absent"))
+        // A TLS-level close (close_notify): readToEnd returns no bytes and no error. A plaintext
+        // error string on the stream would surface as a record-layer error; a bare TCP close as
+        // OpenSSL's "unexpected eof while reading".
+        #expect(try c.readToEnd().isEmpty)
+        #expect(bed.metric("relay_clients_refused_total", [("reason", "gatewayNotConnected")]) == 1)
+        try bed.expectStillServing()
+        await gw.stop()
+    }
 }
