@@ -101,6 +101,9 @@ public final class RelayServer: @unchecked Sendable {
 
     /// Binds both listeners and starts the loops. Throws (and binds nothing) on failure.
     public func start() throws(RuntimeError) {
+        // OpenSSL writes to sockets with write(2): a platform client that reset its connection
+        // would otherwise kill the whole process with SIGPIPE on the relay's next write.
+        signal(SIGPIPE, SIG_IGN)
         let (ssh, tls) = try bindListeners()
         for (i, loop) in loops.enumerated() { loop.start(name: "relay-loop-\(i)") }
         registerListeners(ssh: ssh.fd, tls: tls.fd)
