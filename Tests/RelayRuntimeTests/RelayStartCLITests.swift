@@ -107,8 +107,9 @@ struct RelayStartCLITests {
                                        environment: ["NOTIFY_SOCKET": sock.name])
         let datagrams = await sock.waitFor("READY=1")
         #expect(datagrams.last?.contains("READY=1") == true, "no READY=1; log:\n\(relay.log)")
-        // By the time READY=1 was sent the started line had been logged and both ports answer.
-        #expect(relay.log.contains("Relay server started successfully"))
+        // READY=1 is sent after the started line was written (our reader may see it a moment later)
+        // and after both listeners were bound: both ports answer.
+        try await relay.waitForLog("Relay server started successfully", timeout: .seconds(2))
         let (ssh, tls) = try await relay.ports()
         for p in [ssh, tls] { close(try Net.connect(host: "127.0.0.1", port: p, timeoutMilliseconds: 2000)) }
         relay.signal(SIGTERM)
