@@ -370,7 +370,7 @@ final class InnerConnection: PollHandler, @unchecked Sendable {
         }
         if innerEOF && toTarget.isEmpty && !targetShutdownSent {
             targetShutdownSent = true
-            shutdown(targetFD, Int32(SHUT_WR))
+            shutdown(targetFD, Int32(RELAY_SHUT_WR))
         }
         updateTargetInterest()
     }
