@@ -23,6 +23,7 @@ int relay_accept_nonblocking(int fd, void *addr, unsigned int *len);
 // Linux socket constants (kept here so Swift files that import this module never depend on
 // which module clang credits with <sys/socket.h>'s declarations).
 enum { RELAY_SOCK_STREAM = 1, RELAY_SOCK_NONBLOCK = 04000, RELAY_SOCK_CLOEXEC = 02000000 };
+enum { RELAY_SHUT_WR = 1 };
 enum {
     RELAY_EPOLL_ADD = 1, RELAY_EPOLL_DEL = 2, RELAY_EPOLL_MOD = 3,
     RELAY_EPOLLIN = 0x001, RELAY_EPOLLOUT = 0x004, RELAY_EPOLLERR = 0x008, RELAY_EPOLLHUP = 0x010,

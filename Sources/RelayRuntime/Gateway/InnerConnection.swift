@@ -154,10 +154,19 @@ final class InnerConnection: PollHandler, @unchecked Sendable {
         case .connectingTarget, .running, .finishing:
             break
         }
-        readPlaintext()
+        // Until the target stops taking bytes or the TLS input runs dry: one pass moves at most
+        // toTarget's capacity, and with the rest still buffered (and the target writable) nothing
+        // else would call pump again — the window stayed closed and the relay stopped sending.
+        while readPlaintext() > 0 && toTarget.isEmpty && phase == .running {
+            flushToTarget()
+        }
         flushToTarget()
         flushToChannel()
         pullHeld()
+        // Interest again now that the channel took TLS output: flushToTarget decided it while
+        // the output was still above the high-water mark, which left the target unread (a stall
+        // once the window reopened and nothing else re-armed EPOLLIN).
+        updateTargetInterest()
         checkDone()
     }
 
@@ -173,8 +182,11 @@ final class InnerConnection: PollHandler, @unchecked Sendable {
         }
     }
 
-    private func readPlaintext() {
-        guard phase == .running || phase == .connectingTarget, !innerEOF else { return }
+    /// Decrypts what fits into `toTarget`; returns the plaintext bytes taken.
+    @discardableResult
+    private func readPlaintext() -> Int {
+        guard phase == .running || phase == .connectingTarget, !innerEOF else { return 0 }
+        var taken = 0
         while toTarget.space > 0 {
             var n = 0
             ERR_clear_error()
@@ -183,6 +195,7 @@ final class InnerConnection: PollHandler, @unchecked Sendable {
                 if mode == "infisical-tcp-proxy" || mode == "infisical-http-proxy" {
                     withScratchBytes { toTarget.append(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
                 }
+                taken += n
                 continue
             }
             let err = SSL_get_error(ssl, rc)
@@ -193,6 +206,7 @@ final class InnerConnection: PollHandler, @unchecked Sendable {
             innerEOF = true // close_notify, EOF or error: no more input
             break
         }
+        return taken
     }
 
     private func writePlaintext(_ p: UnsafeRawBufferPointer) -> Bool {
@@ -370,7 +384,7 @@ final class InnerConnection: PollHandler, @unchecked Sendable {
         }
         if innerEOF && toTarget.isEmpty && !targetShutdownSent {
             targetShutdownSent = true
-            shutdown(targetFD, Int32(SHUT_WR))
+            shutdown(targetFD, Int32(RELAY_SHUT_WR))
         }
         updateTargetInterest()
     }

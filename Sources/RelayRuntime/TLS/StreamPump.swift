@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CRelayShims
 import RelayModel
 
 /// A plaintext stream over a non-blocking socket (TLS, or TLS inside TLS). `tryWrite`/`tryRead`
@@ -58,7 +59,7 @@ enum StreamPump {
                 if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) { break }
                 toLocal.consume(toLocal.count); localEOF = true; streamEOF = true; break // local side gone
             }
-            if streamEOF && toLocal.isEmpty && !localShut { shutdown(local, Int32(SHUT_WR)); localShut = true; progress = true }
+            if streamEOF && toLocal.isEmpty && !localShut { shutdown(local, Int32(RELAY_SHUT_WR)); localShut = true; progress = true }
             if localShut && finished && !stream.hasPendingOutput { return }
             if progress { continue }
             var fds = [pollfd(fd: stream.socket, events: Int16(POLLIN) | (stream.hasPendingOutput ? Int16(POLLOUT) : 0), revents: 0),

@@ -111,7 +111,13 @@ extension TunnelClient: PlaintextStream {
     }
 
     func tryWrite(_ p: UnsafeRawBufferPointer) throws(RuntimeError) -> Int {
-        guard pendingOuter.count < 256 * 1024 else { try flush(); return 0 }
+        // Full: flush first, and refuse only while still full (then hasPendingOutput is true and
+        // the pump waits for POLLOUT). Returning 0 after a flush that emptied the queue left the
+        // pump with nothing to wake it: a stall with the local socket unread.
+        if pendingOuter.count >= 256 * 1024 {
+            try flush()
+            if pendingOuter.count >= 256 * 1024 { return 0 }
+        }
         var n = 0
         ERR_clear_error()
         guard SSL_write_ex(ssl, p.baseAddress, min(p.count, 64 * 1024), &n) == 1 else { throw .tls("inner write: \(openSSLErrors())") }

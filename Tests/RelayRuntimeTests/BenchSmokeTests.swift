@@ -1,0 +1,70 @@
+import Foundation
+import Testing
+
+/// Keeps `bench/run` from rotting: runs it in `--quick` mode (seconds, small sizes: 1 s iperf3,
+/// 300 round trips, 1 s of wrk, 50/200 gateways, one storm) and checks that the JSON it writes is
+/// well-formed and has every metric with measured values. It never asserts a timing target.
+@Suite("Benchmark harness smoke run", .serialized)
+struct BenchSmokeTests {
+    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+    /// The `relay` binary built next to this test bundle, when there is one (saves a release build).
+    static func siblingRelayBinary() -> String? {
+        var dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+        for _ in 0..<4 {
+            let candidate = dir.appendingPathComponent("relay").path
+            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+            dir = dir.deletingLastPathComponent()
+        }
+        return nil
+    }
+
+    @Test("bench/run --quick --json writes every metric with raw per-run values")
+    func quickRun() throws {
+        let out = FileManager.default.temporaryDirectory.appendingPathComponent("bench-smoke-\(UUID().uuidString).json")
+        defer { try? FileManager.default.removeItem(at: out) }
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/bin/bash")
+        var args = [Self.root.appendingPathComponent("bench/run").path, "--quick", "--json", out.path]
+        if let bin = Self.siblingRelayBinary() { args += ["--relay-bin", bin] }
+        p.arguments = args
+        p.currentDirectoryURL = Self.root
+        let log = Pipe()
+        p.standardOutput = log
+        p.standardError = log
+        p.standardInput = FileHandle.nullDevice
+        try p.run()
+        let text = String(decoding: log.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 0, "bench/run exited \(p.terminationStatus):\n\(text.suffix(4000))")
+        guard p.terminationStatus == 0 else { return }
+
+        let data = try Data(contentsOf: out)
+        let doc = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+        let metrics = try #require(doc["metrics"] as? [[String: Any]])
+        let byName = Dictionary(metrics.map { ($0["name"] as? String ?? "?", $0) }, uniquingKeysWith: { a, _ in a })
+        let withBaseline = ["P1-throughput-up", "P1-throughput-down", "P1-throughput-up-vs-bare-ssh", "P1-throughput-down-vs-bare-ssh",
+                            "P2-rtt-p50", "P2-rtt-p99", "P2-rtt-p50-vs-bare-ssh", "P2-rtt-p99-vs-bare-ssh", "P3-new-connections",
+                            "P4-memory-per-tunnel-50", "P4-memory-per-tunnel-200"]
+        let oursOnly = ["P4-tunnels-held-50", "P4-tunnels-held-200", "P5-reconnect-all-back"]
+        for name in withBaseline + oursOnly {
+            let m = try #require(byName[name], "metric \(name) missing; have \(byName.keys.sorted())")
+            #expect(m["unit"] is String, "\(name): unit")
+            #expect(m["ours"] is NSNumber, "\(name): ours is \(String(describing: m["ours"]))")
+            let runs = m["runs"] as? [[String: Any]] ?? []
+            #expect(!runs.isEmpty, "\(name): no per-run values")
+            for r in runs { #expect(r["ours"] is NSNumber, "\(name): run without a measured value: \(r)") }
+            if withBaseline.contains(name) {
+                #expect(m["baseline"] is NSNumber, "\(name): baseline is \(String(describing: m["baseline"]))")
+                #expect(m["baseline_name"] is String, "\(name): baseline_name")
+                #expect(m["ratio"] is NSNumber, "\(name): ratio")
+            }
+        }
+        let storm = try #require(byName["P5-reconnect-all-back"])
+        #expect((storm["histogram_1s"] as? [Any])?.isEmpty == false, "P5 histogram")
+        // The table names what each hop negotiated.
+        #expect(text.contains("suites_ours_tls: TLS outer="))
+        #expect(text.contains("suites_ours_ssh: SSH kex="))
+        #expect(text.contains("suites_baseline_ssh: kex: algorithm:"))
+    }
+}
