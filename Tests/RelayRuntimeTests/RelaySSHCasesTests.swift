@@ -323,10 +323,8 @@ struct RelaySSHCasesTests {
         let (bed, gw) = try await Self.bed()
         let ident = try Self.identity(bed, principals: "gw-forever,gw", validity: nil)
         let (p, line) = try await Self.probeGateway(bed, id: "gw-forever", ident: ident)
-        withKnownIssue("GatewayCertificatePolicy accepts valid_before = forever (CertificateChecks: \"needs no special case\"); security-cases.md SSH-06 asks for a refusal") {
-            #expect(line.hasPrefix("ERROR"), "\(line)")
-            #expect(!bed.registeredGateways.contains("gw-forever"))
-        }
+        #expect(line.hasPrefix("ERROR"), "\(line)")
+        #expect(!bed.registeredGateways.contains("gw-forever"))
         await p.stop()
         try bed.expectStillServing()
         await gw.stop()
