@@ -19,7 +19,11 @@ struct BenchSmokeTests {
         return nil
     }
 
-    @Test("bench/run --quick --json writes every metric with raw per-run values")
+    /// Opt-in for now (`RELAY_BENCH_SMOKE=1 ./scripts/test`): the quick run takes minutes on this
+    /// machine and has not yet been timed on a fresh CI machine.
+    static var enabled: Bool { ProcessInfo.processInfo.environment["RELAY_BENCH_SMOKE"] == "1" }
+
+    @Test("bench/run --quick --json writes every metric with raw per-run values", .enabled(if: BenchSmokeTests.enabled))
     func quickRun() throws {
         let out = FileManager.default.temporaryDirectory.appendingPathComponent("bench-smoke-\(UUID().uuidString).json")
         defer { try? FileManager.default.removeItem(at: out) }
