@@ -30,6 +30,9 @@ public final class TunnelClient: @unchecked Sendable {
         }
         SSL_set_bio(s, r, w)
         SSL_set_connect_state(s)
+        // Inner records of 16,362 plaintext bytes are exactly 16,384 bytes of ciphertext (TLS 1.3
+        // adds 22): one inner record fills one outer record instead of spilling 22 bytes over.
+        _ = SSL_ctrl(s, SSL_CTRL_SET_MAX_SEND_FRAGMENT, 16_384 - 22, nil)
         SSL_set1_host(s, serverName)
         var wire: [UInt8] = [UInt8(alpn.utf8.count)] + Array(alpn.utf8)
         SSL_set_alpn_protos(s, &wire, UInt32(wire.count))
@@ -118,12 +121,21 @@ extension TunnelClient: PlaintextStream {
             try flush()
             if pendingOuter.count >= 256 * 1024 { return 0 }
         }
-        var n = 0
-        ERR_clear_error()
-        guard SSL_write_ex(ssl, p.baseAddress, min(p.count, 64 * 1024), &n) == 1 else { throw .tls("inner write: \(openSSLErrors())") }
+        // Encrypt up to 64 KiB into whole inner records before one outer write: with partial
+        // writes SSL_write_ex stops after one record, and flushing each 16,406-byte inner record
+        // on its own split it into a full outer record plus a 22-byte one (twice the records,
+        // twice the syscalls).
+        let want = min(p.count, 64 * 1024)
+        var total = 0
+        while total < want {
+            var n = 0
+            ERR_clear_error()
+            guard SSL_write_ex(ssl, p.baseAddress! + total, want - total, &n) == 1 else { throw .tls("inner write: \(openSSLErrors())") }
+            total += n
+        }
         drainInner()
         try flush()
-        return n
+        return total
     }
 
     func tryRead(_ p: UnsafeMutableRawBufferPointer) throws(RuntimeError) -> Int? {
