@@ -17,6 +17,9 @@ public final class TunnelClient: @unchecked Sendable {
     private var outerEOF = false
     private var innerClosed = false
     private var pendingOuter = ByteQueue(capacity: 1 << 20)
+    /// One copy buffer for the connection's life (a fresh zeroed 64 KiB array per read or
+    /// drain cost a malloc and a 64 KiB memset each time).
+    private let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536, alignment: 16)
 
     /// `inner`: a client context presenting the gateway-client certificate (routing/actor
     /// extensions) and trusting only the gateway server CA. `serverName` is what the gateway's
@@ -49,7 +52,7 @@ public final class TunnelClient: @unchecked Sendable {
         guard negotiatedALPN == alpn else { throw .tls("the gateway did not accept ALPN \(alpn)") }
     }
 
-    deinit { SSL_free(ssl) }
+    deinit { SSL_free(ssl); scratch.deallocate() }
 
     public var negotiatedALPN: String? {
         var p: UnsafePointer<UInt8>?
@@ -105,11 +108,10 @@ extension TunnelClient: PlaintextStream {
 
     /// Inner ciphertext → pending outer bytes.
     private func drainInner() {
-        var buf = [UInt8](repeating: 0, count: 65536)
         while BIO_ctrl_pending(wbio) > 0 {
-            let n = BIO_read(wbio, &buf, Int32(buf.count))
+            let n = BIO_read(wbio, scratch.baseAddress, Int32(scratch.count))
             if n <= 0 { break }
-            buf.withUnsafeBytes { pendingOuter.append(UnsafeRawBufferPointer(rebasing: $0[0..<Int(n)])) }
+            pendingOuter.append(UnsafeRawBufferPointer(rebasing: scratch[0..<Int(n)]))
         }
     }
 
@@ -152,14 +154,13 @@ extension TunnelClient: PlaintextStream {
                 throw .tls("inner read: \(openSSLErrors())")
             }
             if outerEOF { return 0 }
-            var buf = [UInt8](repeating: 0, count: 65536)
-            guard let got = try buf.withMutableBytes({ (q) throws(RuntimeError) -> Int? in try outer.tryRead(q) }) else { return nil }
+            guard let got = try outer.tryRead(scratch) else { return nil }
             if got == 0 {
                 outerEOF = true
                 _ = BIO_ctrl(rbio, BIO_C_SET_BUF_MEM_EOF_RETURN, 0, nil)
                 continue
             }
-            _ = buf.withUnsafeBytes { BIO_write(rbio, $0.baseAddress, Int32(got)) }
+            _ = BIO_write(rbio, scratch.baseAddress, Int32(got))
         }
     }
 
