@@ -56,7 +56,7 @@ struct Connect: ParsableCommand {
         let host = parts.dropLast().joined(separator: ":")
         let endpoint = try creds.endpoint()
         let proxy = try ConnectProxy(listenHost: host, listenPort: port) { endpoint }
-        print("Listening on \(host):\(proxy.port) → gateway \(creds.gatewayId) via relay \(creds.relayHost):\(creds.relayTlsPort)")
+        Console.line("Listening on \(host):\(proxy.port) → gateway \(creds.gatewayId) via relay \(creds.relayHost):\(creds.relayTlsPort)")
         let runner = ProxyRunner(proxy)
         runner.start()
         ShutdownSignals.wait()
@@ -85,5 +85,21 @@ extension String {
         while let f = s.first, f.isWhitespace { s = s.dropFirst() }
         while let l = s.last, l.isWhitespace { s = s.dropLast() }
         return String(s)
+    }
+}
+
+/// Unbuffered lines on stdout (`print` is block-buffered when stdout is a file or pipe, so a
+/// supervisor waiting for a line would not see it).
+enum Console {
+    static func line(_ s: String) {
+        let bytes = Array((s + "\n").utf8)
+        bytes.withUnsafeBytes { p in
+            var off = 0
+            while off < p.count {
+                let n = Glibc.write(1, p.baseAddress! + off, p.count - off)
+                if n <= 0 { break }
+                off += n
+            }
+        }
     }
 }

@@ -10,7 +10,7 @@ struct Relay: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "relay",
         abstract: "Infisical-compatible relay, gateway and reference platform.",
-        subcommands: [Replay.self, Gateway.self, Connect.self, Version.self, BenchNode.self])
+        subcommands: [Demo.self, Start.self, Platform.self, Gateway.self, Connect.self, Systemd.self, DoctorCommand.self, Replay.self, Version.self, BenchNode.self])
 }
 
 struct Version: ParsableCommand {

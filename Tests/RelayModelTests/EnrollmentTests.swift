@@ -166,8 +166,8 @@ struct EnrollmentTests {
         case loginInvalid, loginExpired, loginAlreadyUsed, loginRejected, loginRateLimited, loginUnreachable, loginServerError
         case stateWritten, stateWriteFailed
         case connectSucceeded, connectSucceededShort
-        case connectUnauthorized, connectRateLimited, connectUnreachable, connectServerError
-        case retryTimerFired, renewalTimerFired, expiryTimerFired, shutdownRequested
+        case connectUnauthorized, connectRateLimited, connectUnreachable, connectServerError, connectUnusable
+        case retryTimerFired, renewalTimerFired, expiryTimerFired, shutdownRequested, listenFailed
 
         static let awsDenied = "Access denied: AWS account ID not allowed."
         static let writeError = "No space left on device"
@@ -194,6 +194,8 @@ struct EnrollmentTests {
             case .connectRateLimited: return .connectFailed(failure: .rateLimited, now: n)
             case .connectUnreachable: return .connectFailed(failure: .unreachable(reason: "connection refused"), now: n)
             case .connectServerError: return .connectFailed(failure: .serverError(status: 503), now: n)
+            case .connectUnusable: return .connectFailed(failure: .unusableCredentials(reason: "key does not match certificate"), now: n)
+            case .listenFailed: return .listenFailed(reason: "bind 0.0.0.0:2222: Address already in use", now: n)
             case .retryTimerFired: return .retryTimerFired(now: n)
             case .renewalTimerFired: return .renewalTimerFired(now: n)
             case .expiryTimerFired: return .expiryTimerFired(now: n)
@@ -219,6 +221,7 @@ struct EnrollmentTests {
             case .connectRateLimited: return "the platform is rate limiting requests (HTTP 429)"
             case .connectUnreachable: return "cannot reach \(domain): connection refused (check --domain, the network and the CA bundle)"
             case .connectServerError: return "the platform answered HTTP 503"
+            case .connectUnusable: return "the platform sent credentials the relay cannot use: key does not match certificate"
             case .connectSucceededShort:
                 return "the certificates received expire at 2026-01-01T00:05:00Z, within 5m0s of now (2026-01-01T00:01:40Z); check this host's clock"
             default: return nil
@@ -369,6 +372,9 @@ struct EnrollmentTests {
             case .renewalTimerFired: return Expected(actions: [log(.renewingCertificates), .requestConnect], state: "renewing")
             case .expiryTimerFired:
                 return Expected(actions: [pathExpiryLog, .stopAccepting, .cancelTimer(timer: .renewal), .requestConnect], state: "lapsed")
+            case .listenFailed:
+                return Expected(actions: [log(.listenFailed(reason: "bind 0.0.0.0:2222: Address already in use")), .stopAccepting,
+                                          .cancelTimer(timer: .renewal), .cancelTimer(timer: .expiry), finish(.listenFailed)], state: "failed")
             case .shutdownRequested:
                 return Expected(actions: [log(.shuttingDown), .stopAccepting, .cancelTimer(timer: .renewal), .cancelTimer(timer: .expiry), stop], state: "stopped")
             default: return kind.isTimer ? ignored : unexpected
@@ -670,7 +676,7 @@ struct EnrollmentTests {
         case .loginSucceeded, .loginFailed: return .login
         case .stateWritten, .stateWriteFailed: return .persist
         case .connectSucceeded, .connectFailed: return .connect
-        case .started, .retryTimerFired, .renewalTimerFired, .expiryTimerFired, .shutdownRequested: return nil
+        case .started, .retryTimerFired, .renewalTimerFired, .expiryTimerFired, .shutdownRequested, .listenFailed: return nil
         }
     }
 
@@ -825,7 +831,7 @@ struct EnrollmentTests {
     }
 
     static func junk(choice: Int, variant: Int, now: Instant, wall: UnixTime) -> Event {
-        switch (choice + variant) % 13 {
+        switch (choice + variant) % 15 {
         case 0: return randomStart(choice: choice, variant: variant, now: now, wall: wall)
         case 1: return .awsLoginSigned(now: now)
         case 2: return .awsCredentialsUnavailable(reason: "none", now: now)
@@ -838,6 +844,8 @@ struct EnrollmentTests {
         case 9: return .retryTimerFired(now: now)
         case 10: return .renewalTimerFired(now: now)
         case 11: return .expiryTimerFired(now: now)
+        case 12: return .listenFailed(reason: "EADDRINUSE", now: now)
+        case 13: return .connectFailed(failure: .unusableCredentials(reason: "bad PEM"), now: now)
         default: return .connectFailed(failure: .unreachable(reason: "x"), now: now)
         }
     }
@@ -885,7 +893,8 @@ struct EnrollmentTests {
                         switch variant {
                         case 0, 1, 2, 3: event = .connectSucceeded(notAfter: w + 86_400, now: now, wallNow: w)
                         case 4: event = .connectSucceeded(notAfter: choice % 2 == 0 ? w + 100 : w + -10, now: now, wallNow: w)
-                        case 5, 6: event = .connectFailed(failure: [.rateLimited, .unreachable(reason: "timed out"), .serverError(status: 500)][choice % 3], now: now)
+                        case 5, 6: event = .connectFailed(failure: [.rateLimited, .unreachable(reason: "timed out"), .serverError(status: 500),
+                                                                    .unusableCredentials(reason: "bad PEM")][choice % 4], now: now)
                         default: event = .connectFailed(failure: choice % 10 == 0 ? .unauthorized : .serverError(status: 502), now: now)
                         }
                     }

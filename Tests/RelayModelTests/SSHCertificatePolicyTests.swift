@@ -90,8 +90,9 @@ struct GatewayCertificatePolicyTests {
         #expect(reason(try at(before + 299, skew: 10_000)) == nil)
         #expect(reason(try at(before + 300, skew: 10_000)) != nil)
         #expect(reason(try at(before, skew: -50)) != nil)
-        // "forever" certificates have no upper bound.
-        #expect(reason(try evaluate(m, "forever", at: UnixTime(seconds: Int64.max))) == nil)
+        // "forever" certificates are refused for gateways (SSH-06), at any time.
+        #expect(reason(try evaluate(m, "forever", at: UnixTime(seconds: Int64.max))) == .unboundedValidity)
+        #expect(reason(try evaluate(m, "forever", at: UnixTime(seconds: 1_800_000_000))) == .unboundedValidity)
     }
 
     @Test("wrong key id → Infisical's message")

@@ -29,6 +29,12 @@ struct BenchSmokeTests {
         if let bin = Self.siblingRelayBinary() { args += ["--relay-bin", bin] }
         p.arguments = args
         p.currentDirectoryURL = Self.root
+        // Its own ports and lock: a full benchmark running on the same machine must not block or
+        // collide with the smoke run.
+        var env = ProcessInfo.processInfo.environment
+        env["BENCH_PORT_BASE"] = "27000"
+        env["BENCH_LOCK"] = "/tmp/relay-bench-smoke.lock"
+        p.environment = env
         let log = Pipe()
         p.standardOutput = log
         p.standardError = log

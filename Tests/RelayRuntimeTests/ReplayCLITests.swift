@@ -9,6 +9,9 @@ struct ReplayCLITests {
     static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
 
     static func relayBinary() throws -> String {
+        // Next to the test bundle first: any --scratch-path.
+        let sibling = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("relay").path
+        if FileManager.default.isExecutableFile(atPath: sibling) { return sibling }
         for candidate in [".build/debug/relay", ".build/x86_64-unknown-linux-gnu/debug/relay", ".build/aarch64-unknown-linux-gnu/debug/relay"] {
             let p = root.appendingPathComponent(candidate).path
             if FileManager.default.isExecutableFile(atPath: p) { return p }

@@ -14,9 +14,10 @@ public struct SeededRandom: RandomNumberGenerator, Hashable, Codable, Sendable {
         return z ^ (z >> 31)
     }
 
-    /// A uniform value in `0...bound` (inclusive), without modulo bias.
+    /// A uniform value in `0...bound` (inclusive), without modulo bias (the standard library's
+    /// `next(upperBound:)`, Lemire's method, drawing only from this seeded generator).
     public mutating func uniform(upTo bound: UInt64) -> UInt64 {
         if bound == .max { return next() }
-        return UInt64.random(in: 0...bound, using: &self)
+        return next(upperBound: bound + 1)
     }
 }

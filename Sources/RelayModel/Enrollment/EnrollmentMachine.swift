@@ -171,6 +171,8 @@ public struct EnrollmentMachine: StateMachine {
         case expiryTimerFired(now: Instant)
         /// SIGTERM/SIGINT or the service manager asked us to stop.
         case shutdownRequested(now: Instant)
+        /// `startServing` could not bind a listener (port in use, address not local, permission).
+        case listenFailed(reason: String, now: Instant)
 
         public var specName: String {
             switch self {
@@ -178,7 +180,7 @@ public struct EnrollmentMachine: StateMachine {
             case .connectFailed(let f, _): return "connectFailed(\(f.caseName))"
             case .started, .awsLoginSigned, .awsCredentialsUnavailable, .loginSucceeded, .stateWritten,
                  .stateWriteFailed, .connectSucceeded, .retryTimerFired, .renewalTimerFired, .expiryTimerFired,
-                 .shutdownRequested:
+                 .shutdownRequested, .listenFailed:
                 return caseName
             }
         }
@@ -252,6 +254,7 @@ public struct EnrollmentMachine: StateMachine {
         case let .renewalTimerFired(now): return onRenewalTimerFired(now)
         case let .expiryTimerFired(now): return onExpiryTimerFired(now)
         case .shutdownRequested: return onShutdownRequested()
+        case let .listenFailed(reason, _): return onListenFailed(event, reason)
         }
     }
 
@@ -487,7 +490,7 @@ public struct EnrollmentMachine: StateMachine {
         let unauthorized: Bool
         switch failure {
         case .unauthorized: unauthorized = true
-        case .rateLimited, .unreachable, .serverError: unauthorized = false
+        case .rateLimited, .unreachable, .serverError, .unusableCredentials: unauthorized = false
         }
         switch state {
         case .connecting(var c):
@@ -585,6 +588,21 @@ public struct EnrollmentMachine: StateMachine {
         case .idle, .signingAws, .loggingIn, .loginBackoff, .persisting, .connecting, .connectBackoff, .lapsed,
              .lapsedBackoff, .failed, .stopped:
             return []  // not pending
+        }
+    }
+
+    // MARK: - Listeners
+
+    /// The runtime could not bind after `startServing`: final (a relay that cannot listen is useless,
+    /// and systemd's `Restart=on-failure` retries the whole start).
+    private mutating func onListenFailed(_ event: Event, _ reason: String) -> [Action] {
+        switch state {
+        case .serving:
+            return fail(.listenFailed, [.log(message: .listenFailed(reason: reason)), .stopAccepting,
+                                        .cancelTimer(timer: .renewal), .cancelTimer(timer: .expiry)])
+        case .idle, .signingAws, .loggingIn, .loginBackoff, .persisting, .connecting, .connectBackoff, .renewing,
+             .renewalBackoff, .lapsed, .lapsedBackoff, .failed, .stopped:
+            return unexpected(event)
         }
     }
 

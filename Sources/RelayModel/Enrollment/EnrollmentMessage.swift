@@ -74,6 +74,8 @@ public enum EnrollmentMessage: Codable, Equatable, Sendable, CaseNamed {
     case certificatesLapsed(notAfter: UnixTime)
     /// Infisical: an orderly stop begins.
     case shuttingDown
+    /// The listeners could not be bound after `startServing`.
+    case listenFailed(reason: String)
     /// An event the current state does not expect; nothing changed.
     case unexpectedEvent(event: String, state: String)
 
@@ -90,7 +92,7 @@ public enum EnrollmentMessage: Codable, Equatable, Sendable, CaseNamed {
             return .warning
         case .stateFileCorrupt, .stateFileRefused, .tokenRequired, .relayIdRequired, .awsCredentialsUnavailable,
              .tokenInvalid, .tokenProbablyUsed, .tokenExpired, .tokenAlreadyUsed, .loginRejected, .awsLoginRejected,
-             .loginGaveUp, .connectGaveUp, .credentialRejected, .certificatesLapsed:
+             .loginGaveUp, .connectGaveUp, .credentialRejected, .certificatesLapsed, .listenFailed:
             return .error
         }
     }
@@ -170,6 +172,8 @@ public enum EnrollmentMessage: Codable, Equatable, Sendable, CaseNamed {
             return "The relay's certificates expire at \(EnrollmentFormat.date(notAfter)) and could not be renewed: no longer accepting connections until a renewal succeeds"
         case .shuttingDown:
             return "Shutting down relay server..."
+        case let .listenFailed(reason):
+            return "Cannot listen for gateways and the platform: \(reason). Another process (perhaps another relay) may hold the port: stop it, or choose free ports with --ssh-port and --tls-port."
         case let .unexpectedEvent(event, state):
             return "Ignoring unexpected event \(event) in state \(state)"
         }

@@ -85,10 +85,14 @@ extension EnrollmentMachine {
         case unreachable(reason: String)
         /// Any other non-2xx status.
         case serverError(status: Int)
+        /// 200, but the credentials do not load (malformed PEM, key not matching its certificate,
+        /// a CA bundle without certificates): retried like a server error, never served.
+        case unusableCredentials(reason: String)
 
         func problem(domain: String) -> String {
             switch self {
             case .unauthorized: return "the platform refused the access token"
+            case .unusableCredentials(let r): return "the platform sent credentials the relay cannot use: \(r)"
             case .rateLimited: return "the platform is rate limiting requests (HTTP 429)"
             case .unreachable(let r): return "cannot reach \(domain): \(r) (check --domain, the network and the CA bundle)"
             case .serverError(let s): return "the platform answered HTTP \(s)"
@@ -128,7 +132,7 @@ extension EnrollmentMachine {
     public enum FailureReason: String, Codable, Equatable, Sendable {
         case stateFileCorrupt, stateFileRefused, tokenRequired, relayIdRequired, awsCredentialsUnavailable
         case tokenInvalid, tokenProbablyUsed, tokenExpired, tokenAlreadyUsed, loginRejected, awsLoginRejected
-        case loginGaveUp, connectGaveUp, credentialRejected
+        case loginGaveUp, connectGaveUp, credentialRejected, listenFailed
     }
 
     /// How a run ended.

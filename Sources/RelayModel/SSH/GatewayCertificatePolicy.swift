@@ -103,6 +103,9 @@ public struct GatewayCertificatePolicy: Hashable, Sendable {
         case .notYetValid: return reject(.notYetValid(validAfter: c.validAfter, now: now))
         case .expired: return reject(.expired(validBefore: c.validBefore, now: now))
         }
+        // OpenSSH's "forever" (valid_before = 2^64-1): a gateway credential must expire
+        // (security-cases SSH-06; the platform issues 1-day certificates).
+        guard c.validBefore != UInt64.max else { return reject(.unboundedValidity) }
         // 5. Critical options: source-address is enforced, anything else refused.
         for option in c.criticalOptions {
             guard SSHText.bytesEqual(option.name, "source-address") else { return reject(.unsupportedCriticalOption(option.name)) }
@@ -173,7 +176,7 @@ public struct GatewayCertificateRejection: Error, Hashable, Codable, Sendable {
             return "Gateway '\(user)' tried to authenticate with raw public key (rejected)"
         case .keyIDMismatch(let actual, let expected):
             return "Gateway '\(user)' certificate Key ID '\(SSHText.printable(actual))' does not match expected '\(SSHText.printable(expected))'"
-        case .malformed, .untrustedAuthority, .signature, .notUserCertificate, .notYetValid, .expired,
+        case .malformed, .untrustedAuthority, .signature, .notUserCertificate, .notYetValid, .expired, .unboundedValidity,
              .unsupportedCriticalOption, .sourceAddressMalformed, .sourceAddressUnverifiable, .sourceAddressNotAllowed,
              .noPrincipals, .principalNotAllowed, .gatewayIdMissing:
             return "Gateway '\(user)' certificate validation failed: \(reason.detail)"
@@ -197,6 +200,8 @@ public enum GatewayCertificateRejectionReason: Hashable, Codable, Sendable, Case
     case notYetValid(validAfter: UInt64, now: UnixTime)
     /// `now - skew >= validBefore`.
     case expired(validBefore: UInt64, now: UnixTime)
+    /// `valid_before` is OpenSSH's "forever".
+    case unboundedValidity
     /// A critical option other than `source-address`.
     case unsupportedCriticalOption(String)
     /// `source-address` whose value is not a valid CIDR list.
@@ -231,6 +236,7 @@ public enum GatewayCertificateRejectionReason: Hashable, Codable, Sendable, Case
             return checkFailed + "ssh: cert is not yet valid (valid after \(UTCText.format(after)), now \(UTCText.format(now.seconds)))"
         case .expired(let before, let now):
             return checkFailed + "ssh: cert has expired (valid before \(UTCText.format(before)), now \(UTCText.format(now.seconds)))"
+        case .unboundedValidity: return checkFailed + "certificate never expires (valid_before is forever); gateway certificates must expire"
         case .unsupportedCriticalOption(let name):
             return checkFailed + "ssh: unsupported critical option \(SSHText.quoted(name)) in certificate"
         case .sourceAddressMalformed(let value):

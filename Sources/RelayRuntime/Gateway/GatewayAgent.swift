@@ -231,3 +231,20 @@ public final class GatewayAgent: @unchecked Sendable {
         }
     }
 }
+
+extension GatewayAgent {
+    /// Heartbeats to the platform (`POST /api/v2/gateways/heartbeat`), scheduled by the
+    /// `HeartbeatMachine` in its gateway role (Specs/heartbeat.md) on this agent's loop.
+    public func startHeartbeats(api: PlatformAPIClient, accessToken: String, steadyInterval: TimeSpan, trace: TraceRecorder?) -> HeartbeatDriver {
+        var config = HeartbeatMachine.Config.gateway
+        config.steadyInterval = steadyInterval
+        let driver = HeartbeatDriver(
+            config: config, instance: options.credentials.gatewayId, loop: loop, trace: trace,
+            send: { token in
+                do { try api.gatewayHeartbeat(accessToken: token); return .success } catch { return .failure("\(error)") }
+            },
+            accessToken: { accessToken }, report: { _ in })
+        driver.start()
+        return driver
+    }
+}

@@ -124,6 +124,9 @@ final class RelayConnector: @unchecked Sendable {
         guard ssh_pki_copy_cert_to_privkey(cert, priv) == SSH_OK else {
             return .failure(.authenticationRejected(detail: "the user certificate does not match the private key"))
         }
+        // "none" first: it lets the relay's EXT_INFO (server-sig-algs) arrive before we offer a
+        // key, so an RSA certificate goes out as rsa-sha2-*-cert, not the refused SHA-1 form.
+        _ = ssh_userauth_none(s, nil)
         let rc = ssh_userauth_publickey(s, nil, priv)
         if rc == SSH_AUTH_SUCCESS.rawValue { return .success(()) }
         if ssh_is_connected(s) == 0 { return .failure(.closedByPeer) }

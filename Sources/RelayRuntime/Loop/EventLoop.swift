@@ -30,6 +30,8 @@ final class EventLoop: @unchecked Sendable {
     private var handlers: [Int32: any PollHandler] = [:]
     private var deferred: [() -> Void] = []
     private var afterPoll: [ObjectIdentifier: (owner: Weak, check: () -> Void)] = [:]
+    private var watches: [ObjectIdentifier: HangupWatch] = [:]
+    private var nextSweep = Instant.zero
     private var timers = TimerHeap()
     private var sessions: Set<OpaquePointer> = []
     private let stopping = Atomic<Bool>(false)
@@ -141,6 +143,9 @@ final class EventLoop: @unchecked Sendable {
         afterPoll[ObjectIdentifier(owner)] = check.map { (Weak(owner), $0) }
     }
 
+    func watch(_ w: HangupWatch) { watches[ObjectIdentifier(w)] = w }
+    func unwatch(_ w: HangupWatch) { watches[ObjectIdentifier(w)] = nil }
+
     @discardableResult
     func schedule(at deadline: Instant, _ work: @escaping () -> Void) -> TimerHeap.ID {
         timers.insert(deadline: deadline, work)
@@ -188,6 +193,11 @@ final class EventLoop: @unchecked Sendable {
                 if entry.owner.value == nil { afterPoll[key] = nil } else { entry.check() }
             }
             runDeferred()
+            if t >= nextSweep {
+                nextSweep = t + .seconds(1)
+                for w in Array(watches.values) { w.sweep() }
+                runDeferred()
+            }
         }
         let work = inbox.withLock { box -> [@Sendable () -> Void] in let w = box; box.removeAll(); return w }
         for w in work { w() }
@@ -261,15 +271,18 @@ struct TimerHeap {
 }
 
 /// Watches a libssh session's socket for the peer going away. libssh notices a closed socket
-/// only inside its own poll and tells nobody (no server-side callback), so the session fd is
-/// also registered here, edge-triggered for hang-up; when that fires, `check` runs after every
-/// poll until it reports the session gone (libssh reads the EOF in a following poll).
+/// only inside its own poll and tells nobody (no server-side callback), so the session fd is also
+/// registered here, edge-triggered for hang-up: a hang-up (peer FIN, RST, error) ends the session
+/// after the current poll, when libssh has consumed whatever arrived with it. In case libssh closed
+/// the socket first (which silently removes our registration), every loop also sweeps its watches
+/// once a second with `isGone`.
 final class HangupWatch: PollHandler, @unchecked Sendable {
     let fd: Int32
     let loop: EventLoop
     private let isGone: () -> Bool
     private let onGone: () -> Void
     private var registered = false
+    private var fired = false
 
     init(fd: Int32, loop: EventLoop, isGone: @escaping () -> Bool, onGone: @escaping () -> Void) {
         self.fd = fd; self.loop = loop; self.isGone = isGone; self.onGone = onGone
@@ -279,23 +292,28 @@ final class HangupWatch: PollHandler, @unchecked Sendable {
         guard fd >= 0, !registered else { return }
         registered = true
         loop.register(fd: fd, events: UInt32(RELAY_EPOLLRDHUP) | UInt32(RELAY_EPOLLET), handler: self)
+        loop.watch(self)
     }
 
     /// Must run before the socket is closed.
     func disarm() {
-        loop.setAfterPoll(self, nil)
+        loop.unwatch(self)
         guard registered else { return }
         registered = false
         loop.unregister(fd: fd)
     }
 
     func loopReady(events: UInt32) {
-        loop.setAfterPoll(self) { [weak self] in
-            guard let self else { return }
-            if self.isGone() {
-                self.disarm()
-                self.onGone()
-            }
-        }
+        loop.later { [weak self] in self?.fire() }
+    }
+
+    /// The periodic sweep's check.
+    func sweep() { if isGone() { fire() } }
+
+    private func fire() {
+        guard !fired else { return }
+        fired = true
+        disarm()
+        onGone()
     }
 }

@@ -113,6 +113,15 @@ final class RegistryDriver: GatewaySessionDelegate, @unchecked Sendable {
         }
     }
 
+    /// Closes every SSH session, pending platform connection and splice (stop without drain).
+    func closeEverything() {
+        let (sessions, clients) = objects.withLock { o in (Array(o.sessions.values), Array(o.clients.values)) }
+        for s in sessions { let box = UncheckedBox(s); s.loop.execute { box.value.fail("relay stopped") } }
+        for c in clients { let box = UncheckedBox(c); c.loop.execute { box.value.tls.release() } }
+    }
+
+    var openConnections: Int { objects.withLock { $0.sessions.count + $0.clients.count } }
+
     func drain(deadline: Instant, completion: @escaping @Sendable () -> Void) {
         guard let loop = timerLoop else { completion(); return }
         loop.execute { [self] in
@@ -170,7 +179,8 @@ final class RegistryDriver: GatewaySessionDelegate, @unchecked Sendable {
             metrics.clientClosed(reason: reason.rawValue)
             guard let pc = objects.withLock({ $0.clients.removeValue(forKey: client) }) else { return }
             let box = UncheckedBox(pc)
-            pc.loop.execute { box.value.tls.release() }
+            // A TLS close_notify (an alert, never application bytes), then the socket closes.
+            pc.loop.execute { _ = box.value.tls.sendCloseNotify(); box.value.tls.release() }
         case .log(let message):
             log(message)
         case .report(let metric):

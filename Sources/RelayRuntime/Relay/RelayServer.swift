@@ -101,33 +101,61 @@ public final class RelayServer: @unchecked Sendable {
 
     /// Binds both listeners and starts the loops. Throws (and binds nothing) on failure.
     public func start() throws(RuntimeError) {
-        let ssh = try Net.listen(host: options.listenAddress, port: options.sshPort)
-        let tls: (fd: Int32, port: Int)
-        do { tls = try Net.listen(host: options.listenAddress, port: options.tlsPort) } catch {
-            close(ssh.fd); throw error
-        }
-        boundSSHPort = ssh.port
-        boundTLSPort = tls.port
+        // OpenSSL writes to sockets with write(2): a platform client that reset its connection
+        // would otherwise kill the whole process with SIGPIPE on the relay's next write.
+        signal(SIGPIPE, SIG_IGN)
+        let (ssh, tls) = try bindListeners()
         for (i, loop) in loops.enumerated() { loop.start(name: "relay-loop-\(i)") }
-        let acceptLoop = loops[0]
-        let sshL = Listener(fd: ssh.fd) { [weak self] fd, peer in
-            if let self { self.acceptSSH(fd: fd, peer: peer) } else { close(fd) }
-        }
-        let tlsL = Listener(fd: tls.fd) { [weak self] fd, peer in
-            if let self { self.acceptTLS(fd: fd, peer: peer) } else { close(fd) }
-        }
-        sshListener = sshL
-        tlsListener = tlsL
-        acceptLoop.execute { acceptLoop.register(fd: ssh.fd, events: UInt32(RELAY_EPOLLIN), handler: sshL) }
-        acceptLoop.execute { acceptLoop.register(fd: tls.fd, events: UInt32(RELAY_EPOLLIN), handler: tlsL) }
-        registry.start(on: acceptLoop)
+        registerListeners(ssh: ssh.fd, tls: tls.fd)
+        registry.start(on: loops[0])
         RelayLog.relay.info("Relay server started successfully")
         RelayLog.relay.info("SSH server listening on \(options.listenAddress):\(ssh.port) for gateways")
         RelayLog.relay.info("TLS server listening on \(options.listenAddress):\(tls.port) for clients")
     }
 
+    /// Binds both listeners again after `stopAccepting` (the enrollment machine's `startServing`
+    /// after its certificates lapsed and were renewed). Uses the ports bound first, so a
+    /// `--ssh-port 0` relay keeps its ports. Throws (and binds nothing) on failure.
+    public func resumeAccepting() throws(RuntimeError) {
+        guard !accepting.load(ordering: .acquiring) else { return }
+        let (ssh, tls) = try bindListeners(sshPort: boundSSHPort, tlsPort: boundTLSPort)
+        registerListeners(ssh: ssh.fd, tls: tls.fd)
+        RelayLog.relay.info("Accepting connections again on \(options.listenAddress):\(ssh.port) and \(options.listenAddress):\(tls.port)")
+    }
+
+    /// Both listeners are bound and accepting.
+    public var isAccepting: Bool { accepting.load(ordering: .acquiring) }
+    private let accepting = Atomic<Bool>(false)
+
+    private func bindListeners(sshPort: Int? = nil, tlsPort: Int? = nil) throws(RuntimeError) -> (ssh: (fd: Int32, port: Int), tls: (fd: Int32, port: Int)) {
+        let ssh = try Net.listen(host: options.listenAddress, port: sshPort ?? options.sshPort)
+        let tls: (fd: Int32, port: Int)
+        do { tls = try Net.listen(host: options.listenAddress, port: tlsPort ?? options.tlsPort) } catch {
+            close(ssh.fd); throw error
+        }
+        boundSSHPort = ssh.port
+        boundTLSPort = tls.port
+        return (ssh, tls)
+    }
+
+    private func registerListeners(ssh: Int32, tls: Int32) {
+        let acceptLoop = loops[0]
+        let sshL = Listener(fd: ssh) { [weak self] fd, peer in
+            if let self { self.acceptSSH(fd: fd, peer: peer) } else { close(fd) }
+        }
+        let tlsL = Listener(fd: tls) { [weak self] fd, peer in
+            if let self { self.acceptTLS(fd: fd, peer: peer) } else { close(fd) }
+        }
+        sshListener = sshL
+        tlsListener = tlsL
+        acceptLoop.execute { acceptLoop.register(fd: ssh, events: UInt32(RELAY_EPOLLIN), handler: sshL) }
+        acceptLoop.execute { acceptLoop.register(fd: tls, events: UInt32(RELAY_EPOLLIN), handler: tlsL) }
+        accepting.store(true, ordering: .releasing)
+    }
+
     /// Stops accepting on both listeners (first step of drain and of shutdown).
     public func stopAccepting() {
+        accepting.store(false, ordering: .releasing)
         let acceptLoop = loops[0]
         for l in [sshListener, tlsListener].compactMap({ $0 }) {
             acceptLoop.execute { acceptLoop.unregister(fd: l.fd); close(l.fd) }
@@ -137,16 +165,15 @@ public final class RelayServer: @unchecked Sendable {
     }
 
     /// Graceful: stop accepting, let the registry drain tunnels and splices up to `timeout`,
-    /// then stop the loops. Returns when everything is closed.
+    /// then stop the loops. Returns when everything is closed. The registry machine logs
+    /// `Shutting down relay server...` and `Relay server shutdown complete`.
     public func drain(timeout: TimeSpan) {
-        RelayLog.relay.info("Shutting down relay server...")
         stopAccepting()
         let done = Mutex<Bool>(false)
         registry.drain(deadline: Clock.now() + timeout) { done.withLock { $0 = true } }
         let hardStop = Clock.now() + timeout + .seconds(2)
         while !done.withLock({ $0 }) && Clock.now() < hardStop { usleep(10_000) }
         stopLoops()
-        RelayLog.relay.info("Relay server shutdown complete")
     }
 
     /// Immediate stop: close everything.
@@ -156,6 +183,11 @@ public final class RelayServer: @unchecked Sendable {
     }
 
     private func stopLoops() {
+        // Close every connection this relay holds (a process exit would; an in-process stop must),
+        // then stop the loops.
+        registry.closeEverything()
+        let settle = Clock.now() + .milliseconds(500)
+        while registry.openConnections > 0 && Clock.now() < settle { usleep(5_000) }
         for l in loops { l.stop() }
         for l in loops { l.join() }
     }

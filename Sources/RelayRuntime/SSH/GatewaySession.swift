@@ -135,6 +135,12 @@ final class GatewaySession: @unchecked Sendable {
         guard phase == .authenticating || phase == .keyExchange, let key, let delegate else {
             return Int32(SSH_AUTH_DENIED.rawValue)
         }
+        // Only the probe (NONE) and the signed attempt (VALID) may succeed; anything else —
+        // including a wrong signature — is denied before the policy is consulted.
+        guard state == CChar(SSH_PUBLICKEY_STATE_NONE.rawValue) || state == CChar(SSH_PUBLICKEY_STATE_VALID.rawValue) else {
+            failedAuthAttempts += 1
+            return Int32(SSH_AUTH_DENIED.rawValue)
+        }
         var b64: UnsafeMutablePointer<CChar>?
         var presented = ""
         if ssh_pki_export_pubkey_base64(key, &b64) == SSH_OK, let b64 {

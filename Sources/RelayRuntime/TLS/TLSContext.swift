@@ -151,6 +151,15 @@ public final class TLSContext: @unchecked Sendable {
             try trust(ctx, pem: clientCAsPEM)
             SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nil)
             _ = SSL_CTX_set_purpose(ctx, X509_PURPOSE_SSL_CLIENT)
+            // No session resumption. OpenSSL resumes a session without verifying the client
+            // certificate again (seen here: a session resumed and served after its certificate
+            // had expired; the platform's certificates live 5 minutes, a ticket 2 hours), and
+            // without a session-id context a client offering a session got an internal_error
+            // alert instead of a full handshake. No tickets, no cache: every handshake verifies.
+            _ = SSL_CTX_set_num_tickets(ctx, 0)
+            _ = SSL_CTX_set_options(ctx, UInt64(1) << 14) // SSL_OP_NO_TICKET (TLS 1.2)
+            _ = SSL_CTX_ctrl(ctx, SSL_CTRL_SET_SESS_CACHE_MODE, Int(SSL_SESS_CACHE_OFF), nil)
+            _ = SSL_CTX_set_session_id_context(ctx, "relay", 5)
             if !alpn.isEmpty { TLSContext.installALPN(ctx, alpn) }
             return TLSContext(ptr: ctx, notAfter: notAfter)
         } catch {

@@ -171,6 +171,22 @@ final class PeerProcess: Sendable {
         }.start()
     }
 
+    /// Writes `bytes` to the child's stdin pipe (if it has one); blocks while the pipe is full,
+    /// so keep it to what the child reads promptly. Returns false if the child is gone.
+    @discardableResult
+    func writeStdin(_ bytes: [UInt8]) -> Bool {
+        stdinFD.withLock { fd in
+            guard fd >= 0 else { return false }
+            var off = 0
+            while off < bytes.count {
+                let n = bytes.withUnsafeBytes { send(fd, $0.baseAddress! + off, $0.count - off, Int32(MSG_NOSIGNAL)) }
+                if n < 0 { if errno == EINTR { continue }; return false }
+                off += n
+            }
+            return true
+        }
+    }
+
     /// Closes the child's stdin pipe (if it has one): the child reads EOF.
     func closeStdin() {
         stdinFD.withLock { fd in

@@ -1,0 +1,119 @@
+import RelayModel
+
+/// The relay's API client over libcurl (`HTTPClient`, DESIGN D6): `--ca-file`, proxies from the
+/// environment, timeouts, a 1 MiB response cap, no redirects (so never a credential to another
+/// host, E-15). Maps every HTTP outcome to the enrollment/heartbeat vocabulary exactly as
+/// Specs/enrollment.md §1 tabulates. Logs nothing: URLs, bodies and headers may hold secrets.
+public struct HTTPRelayAPI: RelayAPI {
+    public let domain: String
+    public let http: HTTPClient
+
+    public init(domain: String, caFile: String?) {
+        var d = domain
+        while d.hasSuffix("/") { d.removeLast() }
+        self.domain = d
+        var c = HTTPClient(caFile: caFile)
+        c.connectTimeoutMilliseconds = 10_000
+        c.totalTimeoutMilliseconds = 30_000
+        c.maxResponseBytes = 1 << 20
+        self.http = c
+    }
+
+    func post(_ path: String, json: String?, bearer: String?) -> Result<HTTPClient.Response, HTTPClient.Failure> {
+        var headers: [(name: String, value: String)] = [("Accept", "application/json"), ("User-Agent", "relay/0.1 (infisical-relay-compatible)")]
+        if json != nil { headers.append(("Content-Type", "application/json")) }
+        if let bearer { headers.append(("Authorization", "Bearer \(bearer)")) }
+        do {
+            return .success(try http.send(HTTPClient.Request(method: "POST", url: domain + path, headers: headers, body: Array((json ?? "").utf8))))
+        } catch {
+            return .failure(error)
+        }
+    }
+
+    /// The platform's `{"message": …}`, bounded and stripped of control characters.
+    static func message(_ r: HTTPClient.Response) -> String {
+        var text = ""
+        if let json = try? Jansson.parse(bytes: r.body), case .object(let o) = json,
+           case .string(let m)? = o.first(where: { $0.key == "message" })?.value {
+            text = m
+        }
+        if text.isEmpty { text = "HTTP \(r.status)" }
+        let clean = String(String.UnicodeScalarView(text.unicodeScalars.filter { $0.value >= 0x20 && $0.value != 0x7f }.prefix(300)))
+        return clean
+    }
+
+    static func transport(_ f: HTTPClient.Failure) -> String {
+        switch f {
+        case .timedOut: return "request timed out"
+        case .responseTooLarge(let limit): return "the answer was larger than \(limit) bytes"
+        case .transport(let m), .invalidRequest(let m): return m
+        }
+    }
+
+    public func login(_ request: RelayLoginRequest) -> RelayAPILogin {
+        let body: String
+        switch request {
+        case .token(let t):
+            body = Jansson.serialize(.object([("method", .string("token")), ("token", .string(t))]))
+        case let .aws(relayId, signed):
+            body = signed.loginBody(relayId: relayId)
+        }
+        switch post("/v2/relays/login", json: body, bearer: nil) {
+        case .failure(let f):
+            return .failure(.unreachable(reason: HTTPRelayAPI.transport(f)))
+        case .success(let r):
+            switch r.status {
+            case 200..<300:
+                guard let json = try? Jansson.parse(bytes: r.body), case .object(let o) = json,
+                      case .string(let token)? = o.first(where: { $0.key == "accessToken" })?.value, !token.isEmpty else {
+                    return .failure(.rejected(message: "the platform's login answer has no accessToken"))
+                }
+                var relayId = ""
+                if case .string(let id)? = o.first(where: { $0.key == "relayId" })?.value { relayId = id }
+                return .success(accessToken: token, relayId: relayId)
+            case 300..<400:
+                return .failure(.rejected(message: "the platform answered with a redirect (HTTP \(r.status)); not following it with a credential — check --domain"))
+            case 429:
+                return .failure(.rateLimited)
+            case 500...:
+                return .failure(.serverError(status: r.status))
+            default:
+                let m = HTTPRelayAPI.message(r)
+                switch m {
+                case TokenLedgerMachine.LoginRejection.invalid.message: return .failure(.invalid)
+                case TokenLedgerMachine.LoginRejection.expired.message: return .failure(.expired)
+                case TokenLedgerMachine.LoginRejection.alreadyUsed.message: return .failure(.alreadyUsed)
+                default: return .failure(.rejected(message: m))
+                }
+            }
+        }
+    }
+
+    public func connect(accessToken: String) -> RelayAPIConnect {
+        switch post("/v2/relays/connect", json: nil, bearer: accessToken) {
+        case .failure(let f):
+            return .failure(.unreachable(reason: HTTPRelayAPI.transport(f)))
+        case .success(let r):
+            switch r.status {
+            case 200..<300:
+                do {
+                    return .success(try JSONText.decode(RelayCredentials.self, from: String(decoding: r.body, as: UTF8.self)))
+                } catch {
+                    return .failure(.unusableCredentials(reason: "the answer is not a /connect response: \(error)"))
+                }
+            case 401, 403: return .failure(.unauthorized)
+            case 429: return .failure(.rateLimited)
+            default: return .failure(.serverError(status: r.status))
+            }
+        }
+    }
+
+    public func heartbeat(accessToken: String) -> RelayAPIHeartbeat {
+        switch post("/v2/relays/heartbeat", json: nil, bearer: accessToken) {
+        case .failure(let f): return .failure(HTTPRelayAPI.transport(f))
+        case .success(let r):
+            if (200..<300).contains(r.status) { return .success }
+            return .failure("HTTP \(r.status): \(HTTPRelayAPI.message(r))")
+        }
+    }
+}

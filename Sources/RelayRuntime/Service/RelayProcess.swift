@@ -1,0 +1,390 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+public import RelayModel
+import Synchronization
+
+/// Options `relay start` resolved from its flags (StartSettings) for the runtime.
+public struct StartOptions: Sendable {
+    public var relayName: String
+    public var listenAddress = ""
+    public var sshPort = 2222
+    public var tlsPort = 8443
+    public var metricsListen: String?
+    /// How long in-flight splices may continue after SIGTERM/SIGINT.
+    public var drainTimeout = TimeSpan.seconds(30)
+    public var tracePath: String?
+    public var loops: Int?
+    public var enrollment: EnrollmentMachine.Config
+    public var heartbeat: HeartbeatMachine.Config = .relay
+
+    public init(relayName: String) {
+        self.relayName = relayName
+        self.enrollment = EnrollmentMachine.Config(relayName: relayName, seed: UInt64(truncatingIfNeeded: Clock.now().milliseconds))
+    }
+}
+
+/// Enrolled mode's inputs (secrets included: they stay in the runtime).
+public struct EnrolledInputs: Sendable {
+    public var method: EnrollmentMachine.EnrollMethod
+    public var token: String?
+    public var relayId: String?
+    /// `--domain` with `/api`, if given.
+    public var domainFlag: String?
+    public var stateDirectory: String
+    public var environment: [String: String]
+    /// Builds the API client once the domain is known (flag, stored, CLI config, environment).
+    public var makeAPI: @Sendable (_ domain: String) -> any RelayAPI
+    public var signer: (any AWSLoginSigner)?
+
+    public init(method: EnrollmentMachine.EnrollMethod, token: String?, relayId: String?, domainFlag: String?, stateDirectory: String,
+                environment: [String: String], makeAPI: @escaping @Sendable (_ domain: String) -> any RelayAPI, signer: (any AWSLoginSigner)?) {
+        self.method = method; self.token = token; self.relayId = relayId; self.domainFlag = domainFlag
+        self.stateDirectory = stateDirectory; self.environment = environment; self.makeAPI = makeAPI; self.signer = signer
+    }
+}
+
+/// One `relay start`: owns the control loop, the data plane, the drivers, the metrics endpoint
+/// and the process's exit. `run…` returns the exit status.
+///
+/// ```
+///  main thread            control loop thread                    signal thread (sigwait)
+///  ───────────            ───────────────────                    ──────────────────────
+///  bind metrics           enrollment driver ◀── worker results   1st SIGTERM/SIGINT → shutdownRequested
+///  start drivers ───────▶ heartbeat driver      (HTTP, signing)  2nd → exit(1) at once
+///  wait(gate) ◀────────── finish(outcome) opens the gate
+///  drain, exit
+/// ```
+public final class RelayProcess: @unchecked Sendable {
+    let options: StartOptions
+    let control: EventLoop
+    public let metrics: RelayMetrics
+    private let server = Mutex<RelayServer?>(nil)
+    private let gate = ExitGate()
+    private var metricsServer: MetricsServer?
+    private let trace: TraceRecorder?
+    private let draining = Atomic<Bool>(false)
+    private let heartbeatStarted = Atomic<Bool>(false)
+    /// `<state-dir>/<name>.status.json` for `relay doctor` (enrolled mode).
+    private let status = Mutex<(directory: String, value: RelayStatus)?>(nil)
+
+    public init(options: StartOptions) throws(RuntimeError) {
+        self.options = options
+        control = try EventLoop(index: 99)
+        metrics = RelayMetrics()
+        trace = try options.tracePath.map { (p: String) throws(RuntimeError) -> TraceRecorder in try TraceRecorder(path: p) }
+        metrics.registry.describe("relay_ready", .gauge, "1 when both listeners are bound and the certificates are valid")
+        metrics.registry.describe("relay_certificate_not_after_seconds", .gauge, "Expiry of the TLS server certificate in use (Unix seconds)")
+        metrics.registry.describe("relay_certificate_expires_in_seconds", .gauge, "Seconds until the TLS server certificate in use expires")
+        metrics.registry.describe("relay_heartbeat_healthy", .gauge, "1 when the last heartbeat to the platform succeeded")
+        metrics.registry.describe("relay_heartbeat_consecutive_failures", .gauge, "Heartbeat failures since the last success")
+        metrics.registry.describe("relay_heartbeat_last_success_seconds", .gauge, "Wall-clock time of the last successful heartbeat (Unix seconds)")
+        metrics.registry.describe("relay_enrollment_state", .gauge, "1 for the enrollment machine's current state")
+    }
+
+    var serverOptions: RelayServer.Options {
+        var o = RelayServer.Options(relayName: options.relayName)
+        o.listenAddress = options.listenAddress
+        o.sshPort = options.sshPort
+        o.tlsPort = options.tlsPort
+        if let n = options.loops { o.loops = max(1, n) }
+        return o
+    }
+
+    /// The bound ports, once serving (tests, doctor).
+    public var boundPorts: (ssh: Int, tls: Int)? {
+        server.withLock { s in s.map { ($0.boundSSHPort, $0.boundTLSPort) } }
+    }
+
+    /// Changes the status file's content and rewrites it (no-op without a state directory).
+    func updateStatus(_ change: (inout RelayStatus) -> Void) {
+        status.withLock { st in
+            guard var s = st else { return }
+            change(&s.value)
+            s.value.updatedAt = Clock.wallNow().seconds
+            if let ports = server.withLock({ $0.map { ($0.boundSSHPort, $0.boundTLSPort, $0.certificateNotAfter) } }) {
+                s.value.sshPort = ports.0
+                s.value.tlsPort = ports.1
+                s.value.certificateNotAfter = ports.2
+            }
+            st = s
+            if let problem = s.value.write(directory: s.directory) { RelayLog.relay.debug("status file: \(problem)") }
+        }
+    }
+
+    // MARK: Readiness and metrics
+
+    func readiness() -> MetricsServer.Readiness {
+        if draining.load(ordering: .acquiring) { return .notReady("shutting down") }
+        return server.withLock { s -> MetricsServer.Readiness in
+            guard let s else { return .notReady("not serving yet") }
+            guard s.isAccepting else { return .notReady("not accepting connections") }
+            guard let notAfter = s.certificateNotAfter else { return .notReady("no certificate") }
+            guard notAfter > Clock.wallNow().seconds else { return .notReady("the TLS certificate expired at \(EnrollmentFormat.date(UnixTime(seconds: notAfter)))") }
+            return .ready
+        }
+    }
+
+    func renderMetrics(enrollmentState: String?) -> String {
+        let r = metrics.registry
+        let ready: Bool
+        if case .ready = readiness() { ready = true } else { ready = false }
+        r.set("relay_ready", ready ? 1 : 0)
+        // The registry's own view of live tunnels (the data plane does not maintain this gauge).
+        if let table = server.withLock({ $0?.registry.machine.read { $0.state.table } }) {
+            r.set("relay_tunnels", Double(table.tunnels.count))
+        }
+        if let notAfter = server.withLock({ $0?.certificateNotAfter }) {
+            r.set("relay_certificate_not_after_seconds", Double(notAfter))
+            r.set("relay_certificate_expires_in_seconds", Double(notAfter - Clock.wallNow().seconds))
+        }
+        if let state = enrollmentState {
+            for s in ["idle", "signingAws", "loggingIn", "loginBackoff", "persisting", "connecting", "connectBackoff", "serving",
+                      "renewing", "renewalBackoff", "lapsed", "lapsedBackoff", "failed", "stopped"] {
+                r.set("relay_enrollment_state", s == state ? 1 : 0, labels: [("state", s)])
+            }
+        }
+        return r.render()
+    }
+
+    private func startMetrics(enrollmentState: @escaping @Sendable () -> String?) -> Bool {
+        guard let address = options.metricsListen else { return true }
+        let m = MetricsServer(address: address, loop: control,
+                              render: { [unowned self] in renderMetrics(enrollmentState: enrollmentState()) },
+                              readiness: { [unowned self] in readiness() })
+        do {
+            try m.start()
+        } catch {
+            RelayLog.relay.error("Cannot serve metrics on \(address): \(error)")
+            return false
+        }
+        metricsServer = m
+        let host = MetricsServer.parse(address: address).map { $0.host.isEmpty ? "0.0.0.0" : ($0.host.contains(":") ? "[\($0.host)]" : $0.host) } ?? address
+        RelayLog.relay.info("Metrics listening on http://\(host):\(m.boundPort)/metrics (also /healthz and /ready)")
+        return true
+    }
+
+    // MARK: Standalone
+
+    /// `relay start --credentials-file FILE`: the data plane from a `/connect`-shaped file, no platform.
+    public func runStandalone(credentialsFile: String) -> Int32 {
+        let creds: RelayCredentials
+        switch RelayProcess.loadCredentials(credentialsFile) {
+        case .failure(let why):
+            RelayLog.relay.error("\(why)")
+            return 1
+        case .success(let c): creds = c
+        }
+        switch CredentialCheck.check(creds, relayName: options.relayName, now: Clock.wallNow(), skewSeconds: 300) {
+        case .failure(let e):
+            RelayLog.relay.error("The credentials in \(credentialsFile) cannot be served: \(e)")
+            return 1
+        case .success(let v):
+            if v.notAfter <= Clock.wallNow() {
+                RelayLog.relay.error("The credentials in \(credentialsFile) expired at \(EnrollmentFormat.date(v.notAfter)); not serving them")
+                return 1
+            }
+        }
+        control.start(name: "relay-control")
+        guard startMetrics(enrollmentState: { nil }) else { return 1 }
+        ShutdownSignals.install(onFirst: { [gate] sig in
+            RelayLog.relay.info("Received \(ShutdownSignals.name(sig)), shutting down (a second signal exits at once)")
+            gate.open(0)
+        }, onSecond: { _ in RelayProcess.forceExit() })
+        if let failure = startServing(creds) {
+            RelayLog.relay.error("\(EnrollmentMessage.listenFailed(reason: failure).text)")
+            return 1
+        }
+        _ = gate.wait()
+        shutDown()
+        return 0
+    }
+
+    static func loadCredentials(_ path: String) -> Result<RelayCredentials, RuntimeError> {
+        var st = stat()
+        if stat(path, &st) == 0, st.st_mode & 0o077 != 0 {
+            RelayLog.relay.warning("The credentials file \(path) holds private keys but other users can read it (mode \(StateStore.octal(st.st_mode & 0o777))); chmod 600 it")
+        }
+        switch ReplayFiles.readFile(path, limit: 1 << 20) {
+        case .failure(let e): return .failure(.invalidInput("Cannot read the credentials file \(path): \(e.reason)"))
+        case .success(let bytes):
+            do {
+                return .success(try JSONText.decode(RelayCredentials.self, from: String(decoding: bytes, as: UTF8.self)))
+            } catch {
+                return .failure(.invalidInput("The credentials file \(path) is not a /api/v2/relays/connect response: \(error)"))
+            }
+        }
+    }
+
+    /// Starts the data plane, or resumes it after a lapse; nil on success, else why it could not bind.
+    func startServing(_ creds: RelayCredentials) -> String? {
+        let existing = server.withLock { $0 }
+        if let s = existing {
+            do {
+                try s.replaceCredentials(creds)
+                try s.resumeAccepting()
+                return nil
+            } catch {
+                return "\(error)"
+            }
+        }
+        let s: RelayServer
+        do {
+            s = try RelayServer(options: serverOptions, credentials: creds, trace: trace, metrics: metrics)
+            try s.start()
+        } catch {
+            return "\(error)"
+        }
+        server.withLock { $0 = s }
+        switch SystemdNotify.notify("READY=1\nSTATUS=Relay server started successfully") {
+        case .failed(let why): RelayLog.relay.warning("Could not tell systemd the relay is ready: \(why)")
+        case .sent, .notRequested: break
+        }
+        return nil
+    }
+
+    private func shutDown() {
+        draining.store(true, ordering: .releasing)
+        _ = SystemdNotify.notify("STOPPING=1")
+        if let s = server.withLock({ $0 }) { s.drain(timeout: options.drainTimeout) }
+        metricsServer?.stop()
+    }
+
+    static func forceExit() -> Never {
+        RelayLog.relay.warning("Second signal received, force exit triggered")
+        _exit(1)
+    }
+
+    // MARK: Enrolled
+
+    /// `relay start --enroll-method token|aws`: the enrollment machine, then the data plane and
+    /// heartbeats, until a signal or a final failure.
+    public func runEnrolled(_ inputs: EnrolledInputs) -> Int32 {
+        let store: StateStore
+        do { store = try StateStore.open(directory: inputs.stateDirectory, relayName: options.relayName) } catch {
+            RelayLog.relay.error("Cannot use the relay state: \(error)")
+            return 1
+        }
+        let reading = store.read()
+        status.withLock {
+            $0 = (inputs.stateDirectory, RelayStatus(relayName: options.relayName, pid: getpid(), listenAddress: options.listenAddress,
+                                                     sshPort: options.sshPort, tlsPort: options.tlsPort, metricsListen: options.metricsListen,
+                                                     enrollment: "idle", updatedAt: Clock.wallNow().seconds))
+        }
+        let domain = StartSettings.domain(flag: inputs.domainFlag, stored: reading.domain,
+                                          cliConfigDomain: RelayProcess.cliConfigDomain(environment: inputs.environment),
+                                          environment: inputs.environment)
+        let api = inputs.makeAPI(domain)
+        let fromEnvironment = inputs.environment["INFISICAL_RELAY_ACCESS_TOKEN"].flatMap { $0.isEmpty ? nil : $0 }
+        var legacyAccessToken: String?
+        if case .legacyConf = reading.model { legacyAccessToken = reading.contents?.accessToken }
+        let held = inputs.method == .aws ? nil : (fromEnvironment ?? reading.contents?.accessToken)
+
+        control.start(name: "relay-control")
+        let machineRef = Mutex<Driven<EnrollmentMachine>?>(nil)
+        guard startMetrics(enrollmentState: { machineRef.withLock { $0?.stateName } }) else { return 1 }
+        let heartbeatRef = Mutex<HeartbeatDriver?>(nil)
+
+        let metrics = metrics
+        let hooks = EnrollmentDriver.Hooks(
+            startServing: { [unowned self] creds in
+                let failure = startServing(creds)
+                if failure == nil, !heartbeatStarted.exchange(true, ordering: .acquiringAndReleasing) {
+                    heartbeatRef.withLock { $0 }?.start()
+                }
+                updateStatus { $0.enrollment = failure == nil ? "serving" : "failed" }
+                return failure
+            },
+            applyCertificates: { [unowned self] creds in
+                do { try server.withLock { $0 }?.replaceCredentials(creds) } catch {
+                    RelayLog.relay.error("Failed to apply renewed certificates: \(error)")
+                }
+                updateStatus { $0.enrollment = "serving" }
+            },
+            stopAccepting: { [unowned self] in
+                server.withLock { $0 }?.stopAccepting()
+                updateStatus { $0.enrollment = "not accepting" }
+            },
+            finish: { [gate] outcome in
+                switch outcome {
+                case .stopped: gate.open(0)
+                case .failed: gate.open(1)
+                }
+            })
+        let driver = EnrollmentDriver(config: options.enrollment, loop: control, trace: trace, api: api, store: store,
+                                      signer: inputs.signer, token: inputs.token, heldAccessToken: held,
+                                      importedAccessToken: legacyAccessToken, hooks: hooks)
+        let heartbeat = HeartbeatDriver(config: options.heartbeat, instance: options.relayName, loop: control, trace: trace, api: api,
+                                        accessToken: { driver.currentAccessToken },
+                                        report: { [unowned self] report in
+                                            let now = Clock.wallNow().seconds
+                                            metrics.registry.set("relay_heartbeat_healthy", report.health == .healthy ? 1 : 0)
+                                            metrics.registry.set("relay_heartbeat_consecutive_failures", Double(report.consecutiveFailures))
+                                            if report.health == .healthy {
+                                                metrics.registry.set("relay_heartbeat_last_success_seconds", Double(now))
+                                            }
+                                            updateStatus { s in
+                                                let last = report.health == .healthy ? now : s.heartbeat?.lastSuccessAt
+                                                s.heartbeat = RelayStatus.Heartbeat(health: report.health.rawValue, consecutiveFailures: report.consecutiveFailures,
+                                                                                    lastSuccessAt: last, lastAttemptAt: now)
+                                            }
+                                        })
+        heartbeatRef.withLock { $0 = heartbeat }
+        machineRef.withLock { $0 = driver.machine }
+
+        ShutdownSignals.install(onFirst: { sig in
+            RelayLog.relay.info("Received \(ShutdownSignals.name(sig)), shutting down (a second signal exits at once)")
+            driver.post(.shutdownRequested(now: Clock.now()))
+        }, onSecond: { _ in RelayProcess.forceExit() })
+
+        let tokenHash = inputs.method == .token ? inputs.token.map(Crypto.sha256Hex) : nil
+        driver.post(.started(method: inputs.method, tokenHash: tokenHash, relayId: inputs.relayId, domain: domain,
+                             accessTokenFromEnvironment: fromEnvironment != nil, stateFile: reading.model, statePath: store.path,
+                             now: Clock.now(), wallNow: Clock.wallNow()))
+        let code = gate.wait()
+        driver.waitForWrites(timeout: .seconds(10))
+        heartbeat.stop()
+        updateStatus { $0.enrollment = code == 0 ? "stopping" : "failed" }
+        shutDown()
+        updateStatus { $0.enrollment = code == 0 ? "stopped" : "failed" }
+        withExtendedLifetime(store) {}
+        return code
+    }
+
+    /// `LoggedInUserDomain` from the Infisical CLI's `~/.infisical/infisical-config.json`, if any.
+    static func cliConfigDomain(environment: [String: String]) -> String? {
+        guard let home = environment["HOME"], !home.isEmpty,
+              case .success(let bytes) = ReplayFiles.readFile(home + "/.infisical/infisical-config.json", limit: 1 << 20),
+              let json = try? Jansson.parse(bytes: bytes), case .object(let o) = json,
+              case .string(let d)? = o.first(where: { $0.key == "LoggedInUserDomain" })?.value, !d.isEmpty else { return nil }
+        return d
+    }
+}
+
+/// The main thread waits here for the run's exit status; the first `open` wins.
+final class ExitGate: @unchecked Sendable {
+    private let fds: (read: Int32, write: Int32)
+    private let opened = Atomic<Bool>(false)
+
+    init() {
+        var p: [Int32] = [0, 0]
+        pipe(&p)
+        fds = (p[0], p[1])
+    }
+
+    func open(_ code: Int32) {
+        guard !opened.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        var c = code
+        _ = write(fds.write, &c, MemoryLayout<Int32>.size)
+    }
+
+    func wait() -> Int32 {
+        var c: Int32 = 0
+        while true {
+            let n = read(fds.read, &c, MemoryLayout<Int32>.size)
+            if n == MemoryLayout<Int32>.size { return c }
+            if n < 0 && errno == EINTR { continue }
+            return 1
+        }
+    }
+}
