@@ -97,12 +97,14 @@ def main():
                 {"rss_ours_KiB": median([v for _, v in rss]), "rss_baseline_KiB": median([v for _, v in sshd_rss]),
                  "sshd_clients": sshd[0]["tunnels"] if sshd else None, "bringup_s": median([d.get("bringup_s") for d in ds])})
             add(f"P4-tunnels-held-{n}", "tunnels", [(d["run"], d["held"]) for d in ds], None, None, ("value", n), "higher")
-    if "P5-storm" in have:
-        st = [(d["run"], d["value"]) for d in rows if d["metric"] == "P5-storm"]
+    for raw_name, name in (("P5-storm", "P5-reconnect-all-back"), ("P5-storm-queued", "P5-reconnect-all-back-queued-at-limit")):
+        if raw_name not in have:
+            continue
+        st = [(d["run"], d["value"]) for d in rows if d["metric"] == raw_name]
         allback = [(r, v.get("all_back_s")) for r, v in st]
         med = median([v for _, v in allback])
         rep = next((v for r, v in st if v.get("all_back_s") == med), st[0][1] if st else {})
-        add("P5-reconnect-all-back", "s", allback, None, None, ("value", 60), "lower",
+        add(name, "s", allback, None, None, ("value", 60), "lower",
             {"gateways": rep.get("gateways"), "attempts": rep.get("attempts"), "failed_attempts": rep.get("failed_attempts"),
              "max_attempts_per_gateway": rep.get("max_attempts_per_gateway"), "histogram_1s": rep.get("histogram_1s"),
              "storms": [v for _, v in st]})
@@ -131,13 +133,13 @@ def main():
         print(f"| {m['name']} | {m['unit']} | {fmt(m['ours'])} | {base} | {fmt(m['ratio'])} | {tgt} | {met} | {per} |")
         if m["name"].startswith("P4-memory"):
             print(f"|   (RSS) | KiB | {fmt(m.get('rss_ours_KiB'))} | {fmt(m.get('rss_baseline_KiB'))} ({m.get('sshd_clients')} sshd clients) | | | | bring-up {fmt(m.get('bringup_s'))} s |")
-        if m["name"] == "P5-reconnect-all-back":
+        if m["name"].startswith("P5-reconnect-all-back"):
             print(f"|   attempts | | {fmt(m.get('attempts'))} ({fmt(m.get('failed_attempts'))} failed, at most {fmt(m.get('max_attempts_per_gateway'))} per gateway) | | | | | |")
     print()
     for m in metrics:
-        if m["name"] == "P5-reconnect-all-back" and m.get("histogram_1s"):
+        if m["name"].startswith("P5-reconnect-all-back") and m.get("histogram_1s"):
             h = m["histogram_1s"]
-            print(f"P5 attempt start times after the restart (1 s buckets, median run, {m.get('gateways')} gateways):")
+            print(f"{m['name']}: attempt start times after the restart (1 s buckets, median run, {m.get('gateways')} gateways):")
             peak = max(h) or 1
             for i, c in enumerate(h):
                 print(f"  {i:3d}s {c:6d} {'#' * int(50 * c / peak)}")

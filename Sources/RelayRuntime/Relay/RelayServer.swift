@@ -26,6 +26,11 @@ public final class RelayServer: @unchecked Sendable {
         /// (sshd's MaxStartups / PerSourceMaxStartups).
         public var maxUnauthenticated = 256
         public var maxUnauthenticatedPerSource = 32
+        /// At `maxUnauthenticated`, stop accepting (connections wait in the kernel backlog)
+        /// instead of accepting and closing them (sshd's MaxStartups, the default). Under a
+        /// reconnect storm, closing counts as a failed attempt and doubles each gateway's backoff
+        /// window; waiting does not (bench P5). The per-source cap always closes.
+        public var queueAtUnauthenticatedLimit = false
         /// Concurrent TLS handshakes in progress, in total and per source.
         public var maxPendingTLS = 1024
         public var maxPendingTLSPerSource = 256
@@ -143,6 +148,10 @@ public final class RelayServer: @unchecked Sendable {
         let sshL = Listener(fd: ssh) { [weak self] fd, peer in
             if let self { self.acceptSSH(fd: fd, peer: peer) } else { close(fd) }
         }
+        if options.queueAtUnauthenticatedLimit {
+            sshL.loop = acceptLoop
+            sshL.gate = { [weak self] in self?.sshAdmissionOpen ?? true }
+        }
         let tlsL = Listener(fd: tls) { [weak self] fd, peer in
             if let self { self.acceptTLS(fd: fd, peer: peer) } else { close(fd) }
         }
@@ -158,7 +167,7 @@ public final class RelayServer: @unchecked Sendable {
         accepting.store(false, ordering: .releasing)
         let acceptLoop = loops[0]
         for l in [sshListener, tlsListener].compactMap({ $0 }) {
-            acceptLoop.execute { acceptLoop.unregister(fd: l.fd); close(l.fd) }
+            acceptLoop.execute { l.closed = true; acceptLoop.unregister(fd: l.fd); close(l.fd) }
         }
         sshListener = nil
         tlsListener = nil
@@ -247,7 +256,11 @@ public final class RelayServer: @unchecked Sendable {
             let n = a.perSource[peer.host, default: 1] - 1
             a.perSource[peer.host] = n > 0 ? n : nil
         }
+        sshListener?.resumeIfPaused()
     }
+
+    /// Below the global limit on unauthenticated SSH connections.
+    var sshAdmissionOpen: Bool { admission.withLock { $0.unauthenticated < options.maxUnauthenticated } }
 
     private func acceptTLS(fd: Int32, peer: Net.Address) {
         let admitted = admission.withLock { a -> Bool in
@@ -301,12 +314,44 @@ public final class RelayServer: @unchecked Sendable {
     }
 }
 
-/// A listening socket that accepts everything pending when readable.
+/// A listening socket that accepts everything pending when readable, while its gate is open.
+/// A closed gate pauses it (no epoll interest; connections wait in the kernel backlog) until
+/// `resumeIfPaused` is called from any thread.
 final class Listener: PollHandler, @unchecked Sendable {
     let fd: Int32
     let onAccept: (Int32, Net.Address) -> Void
+    /// With a gate: the loop the listener is registered on, and the check before each accept
+    /// (any thread may change what it reads).
+    var loop: EventLoop?
+    var gate: (() -> Bool)?
+    /// Set on the loop when the socket is closed.
+    var closed = false
+    private let paused = Atomic<Bool>(false)
+
     init(fd: Int32, onAccept: @escaping (Int32, Net.Address) -> Void) { self.fd = fd; self.onAccept = onAccept }
+
     func loopReady(events: UInt32) {
-        while let (cfd, peer) = Net.accept(fd) { onAccept(cfd, peer) }
+        while !closed {
+            if let gate, let loop, !gate() {
+                // Pause, then look again: a slot freed in between resumes here or in the
+                // releaser's resumeIfPaused, never both (exchange).
+                paused.store(true, ordering: .sequentiallyConsistent)
+                loop.modify(fd: fd, events: 0)
+                guard gate(), paused.exchange(false, ordering: .sequentiallyConsistent) else { return }
+                loop.modify(fd: fd, events: UInt32(RELAY_EPOLLIN))
+                continue
+            }
+            guard let (cfd, peer) = Net.accept(fd) else { return }
+            onAccept(cfd, peer)
+        }
+    }
+
+    func resumeIfPaused() {
+        guard let loop, paused.exchange(false, ordering: .sequentiallyConsistent) else { return }
+        loop.execute { [self] in
+            guard !closed else { return }
+            loop.modify(fd: fd, events: UInt32(RELAY_EPOLLIN))
+            loopReady(events: UInt32(RELAY_EPOLLIN))
+        }
     }
 }

@@ -62,7 +62,9 @@ enum StreamPump {
             if streamEOF && toLocal.isEmpty && !localShut { shutdown(local, Int32(RELAY_SHUT_WR)); localShut = true; progress = true }
             if localShut && finished && !stream.hasPendingOutput { return }
             if progress { continue }
-            var fds = [pollfd(fd: stream.socket, events: Int16(POLLIN) | (stream.hasPendingOutput ? Int16(POLLOUT) : 0), revents: 0),
+            // No POLLIN on a stream that has ended: an EOF socket is always readable, and the
+            // thread spun through poll until the local side closed.
+            var fds = [pollfd(fd: stream.socket, events: (streamEOF ? 0 : Int16(POLLIN)) | (stream.hasPendingOutput ? Int16(POLLOUT) : 0), revents: 0),
                        pollfd(fd: local, events: (localEOF || toStream.space == 0 ? 0 : Int16(POLLIN)) | (toLocal.isEmpty ? 0 : Int16(POLLOUT)), revents: 0)]
             let n = poll(&fds, 2, idleTimeoutMilliseconds)
             if n == 0 { throw .tls("connection idle for \(idleTimeoutMilliseconds / 1000) s") }

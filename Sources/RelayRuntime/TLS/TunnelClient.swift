@@ -17,6 +17,9 @@ public final class TunnelClient: @unchecked Sendable {
     private var outerEOF = false
     private var innerClosed = false
     private var pendingOuter = ByteQueue(capacity: 1 << 20)
+    /// One copy buffer for the connection's life (a fresh zeroed 64 KiB array per read or
+    /// drain cost a malloc and a 64 KiB memset each time).
+    private let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536, alignment: 16)
 
     /// `inner`: a client context presenting the gateway-client certificate (routing/actor
     /// extensions) and trusting only the gateway server CA. `serverName` is what the gateway's
@@ -30,6 +33,9 @@ public final class TunnelClient: @unchecked Sendable {
         }
         SSL_set_bio(s, r, w)
         SSL_set_connect_state(s)
+        // Inner records of 16,362 plaintext bytes are exactly 16,384 bytes of ciphertext (TLS 1.3
+        // adds 22): one inner record fills one outer record instead of spilling 22 bytes over.
+        _ = SSL_ctrl(s, SSL_CTRL_SET_MAX_SEND_FRAGMENT, 16_384 - 22, nil)
         SSL_set1_host(s, serverName)
         var wire: [UInt8] = [UInt8(alpn.utf8.count)] + Array(alpn.utf8)
         SSL_set_alpn_protos(s, &wire, UInt32(wire.count))
@@ -46,7 +52,7 @@ public final class TunnelClient: @unchecked Sendable {
         guard negotiatedALPN == alpn else { throw .tls("the gateway did not accept ALPN \(alpn)") }
     }
 
-    deinit { SSL_free(ssl) }
+    deinit { SSL_free(ssl); scratch.deallocate() }
 
     public var negotiatedALPN: String? {
         var p: UnsafePointer<UInt8>?
@@ -102,11 +108,10 @@ extension TunnelClient: PlaintextStream {
 
     /// Inner ciphertext → pending outer bytes.
     private func drainInner() {
-        var buf = [UInt8](repeating: 0, count: 65536)
         while BIO_ctrl_pending(wbio) > 0 {
-            let n = BIO_read(wbio, &buf, Int32(buf.count))
+            let n = BIO_read(wbio, scratch.baseAddress, Int32(scratch.count))
             if n <= 0 { break }
-            buf.withUnsafeBytes { pendingOuter.append(UnsafeRawBufferPointer(rebasing: $0[0..<Int(n)])) }
+            pendingOuter.append(UnsafeRawBufferPointer(rebasing: scratch[0..<Int(n)]))
         }
     }
 
@@ -118,12 +123,21 @@ extension TunnelClient: PlaintextStream {
             try flush()
             if pendingOuter.count >= 256 * 1024 { return 0 }
         }
-        var n = 0
-        ERR_clear_error()
-        guard SSL_write_ex(ssl, p.baseAddress, min(p.count, 64 * 1024), &n) == 1 else { throw .tls("inner write: \(openSSLErrors())") }
+        // Encrypt up to 64 KiB into whole inner records before one outer write: with partial
+        // writes SSL_write_ex stops after one record, and flushing each 16,406-byte inner record
+        // on its own split it into a full outer record plus a 22-byte one (twice the records,
+        // twice the syscalls).
+        let want = min(p.count, 64 * 1024)
+        var total = 0
+        while total < want {
+            var n = 0
+            ERR_clear_error()
+            guard SSL_write_ex(ssl, p.baseAddress! + total, want - total, &n) == 1 else { throw .tls("inner write: \(openSSLErrors())") }
+            total += n
+        }
         drainInner()
         try flush()
-        return n
+        return total
     }
 
     func tryRead(_ p: UnsafeMutableRawBufferPointer) throws(RuntimeError) -> Int? {
@@ -140,14 +154,13 @@ extension TunnelClient: PlaintextStream {
                 throw .tls("inner read: \(openSSLErrors())")
             }
             if outerEOF { return 0 }
-            var buf = [UInt8](repeating: 0, count: 65536)
-            guard let got = try buf.withMutableBytes({ (q) throws(RuntimeError) -> Int? in try outer.tryRead(q) }) else { return nil }
+            guard let got = try outer.tryRead(scratch) else { return nil }
             if got == 0 {
                 outerEOF = true
                 _ = BIO_ctrl(rbio, BIO_C_SET_BUF_MEM_EOF_RETURN, 0, nil)
                 continue
             }
-            _ = buf.withUnsafeBytes { BIO_write(rbio, $0.baseAddress, Int32(got)) }
+            _ = BIO_write(rbio, scratch.baseAddress, Int32(got))
         }
     }
 
