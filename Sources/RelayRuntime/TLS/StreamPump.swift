@@ -18,7 +18,8 @@ protocol PlaintextStream: AnyObject {
     func finishWriting() throws(RuntimeError)
     /// Ciphertext waiting for the socket.
     var hasPendingOutput: Bool { get }
-    func flush() throws(RuntimeError)
+    /// Writes pending ciphertext; returns true when any of it went out.
+    @discardableResult func flush() throws(RuntimeError) -> Bool
 }
 
 /// Copies bytes both ways between a plaintext stream and a local socket until both directions
@@ -45,7 +46,10 @@ enum StreamPump {
                 toStream.consume(n); progress = true
             }
             if localEOF && toStream.isEmpty && !finished { try stream.finishWriting(); finished = true; progress = true }
-            try stream.flush()
+            // Output that drains here can be what stopped `tryWrite` above: that must count as
+            // progress, or the pump polls with the local side masked (toStream full) and nothing
+            // left to write — a stall with the local socket unread (seen in bench/run P1).
+            if try stream.flush() { progress = true }
             // stream → local
             while !streamEOF && toLocal.space > 0 {
                 let r = try buf.withMutableBytes { (p) throws(RuntimeError) -> Int? in try stream.tryRead(UnsafeMutableRawBufferPointer(rebasing: p[0..<min(p.count, toLocal.space)])) }
@@ -92,7 +96,7 @@ extension BlockingTLSClient: PlaintextStream {
     }
     func finishWriting() throws(RuntimeError) { _ = conn.sendCloseNotify() }
     var hasPendingOutput: Bool { false }
-    func flush() throws(RuntimeError) {}
+    func flush() throws(RuntimeError) -> Bool { false }
 
     /// Full duplex on one thread through a local socket (see `StreamPump`).
     public func pump(local: Int32) throws(RuntimeError) { try StreamPump.run(self, local: local) }

@@ -175,12 +175,16 @@ extension TunnelClient: PlaintextStream {
 
     var hasPendingOutput: Bool { !pendingOuter.isEmpty }
 
-    func flush() throws(RuntimeError) {
+    @discardableResult
+    func flush() throws(RuntimeError) -> Bool {
+        var wrote = false
         while !pendingOuter.isEmpty {
             let n = try pendingOuter.withReadable { (p) throws(RuntimeError) -> Int in try outer.tryWrite(p) }
-            if n == 0 { return }
+            if n == 0 { break }
             pendingOuter.consume(n)
+            wrote = true
         }
+        return wrote
     }
 
     /// Full duplex on one thread through a local socket (`relay connect` runs one per connection).
