@@ -23,8 +23,12 @@ final class GatewayLink: @unchecked Sendable {
     var onLost: ((TransportCloseCause) -> Void)?
     var channelCount: Int { inner.count }
 
-    init(connection: Int, loop: EventLoop, session: OpaquePointer, innerContext: TLSContext) {
+    /// Channel and byte counters (`gateway_channels_*`, `gateway_bytes_total`), if metrics are on.
+    let metrics: MetricsRegistry?
+
+    init(connection: Int, loop: EventLoop, session: OpaquePointer, innerContext: TLSContext, metrics: MetricsRegistry? = nil) {
         self.connection = connection; self.loop = loop; self.session = session; self.innerContext = innerContext
+        self.metrics = metrics
         receiveCounter = .allocate(capacity: 1); receiveCounter.initialize(to: ssh_counter_struct())
         sendCounter = .allocate(capacity: 1); sendCounter.initialize(to: ssh_counter_struct())
     }
