@@ -109,9 +109,6 @@ public final class TLSContext: @unchecked Sendable {
 
     private init(ptr: OpaquePointer, notAfter: Int64?) { self.ptr = ptr; self.certificateNotAfter = notAfter }
 
-    /// TLS 1.3 suites in preference order.
-    static let tls13Suites = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
-
     private static func base(server: Bool) throws(RuntimeError) -> OpaquePointer {
         guard let ctx = SSL_CTX_new(server ? TLS_server_method() : TLS_client_method()) else {
             throw .tls("SSL_CTX_new: \(openSSLErrors())")
@@ -119,11 +116,6 @@ public final class TLSContext: @unchecked Sendable {
         relay_ssl_ctx_set_min_tls12(ctx)
         relay_ssl_ctx_harden(ctx)
         relay_ssl_ctx_set_partial_write(ctx)
-        // AES-128-GCM first (as Go's crypto/tls orders it on AES hardware, so Infisical's Go
-        // peers agree); servers decide by their own order: fewer cycles per byte on each of the
-        // four TLS hops of the data path (README, Benchmarks).
-        _ = SSL_CTX_set_ciphersuites(ctx, TLSContext.tls13Suites)
-        if server { _ = SSL_CTX_set_options(ctx, UInt64(1) << 22) } // SSL_OP_CIPHER_SERVER_PREFERENCE
         return ctx
     }
 
