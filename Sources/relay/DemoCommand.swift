@@ -237,7 +237,8 @@ final class DemoRun {
             let t = try api.call("POST", "/api/v2/gateways/\(gatewayId)/token-auth/generate-enrollment-token", bearer: adminToken, body: .object([]))
             guard let token = t["token"]?.stringValue else { throw Failure(description: "no token") }
             let deploy = try api.call("GET", "/api/v2/gateways/\(gatewayId)/deploy-command", bearer: adminToken)["command"]?.stringValue ?? ""
-            let c = try DemoChild(name: "gateway", arguments: DemoRun.arguments(of: deploy, token: token), log: "\(dir)/gateway.log")
+            let c = try DemoChild(name: "gateway", arguments: DemoRun.arguments(of: deploy, token: token) + ["--state-dir", "\(dir)/gateway-state"],
+                                  log: "\(dir)/gateway.log")
             children.append(c)
             guard c.waitFor("Relay connection established", seconds: 60) else { throw Failure(description: "gateway did not connect; see \(c.log)") }
             return "gateway \(gatewayId) connected to demo-relay"

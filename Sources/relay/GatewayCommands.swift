@@ -9,39 +9,55 @@ import RelayRuntime
 struct Gateway: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run the reference gateway (dials relays over SSH, serves the platform's connections).",
-        subcommands: [GatewayStart.self])
+        subcommands: [GatewayStart.self, GatewaySystemd.self])
 }
 
+/// `relay gateway start`: Infisical's `infisical gateway start` enrollment flags and environment
+/// (token or AWS, through the same `EnrollmentMachine` as `relay start`, Specs/enrollment.md §8),
+/// plus ours.
 struct GatewayStart: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "start",
-        abstract: "Connect to the best relay and serve channels until stopped (SIGTERM/SIGINT drain).",
+        abstract: "Enroll with the platform, connect to a relay and serve channels until stopped (SIGTERM/SIGINT drain).",
         discussion: """
-        Enrolled: --enroll-method token --token TOKEN --domain URL [--ca-file FILE] logs in to the \
-        platform (POST /api/v2/gateways/login) and fetches credentials (POST /api/v3/gateways/connect). \
-        Standalone: --credentials-file FILE (that JSON) and one --relay per candidate \
-        (NAME=HOST[:PORT], SSH port 2222 by default).
+        Enrolled:   relay gateway start --name=NAME --enroll-method=token --token=TOKEN --domain=URL
+                    relay gateway start --name=NAME --enroll-method=aws --gateway-id=ID --domain=URL
+        Standalone: relay gateway start --credentials-file=connect.json [--relay NAME=HOST[:PORT] ...]
+
+        A second start without --token reuses the access token stored in the state file
+        (/etc/infisical/gateways/NAME.json as root, else ~/.infisical/gateways/NAME.json); the same
+        --token again is recognised locally; a different token enrolls again. AWS signs a fresh STS
+        request on every start.
+        Environment (as Infisical): INFISICAL_GATEWAY_NAME, INFISICAL_GATEWAY_ENROLL_METHOD,
+        INFISICAL_GATEWAY_ID, INFISICAL_GATEWAY_ACCESS_TOKEN, INFISICAL_RELAY_NAME (target relay),
+        INFISICAL_DOMAIN / INFISICAL_API_URL, LOG_LEVEL, LOG_FORMAT. AWS: the SDK's variables and files.
         """)
 
-    @Option(help: "The gateway's name (as on the platform; for logs).")
+    @Option(help: "The gateway's name (env INFISICAL_GATEWAY_NAME; keys the state file).")
     var name: String?
 
-    @Option(help: "Gateway credentials JSON, shaped like /api/v3/gateways/connect (standalone mode).")
-    var credentialsFile: String?
-
-    @Option(help: "Enrollment method: token.")
+    @Option(name: .customLong("enroll-method"), help: "token or aws (env INFISICAL_GATEWAY_ENROLL_METHOD).")
     var enrollMethod: String?
 
-    @Option(help: "One-time enrollment token (enrolled mode).")
+    @Option(help: "One-time enrollment token (--enroll-method=token).")
     var token: String?
 
-    @Option(help: "Platform URL (enrolled mode); INFISICAL_DOMAIN / INFISICAL_API_URL as fallbacks.")
+    @Option(name: .customLong("gateway-id"), help: "The gateway's id (--enroll-method=aws; env INFISICAL_GATEWAY_ID).")
+    var gatewayId: String?
+
+    @Option(help: "Platform URL (env INFISICAL_DOMAIN, INFISICAL_API_URL).")
     var domain: String?
 
     @Option(help: "CA bundle to trust for the platform's HTTPS.")
     var caFile: String?
 
-    @Option(help: "Use this relay (by name) instead of the platform's choice.")
+    @Option(name: .customLong("state-dir"), help: "Where the state file lives (default /etc/infisical/gateways as root, else ~/.infisical/gateways).")
+    var stateDir: String?
+
+    @Option(help: "Gateway credentials JSON, shaped like /api/v3/gateways/connect (standalone mode).")
+    var credentialsFile: String?
+
+    @Option(help: "Use this relay (by name) instead of the platform's choice (env INFISICAL_RELAY_NAME).")
     var targetRelayName: String?
 
     @Option(help: "Heartbeat interval to the platform in seconds (Infisical: 180).")
@@ -56,95 +72,206 @@ struct GatewayStart: ParsableCommand {
     @Option(help: "SSH algorithms to offer: modern (default) or infisical (the FIPS-style set Infisical's gateway uses).")
     var algorithms: String = "modern"
 
+    @Option(name: .customLong("metrics-listen"), help: "HOST:PORT for /metrics, /healthz and /ready (ready when a tunnel is established).")
+    var metricsListen: String?
+
+    @Option(name: .customLong("reconnect-base"), help: "Tunnel backoff: first window in seconds (default 1); after n failures the delay is uniform in 0…min(cap, base·2^n).")
+    var reconnectBase: Double?
+
+    @Option(name: .customLong("reconnect-cap"), help: "Tunnel backoff: largest window in seconds (default 30).")
+    var reconnectCap: Double?
+
     @Option(help: "Write model traces (JSON Lines) to FILE; replay them with `relay replay`.")
     var traceOut: String?
 
-    @Option(help: "Log format: text or json.")
-    var logFormat: String = "text"
+    @Option(help: "Log format: text or json (env LOG_FORMAT).")
+    var logFormat: String?
 
-    func validate() throws {
-        if credentialsFile == nil {
-            guard enrollMethod == "token" else { throw ValidationError("--enroll-method token (with --token and --domain) or --credentials-file is required") }
-            guard token?.isEmpty == false else { throw ValidationError("--token is required when --enroll-method=token") }
-        }
-        guard algorithms == "modern" || algorithms == "infisical" else { throw ValidationError("--algorithms must be modern or infisical") }
-        for r in relays where !r.contains("=") { throw ValidationError("--relay takes NAME=HOST[:PORT], got \(r)") }
-    }
+    @Option(name: .customLong("log-level"), help: "trace, debug, info, warn, error (env LOG_LEVEL).")
+    var logLevel: String?
+
+    // Tuning for tests and experiments (hidden), as `relay start`'s.
+    @Option(name: .customLong("renewal-interval"), help: .hidden) var renewalInterval: Double?
+    @Option(name: .customLong("retry-base"), help: .hidden) var retryBase: Double?
+    @Option(name: .customLong("max-start-attempts"), help: .hidden) var maxStartAttempts: Int?
 
     func run() throws {
-        RelayLog.bootstrap(format: RelayLog.Format(rawValue: logFormat) ?? .text, level: RelayLog.level(named: CommandEnv.get("LOG_LEVEL")))
+        RelayRuntime.ShutdownSignals.blockEarly()  // before any thread exists: threads inherit the mask
+        let env = Environment.current
+        func nonEmpty(_ s: String?) -> String? { s.flatMap { $0.isEmpty ? nil : $0 } }
+        let methodText = nonEmpty(enrollMethod) ?? nonEmpty(env["INFISICAL_GATEWAY_ENROLL_METHOD"])
+        let format = logFormat ?? env["LOG_FORMAT"] ?? "text"
+        guard let logFormatValue = RelayLog.Format(rawValue: format) else {
+            fail("invalid --log-format \"\(format)\": supported values are \"text\" and \"json\"")
+        }
+        guard algorithms == "modern" || algorithms == "infisical" else { fail("--algorithms must be modern or infisical") }
+        var candidates: [GatewayAgent.Relay] = []
+        for r in relays {
+            let parts = r.split(separator: "=", maxSplits: 1)
+            guard parts.count == 2, !parts[0].isEmpty, !parts[1].isEmpty else { fail("--relay takes NAME=HOST[:PORT], got \(r)") }
+            candidates.append(GatewayAgent.Relay(name: String(parts[0]), address: String(parts[1])))
+        }
+        if let address = metricsListen, MetricsServer.parse(address: address) == nil {
+            fail("invalid --metrics-listen \"\(address)\": expected HOST:PORT, [IPv6]:PORT or :PORT")
+        }
+        for (flag, v) in [("--reconnect-base", reconnectBase), ("--reconnect-cap", reconnectCap)] {
+            if let v, !(v > 0 && v <= 86_400) { fail("\(flag) must be between 0 and 86400 seconds") }
+        }
+        if let d = domain, !(d.hasPrefix("https://") || d.hasPrefix("http://")) {
+            fail(StartSettings.Problem.domainInvalid(value: d).text)
+        }
+        let gatewayName = nonEmpty(name) ?? nonEmpty(env["INFISICAL_GATEWAY_NAME"])
+        let method: EnrollmentMachine.EnrollMethod?
+        if credentialsFile != nil {
+            if methodText != nil { fail("--credentials-file runs the gateway standalone, without a platform; it cannot be combined with --enroll-method") }
+            method = nil
+        } else {
+            guard let methodText else {
+                fail("relay gateway start needs --enroll-method=token or --enroll-method=aws (with --domain), or --credentials-file to run standalone")
+            }
+            guard let m = EnrollmentMachine.EnrollMethod(rawValue: methodText) else {
+                fail(StartSettings.Problem.invalidEnrollMethod(value: methodText).text)
+            }
+            guard let gatewayName else { fail("unable to get name flag or INFISICAL_GATEWAY_NAME env") }
+            guard StartSettings.isValidName(gatewayName) else {
+                fail("invalid gateway name \"\(gatewayName)\": use 1-64 letters, digits, '.', '_' or '-', not starting with '.' or '-'")
+            }
+            if m == .token, let token, let problem = StartSettings.tokenProblem(utf8: Array(token.utf8)) {
+                fail(StartSettings.Problem.tokenMalformed(reason: problem).text)
+            }
+            if m == .aws, token != nil { fail("--token is only used with --enroll-method=token") }
+            method = m
+        }
+        RelayLog.bootstrap(format: logFormatValue, level: RelayLog.level(named: logLevel ?? env["LOG_LEVEL"]))
         signal(SIGPIPE, SIG_IGN)
-        var creds: GatewayCredentials
-        var enrolled: (api: PlatformAPIClient, accessToken: String)?
+
+        var options = GatewayStartOptions(name: gatewayName ?? "gateway")
+        options.metricsListen = metricsListen
+        options.tracePath = traceOut
+        options.targetRelayName = nonEmpty(targetRelayName) ?? nonEmpty(env["INFISICAL_RELAY_NAME"])
+        options.relays = candidates
+        options.insecureHostKey = insecureHostKey
+        options.algorithms = algorithms == "infisical" ? .infisical : .modern
+        options.heartbeat.steadyInterval = .seconds(Int64(max(10, heartbeatInterval)))
+        func span(_ s: Double) -> TimeSpan { .milliseconds(Int64(s * 1000)) }
+        if let v = reconnectBase { options.tunnel.backoffBase = span(v) }
+        if let v = reconnectCap { options.tunnel.backoffCap = span(v) }
+        if let v = renewalInterval { options.enrollment.renewalInterval = span(v) }
+        if let v = retryBase { options.enrollment.retryBase = span(v) }
+        if let v = maxStartAttempts { options.enrollment.maxStartAttempts = max(1, v) }
+
+        let process: GatewayProcess
+        do { process = try GatewayProcess(options: options) } catch { fail("\(error)") }
+        let code: Int32
         if let credentialsFile {
             let text: String
             switch ReplayFiles.readFile(credentialsFile, limit: 1 << 20) {
             case .success(let b): text = String(decoding: b, as: UTF8.self)
-            case .failure(let e): throw ValidationError("cannot read \(credentialsFile): \(e.reason)")
+            case .failure(let e): fail("cannot read \(credentialsFile): \(e.reason)")
             }
+            let creds: GatewayCredentials
             do { creds = try GatewayCredentials.parse(json: text) } catch {
-                throw ValidationError("\(credentialsFile) is not gateway credentials: \(error)")
+                fail("\(credentialsFile) is not gateway credentials: \(error)")
             }
+            code = process.runStandalone(credentials: creds)
         } else {
-            guard let url = domain ?? CommandEnv.get("INFISICAL_DOMAIN") ?? CommandEnv.get("INFISICAL_API_URL") else {
-                throw ValidationError("--domain is required in enrolled mode")
-            }
-            let api = PlatformAPIClient(domain: url, caFile: caFile)
-            RelayLog.gateway.info("Enrolling gateway with enrollment token...")
-            let login: (accessToken: String, gatewayId: String?)
-            do { login = try api.gatewayLogin(token: token ?? "") } catch {
-                RelayLog.gateway.error("Gateway enrollment failed: \(error)")
-                throw ExitCode(1)
-            }
-            // The platform may have no healthy relay yet (Infisical's "No relay associated with
-            // this gateway"): retry with backoff for a while instead of giving up at once.
-            var delay: UInt32 = 1
-            var attempt = 0
-            while true {
-                do {
-                    creds = try api.gatewayConnect(accessToken: login.accessToken, relayName: targetRelayName)
-                    break
-                } catch {
-                    attempt += 1
-                    let transient = error.status == nil || error.status! >= 500 || error.status == 429
-                        || error.message.contains("No relay") || error.message.contains("not found")
-                    guard transient, attempt < 12 else {
-                        RelayLog.gateway.error("Gateway connect failed: \(error)")
-                        throw ExitCode(1)
-                    }
-                    RelayLog.gateway.warning("Gateway connect failed: \(error); retrying in \(delay)s")
-                    sleep(delay)
-                    delay = min(delay * 2, 15)
-                }
-            }
-            enrolled = (api, login.accessToken)
-            RelayLog.gateway.info("Gateway \(creds.gatewayId) received certificates; relay \(creds.relayName ?? creds.relayHost)")
+            let method = method ?? .token
+            let caFile = caFile
+            let inputs = GatewayEnrolledInputs(
+                method: method, token: method == .token ? token : nil,
+                gatewayId: nonEmpty(gatewayId) ?? nonEmpty(env["INFISICAL_GATEWAY_ID"]),
+                domainFlag: domain.map(StartSettings.appendAPIEndpoint),
+                stateDirectory: stateDir ?? StateStore.defaultDirectory(resource: .gateway), environment: env,
+                makeAPI: { domain in HTTPGatewayAPI(domain: domain, caFile: caFile) },
+                signer: method == .aws ? PlatformClients.awsSigner(environment: env) : nil)
+            code = process.runEnrolled(inputs)
         }
-        var candidates: [GatewayAgent.Relay] = relays.map { spec in
-            let parts = spec.split(separator: "=", maxSplits: 1)
-            return GatewayAgent.Relay(name: String(parts[0]), address: String(parts[1]))
-        }
-        if candidates.isEmpty {
-            let port = creds.relaySshPort ?? 2222
-            candidates = [GatewayAgent.Relay(name: creds.relayName ?? creds.relayHost, address: "\(creds.relayHost):\(port)")]
-        }
-        var options = GatewayAgent.Options(credentials: creds, relays: candidates,
-                                           tunnel: GatewayTunnelMachine.Config(seed: RandomSeed.fresh()))
-        options.insecureHostKey = insecureHostKey
-        options.algorithms = algorithms == "infisical" ? .infisical : .modern
-        let trace = try traceOut.map { path throws -> TraceRecorder in try TraceRecorder(path: path) }
-        let agent = try GatewayAgent(options: options, trace: trace)
-        agent.start()
-        let heartbeats = enrolled.map {
-            agent.startHeartbeats(api: $0.api, accessToken: $0.accessToken, steadyInterval: .seconds(Int64(max(10, heartbeatInterval))), trace: trace)
-        }
-        ShutdownSignals.wait()
-        RelayLog.gateway.info("Shutting down gateway...")
-        heartbeats?.stop()
-        agent.stop()
+        Glibc.exit(code)
     }
 }
 
+/// `relay gateway systemd install|uninstall NAME`: Infisical's `infisical gateway systemd …`.
+struct GatewaySystemd: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "systemd",
+        abstract: "Manage the gateway's systemd service (one unit per gateway name).",
+        subcommands: [GatewaySystemdInstall.self, GatewaySystemdUninstall.self])
+}
+
+struct GatewaySystemdInstall: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "install",
+        abstract: "Install and enable the systemd service for a gateway (requires root, unless --root).",
+        discussion: """
+        Token enrollment (the token is used now; the service starts with the stored access token):
+          sudo relay gateway systemd install my-gateway --enroll-method=token --token=<enrollment-token> --domain=<url>
+        AWS auth (the gateway authenticates via STS on each start):
+          sudo relay gateway systemd install my-gateway --enroll-method=aws --gateway-id=<gateway-id> --domain=<url>
+        """)
+
+    @Argument(help: "The gateway's name (also the unit's name).") var name: String?
+    @Option(name: .customLong("name"), help: .hidden) var legacyName: String?
+    @Option(help: "The enrollment token (or INFISICAL_GATEWAY_ENROLLMENT_TOKEN).") var token: String?
+    @Option(name: .customLong("enroll-method"), help: "token or aws.") var enrollMethod: String?
+    @Option(name: .customLong("gateway-id"), help: "The gateway's id (aws).") var gatewayId: String?
+    @Option(name: .customLong("target-relay-name"), help: "The relay the gateway should use (written as INFISICAL_RELAY_NAME).") var targetRelayName: String?
+    @Option(name: .customLong("log-file"), help: "Absolute path for the service's log (adds a logrotate file).") var logFile: String?
+    @Option(help: "The platform's URL.") var domain: String?
+    // Ours.
+    @Option(help: "Write everything under this directory instead of / (systemctl is not run).") var root: String = "/"
+    @Option(name: .customLong("ca-file"), help: "CA bundle for the platform's HTTPS (passed on to relay gateway start).") var caFile: String?
+    @Option(name: .customLong("metrics-listen"), help: "Passed on to relay gateway start.") var metricsListen: String?
+    @Option(help: "The relay executable the unit runs (default: this one).") var executable: String?
+
+    func run() throws {
+        let env = Environment.current
+        if root == "/" && geteuid() != 0 { fail("systemd service installation requires root/sudo privileges") }
+        let gatewayName = name ?? legacyName ?? ""
+        if gatewayName.isEmpty { fail("gateway name is required (provide as positional argument or --name flag)") }
+        guard let methodText = enrollMethod, !methodText.isEmpty else {
+            fail("relay gateway systemd install needs --enroll-method=token or --enroll-method=aws (machine-identity gateways are not supported)")
+        }
+        guard let method = EnrollmentMachine.EnrollMethod(rawValue: methodText) else {
+            fail(StartSettings.Problem.invalidEnrollMethod(value: methodText).text)
+        }
+        if let d = domain, !(d.hasPrefix("https://") || d.hasPrefix("http://")) { fail(StartSettings.Problem.domainInvalid(value: d).text) }
+        let apiURL = StartSettings.domain(flag: domain, stored: nil, cliConfigDomain: nil, environment: env)
+        var extra: [String] = []
+        if let caFile { extra.append("--ca-file=\(absolute(caFile))") }
+        if let metricsListen { extra.append("--metrics-listen=\(metricsListen)") }
+        let install = SystemdInstaller.Install(
+            name: gatewayName, method: method, token: token ?? env["INFISICAL_GATEWAY_ENROLLMENT_TOKEN"],
+            relayId: gatewayId ?? env["INFISICAL_GATEWAY_ID"], domain: apiURL, logFile: logFile,
+            executable: executable ?? selfExecutable(), extraArguments: extra, targetRelayName: targetRelayName)
+        RelayLog.bootstrap(format: .text, level: RelayLog.level(named: env["LOG_LEVEL"]))
+        let installer = SystemdInstaller(root: root, systemctl: runSystemctl, say: { RelayLog.gateway.info("\($0)") }, resource: .gateway)
+        var login: (@Sendable (RelayLoginRequest) -> RelayAPILogin)?
+        if method == .token {
+            let api = HTTPGatewayAPI(domain: apiURL, caFile: caFile)
+            login = { api.login($0) }
+        }
+        switch installer.install(install, login: login) {
+        case .success: break
+        case .failure(let f): fail(f.message)
+        }
+    }
+}
+
+struct GatewaySystemdUninstall: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "uninstall",
+        abstract: "Stop, disable and remove a gateway's systemd service and its files (requires root, unless --root).")
+
+    @Argument(help: "The gateway's name (none: the legacy infisical-gateway service).") var name: String?
+    @Option(help: "Remove from under this directory instead of / (systemctl is not run).") var root: String = "/"
+
+    func run() throws {
+        if root == "/" && geteuid() != 0 { fail("systemd service uninstallation requires root/sudo privileges") }
+        RelayLog.bootstrap(format: .text, level: .info)
+        let installer = SystemdInstaller(root: root, systemctl: runSystemctl, say: { RelayLog.gateway.info("\($0)") }, resource: .gateway)
+        if case .failure(let f) = installer.uninstall(name: name) { fail(f.message) }
+    }
+}
 
 /// Environment access for commands.
 enum CommandEnv {

@@ -166,7 +166,7 @@ struct EnrollmentTests {
         case loginInvalid, loginExpired, loginAlreadyUsed, loginRejected, loginRateLimited, loginUnreachable, loginServerError
         case stateWritten, stateWriteFailed
         case connectSucceeded, connectSucceededShort
-        case connectUnauthorized, connectRateLimited, connectUnreachable, connectServerError, connectUnusable
+        case connectUnauthorized, connectRateLimited, connectUnreachable, connectServerError, connectUnusable, connectNoRelay
         case retryTimerFired, renewalTimerFired, expiryTimerFired, shutdownRequested, listenFailed
 
         static let awsDenied = "Access denied: AWS account ID not allowed."
@@ -195,6 +195,7 @@ struct EnrollmentTests {
             case .connectUnreachable: return .connectFailed(failure: .unreachable(reason: "connection refused"), now: n)
             case .connectServerError: return .connectFailed(failure: .serverError(status: 503), now: n)
             case .connectUnusable: return .connectFailed(failure: .unusableCredentials(reason: "key does not match certificate"), now: n)
+            case .connectNoRelay: return .connectFailed(failure: .noRelay(message: "No relay associated with this gateway"), now: n)
             case .listenFailed: return .listenFailed(reason: "bind 0.0.0.0:2222: Address already in use", now: n)
             case .retryTimerFired: return .retryTimerFired(now: n)
             case .renewalTimerFired: return .renewalTimerFired(now: n)
@@ -222,6 +223,7 @@ struct EnrollmentTests {
             case .connectUnreachable: return "cannot reach \(domain): connection refused (check --domain, the network and the CA bundle)"
             case .connectServerError: return "the platform answered HTTP 503"
             case .connectUnusable: return "the platform sent credentials the relay cannot use: key does not match certificate"
+            case .connectNoRelay: return "the platform has no relay for this gateway yet (No relay associated with this gateway)"
             case .connectSucceededShort:
                 return "the certificates received expire at 2026-01-01T00:05:00Z, within 5m0s of now (2026-01-01T00:01:40Z); check this host's clock"
             default: return nil
@@ -584,6 +586,34 @@ struct EnrollmentTests {
         #expect(Msg.shuttingDown.text == "Shutting down relay server...")
     }
 
+    @Test("the gateway kind reads the same lines with Gateway in them (Specs/enrollment.md §8)")
+    func gatewayLines() {
+        let g = M.Resource.gateway
+        #expect(Msg.tokenMatchesStored.text(for: g) == "Enrollment token matches stored token. Using stored access token...")
+        #expect(Msg.enrollingWithToken.text(for: g) == "Enrolling gateway with enrollment token...")
+        #expect(Msg.relayIdRequired.text(for: g) == "--gateway-id is required when --enroll-method=aws")
+        #expect(Msg.authenticatingViaAws.text(for: g) == "Authenticating gateway via AWS Auth (STS GetCallerIdentity)...")
+        #expect(Msg.relayEnrolled(statePath: "/x/g.json").text(for: g) == "Gateway enrolled successfully. Access token saved to /x/g.json")
+        #expect(Msg.awsAuthenticated(statePath: "/x/g.json").text(for: g) == "Gateway authenticated via AWS Auth. State saved to /x/g.json")
+        #expect(Msg.usingAccessTokenFromEnvironment.text(for: g) == "Using access token from INFISICAL_GATEWAY_ACCESS_TOKEN...")
+        #expect(Msg.startingRelay.text(for: g) == "Starting gateway...")
+        #expect(Msg.connected.text(for: g) == "Successfully connected gateway and received certificates via v3 API")
+        #expect(Msg.shuttingDown.text(for: g) == "Shutting down gateway...")
+        #expect(Msg.certificatesLapsed(notAfter: Self.pathNotAfter).text(for: g).hasSuffix("tunnel closed, not dialling relays until a renewal succeeds"))
+        // No message of the gateway kind talks about a relay's own credentials.
+        let all: [Msg] = [.stateFileCorrupt(statePath: "p", reason: "x"), .stateFileRefused(statePath: "p", reason: .symlink),
+                          .accessTokenFromEnvironmentIgnored, .awsCredentialsUnavailable(reason: "x"), .tokenInvalid(domain: "d"),
+                          .tokenExpired, .tokenAlreadyUsed, .awsLoginRejected(detail: "x"), .enrollmentNotSaved(statePath: "p", reason: "x"),
+                          .awsStateNotSaved(statePath: "p", reason: "x"), .legacyStateNotSaved(statePath: "p", reason: "x"),
+                          .credentialRejected(method: .token), .credentialRejected(method: .aws),
+                          .legacyStateImported(relayName: "gw", statePath: "p")]
+        for m in all {
+            let t = m.text(for: g)
+            #expect(!t.contains("relay") && !t.contains("Relay"), "\(m.caseName): \(t)")
+            #expect(m.text(for: .relay) == m.text)
+        }
+    }
+
     @Test("operator messages say what to do")
     func operatorMessages() {
         #expect(Msg.tokenExpired.text.contains("mint a new enrollment token") || Msg.tokenExpired.text.contains("Mint a new enrollment token"))
@@ -894,7 +924,8 @@ struct EnrollmentTests {
                         case 0, 1, 2, 3: event = .connectSucceeded(notAfter: w + 86_400, now: now, wallNow: w)
                         case 4: event = .connectSucceeded(notAfter: choice % 2 == 0 ? w + 100 : w + -10, now: now, wallNow: w)
                         case 5, 6: event = .connectFailed(failure: [.rateLimited, .unreachable(reason: "timed out"), .serverError(status: 500),
-                                                                    .unusableCredentials(reason: "bad PEM")][choice % 4], now: now)
+                                                                    .unusableCredentials(reason: "bad PEM"),
+                                                                    .noRelay(message: "No relay associated with this gateway")][choice % 5], now: now)
                         default: event = .connectFailed(failure: choice % 10 == 0 ? .unauthorized : .serverError(status: 502), now: now)
                         }
                     }
@@ -1031,6 +1062,35 @@ struct EnrollmentTests {
                                 (nil, .renewalTimerFired(now: at(1 + sixHours))),
                                 (nil, .connectFailed(failure: .unauthorized, now: at(2 + sixHours))),
                                 (nil, .expiryTimerFired(now: at(86_000))),
+                            ])
+        let gw = M.Config(relayName: "gw-edge-1", seed: 7, resource: .gateway)
+        let gwPath = "/etc/infisical/gateways/gw-edge-1.json"
+        let gatewayId = "9b2e4f60-1c3d-4a8b-b7e5-2d6f0a9c4e13"
+        func gwStart(_ method: M.EnrollMethod, token: String? = nil, gatewayId: String? = nil, file: M.StateFileReading = .missing, _ t: Int64 = 0) -> Event {
+            .started(method: method, tokenHash: token, relayId: gatewayId, domain: Self.domain, accessTokenFromEnvironment: false,
+                     stateFile: file, statePath: gwPath, now: at(t), wallNow: wall(t))
+        }
+        try Fixtures.record(M.self, "gateway-token-first-run-no-relay-yet", description: "A gateway enrolls with its token, then the platform has no healthy relay for it twice ('No relay associated with this gateway'): retried with seeded full jitter until connect succeeds.",
+                            config: gw, events: [
+                                (nil, gwStart(.token, token: Self.presented, 0)),
+                                (nil, .loginSucceeded(relayId: gatewayId, now: at(1))),
+                                (nil, .stateWritten(now: at(1))),
+                                (nil, .connectFailed(failure: .noRelay(message: "No relay associated with this gateway"), now: at(2))),
+                                (nil, .retryTimerFired(now: at(4))),
+                                (nil, .connectFailed(failure: .noRelay(message: "No relay associated with this gateway"), now: at(4))),
+                                (nil, .retryTimerFired(now: at(8))),
+                                (nil, connected(8)),
+                                (nil, .shutdownRequested(now: at(60))),
+                            ])
+        try Fixtures.record(M.self, "gateway-token-rerun", description: "A gateway's deploy command run again with the same token: the stored hash matches and an access token is stored, so no login.",
+                            config: gw, events: [
+                                (nil, gwStart(.token, token: Self.presented, file: .present(state: Self.stored(Self.presented, token: true, relayId: gatewayId)), 0)),
+                                (nil, connected(1)),
+                                (nil, .shutdownRequested(now: at(60))),
+                            ])
+        try Fixtures.record(M.self, "gateway-aws-without-id", description: "A gateway with --enroll-method=aws but no --gateway-id, INFISICAL_GATEWAY_ID or stored id: fails at once.",
+                            config: gw, events: [
+                                (nil, gwStart(.aws, 0)),
                             ])
         #expect(Fixtures.files(M.machineName).count >= 5)
     }

@@ -149,7 +149,7 @@ struct StateStoreTests {
             _ = try StateStore.open(directory: dir, relayName: "relay-a")
             Issue.record("second open succeeded")
         } catch {
-            guard case .locked(let name, _, let holder) = error else { Issue.record("\(error)"); return }
+            guard case .locked(let name, _, let holder, _) = error else { Issue.record("\(error)"); return }
             #expect(name == "relay-a" && holder == "\(getpid())")
             #expect(error.description.contains("already running"))
         }

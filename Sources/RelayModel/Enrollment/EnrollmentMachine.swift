@@ -1,4 +1,5 @@
-/// The relay from `relay start` until it serves, and certificate renewal while it serves.
+/// The relay from `relay start` (or the gateway from `relay gateway start`, `Config.resource`)
+/// until it serves, and certificate renewal while it serves.
 ///
 /// Overview: decides how the relay gets its credential — reuse the stored access token (the re-run
 /// of a deploy command), log in with a one-time enrollment token, or sign a fresh AWS STS request
@@ -40,12 +41,13 @@
 /// connections exactly in `serving`, `renewing`, `renewalBackoff`; with aws a credential is never
 /// reused nor an access token persisted; nothing is persisted before a login succeeds.
 ///
-/// Spec: Specs/enrollment.md §2, §4
+/// Spec: Specs/enrollment.md §2, §4, §8 (the gateway kind)
 public struct EnrollmentMachine: StateMachine {
     public static let machineName = "enrollment"
 
     public struct Config: Codable, Equatable, Sendable {
-        /// The relay's name (`--name`); keys the state file.
+        /// The relay's (or, for `resource == .gateway`, the gateway's) name (`--name`); keys the
+        /// state file.
         public var relayName: String
         /// Time between certificate renewals (Infisical `startCertificateRenewal`: 6 h).
         public var renewalInterval: TimeSpan
@@ -59,15 +61,17 @@ public struct EnrollmentMachine: StateMachine {
         public var expiryMargin: TimeSpan
         /// Seeds the full-jitter draws, so a trace plus its config replays exactly.
         public var seed: UInt64
+        /// Relay or gateway (Specs/enrollment.md §8): the same decisions, other paths and words.
+        public var resource: Resource
 
         public init(
             relayName: String, renewalInterval: TimeSpan = .hours(6), retryBase: TimeSpan = .seconds(2),
             retryCap: TimeSpan = .minutes(5), maxStartAttempts: Int = 8, expiryMargin: TimeSpan = .minutes(5),
-            seed: UInt64 = 0
+            seed: UInt64 = 0, resource: Resource = .relay
         ) {
             self.relayName = relayName; self.renewalInterval = renewalInterval; self.retryBase = retryBase
             self.retryCap = retryCap; self.maxStartAttempts = maxStartAttempts; self.expiryMargin = expiryMargin
-            self.seed = seed
+            self.seed = seed; self.resource = resource
         }
     }
 
@@ -490,7 +494,7 @@ public struct EnrollmentMachine: StateMachine {
         let unauthorized: Bool
         switch failure {
         case .unauthorized: unauthorized = true
-        case .rateLimited, .unreachable, .serverError, .unusableCredentials: unauthorized = false
+        case .rateLimited, .unreachable, .serverError, .unusableCredentials, .noRelay: unauthorized = false
         }
         switch state {
         case .connecting(var c):

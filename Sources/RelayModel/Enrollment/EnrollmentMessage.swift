@@ -97,71 +97,78 @@ public enum EnrollmentMessage: Codable, Equatable, Sendable, CaseNamed {
         }
     }
 
-    /// The exact line the operator sees.
-    public var text: String {
+    /// The exact line the operator sees, for a relay.
+    public var text: String { text(for: .relay) }
+
+    /// The exact line the operator sees, for a relay or a gateway (Specs/enrollment.md §8): the
+    /// same lines with the resource's name in them.
+    public func text(for resource: EnrollmentMachine.Resource) -> String {
+        let r = resource.rawValue            // relay / gateway
+        let R = resource.title               // Relay / Gateway
+        let env = "INFISICAL_\(resource == .relay ? "RELAY" : "GATEWAY")_ACCESS_TOKEN"
         switch self {
         case let .stateFileCorrupt(path, reason):
-            return "The relay state file \(path) is corrupt (\(reason)); it was left untouched. Move it aside and enroll again with a new enrollment token (--token)."
+            return "The \(r) state file \(path) is corrupt (\(reason)); it was left untouched. Move it aside and enroll again with a new enrollment token (--token)."
         case let .stateFileRefused(path, reason):
-            return "Refusing to use the relay state file \(path): it \(reason.explanation). It was left untouched: make it a regular file owned by this user with mode 0600 in a 0700 directory, or move it aside and enroll again."
+            return "Refusing to use the \(r) state file \(path): it \(reason.explanation). It was left untouched: make it a regular file owned by this user with mode 0600 in a 0700 directory, or move it aside and enroll again."
         case .tokenMatchesStored:
             return "Enrollment token matches stored token. Using stored access token..."
         case .usingStoredAccessToken:
             return "Using stored access token..."
         case .usingAccessTokenFromEnvironment:
-            return "Using access token from INFISICAL_RELAY_ACCESS_TOKEN..."
+            return "Using access token from \(env)..."
         case let .legacyStateImported(name, path):
-            return "Imported the Infisical CLI state of relay '\(name)' (\(name).conf); saving it to \(path) without the plaintext enrollment token"
+            return "Imported the Infisical CLI state of \(r) '\(name)' (\(name).conf); saving it to \(path) without the plaintext enrollment token"
         case .enrollingWithToken:
-            return "Enrolling relay with enrollment token..."
+            return "Enrolling \(r) with enrollment token..."
         case .tokenRequired:
             return "--token is required when --enroll-method=token (no stored access token found)"
         case .relayIdRequired:
-            return "--relay-id is required when --enroll-method=aws"
+            return "--\(r)-id is required when --enroll-method=aws"
         case .accessTokenFromEnvironmentIgnored:
-            return "INFISICAL_RELAY_ACCESS_TOKEN is ignored with --enroll-method=aws: the relay authenticates via AWS on every start"
+            return "\(env) is ignored with --enroll-method=aws: the \(r) authenticates via AWS on every start"
         case .authenticatingViaAws:
-            return "Authenticating relay via AWS Auth (STS GetCallerIdentity)..."
+            return "Authenticating \(r) via AWS Auth (STS GetCallerIdentity)..."
         case let .awsCredentialsUnavailable(reason):
-            return "No usable AWS credentials: \(reason). The relay looks in the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN), the shared credentials and config files (AWS_PROFILE), container credentials and instance metadata (IMDSv2)."
+            return "No usable AWS credentials: \(reason). The \(r) looks in the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN), the shared credentials and config files (AWS_PROFILE), container credentials and instance metadata (IMDSv2)."
         case let .tokenInvalid(domain):
-            return "Invalid enrollment token: check that you copied the whole token, that it was minted for this relay, and that --domain (\(domain)) is the platform that minted it."
+            return "Invalid enrollment token: check that you copied the whole token, that it was minted for this \(r), and that --domain (\(domain)) is the platform that minted it."
         case .tokenProbablyUsed:
             return "Invalid enrollment token: an earlier run on this host presented this token and stopped before saving its access token, so the platform has most likely consumed it. Enrollment tokens are single use: mint a new one and start again with --token."
         case .tokenExpired:
-            return "Enrollment token has expired: enrollment tokens last 1 hour. Mint a new enrollment token for this relay and start again with --token."
+            return "Enrollment token has expired: enrollment tokens last 1 hour. Mint a new enrollment token for this \(r) and start again with --token."
         case .tokenAlreadyUsed:
-            return "Enrollment token has already been used: enrollment tokens are single use. Mint a new enrollment token for this relay and start again with --token."
+            return "Enrollment token has already been used: enrollment tokens are single use. Mint a new enrollment token for this \(r) and start again with --token."
         case let .loginRejected(message):
             return "Enrollment was refused by the platform: \(message)"
         case let .awsLoginRejected(detail):
-            return "AWS authentication was rejected by the platform: \(detail). Check the relay's allowed AWS account IDs and principal ARNs, and which AWS identity this host uses."
+            return "AWS authentication was rejected by the platform: \(detail). Check the \(r)'s allowed AWS account IDs and principal ARNs, and which AWS identity this host uses."
         case let .loginRetrying(problem, attempt, retryIn):
             return "Login attempt \(attempt) failed: \(problem); retrying in \(EnrollmentFormat.span(retryIn))"
         case let .loginGaveUp(problem, attempts):
             return "Giving up after \(attempts) login attempts: \(problem)"
         case let .relayEnrolled(path):
-            return "Relay enrolled successfully. Access token saved to \(path)"
+            return "\(R) enrolled successfully. Access token saved to \(path)"
         case let .awsAuthenticated(path):
-            return "Relay authenticated via AWS Auth. State saved to \(path)"
+            return "\(R) authenticated via AWS Auth. State saved to \(path)"
         case let .enrollmentNotSaved(path, reason):
-            return "WARNING: the relay enrolled, but its access token could not be saved to \(path): \(reason). The relay keeps running with the access token in memory, but the enrollment token is now used up: after a restart the relay will need a new enrollment token."
+            return "WARNING: the \(r) enrolled, but its access token could not be saved to \(path): \(reason). The \(r) keeps running with the access token in memory, but the enrollment token is now used up: after a restart the \(r) will need a new enrollment token."
         case let .awsStateNotSaved(path, reason):
-            return "Could not save the relay state to \(path): \(reason). Continuing: AWS auth stores no credential, but a later start will need --relay-id."
+            return "Could not save the \(r) state to \(path): \(reason). Continuing: AWS auth stores no credential, but a later start will need --\(r)-id."
         case let .legacyStateNotSaved(path, reason):
-            return "Could not save the imported relay state to \(path): \(reason). Continuing with the imported credential; the Infisical .conf file was left as it was."
+            return "Could not save the imported \(r) state to \(path): \(reason). Continuing with the imported credential; the Infisical .conf file was left as it was."
         case .startingRelay:
-            return "Starting relay..."
+            return "Starting \(r)..."
         case .connected:
-            return "Successfully connected relay and received certificates via v2 API"
+            return "Successfully connected \(r) and received certificates via \(resource == .relay ? "v2" : "v3") API"
         case let .connectRetrying(problem, attempt, retryIn):
             return "Connect attempt \(attempt) failed: \(problem); retrying in \(EnrollmentFormat.span(retryIn))"
         case let .connectGaveUp(problem, attempts):
             return "Giving up after \(attempts) connect attempts: \(problem)"
         case .credentialRejected(.token):
-            return "The platform rejected the relay's access token: it was revoked or replaced. Mint a new enrollment token for this relay and start again with --token."
+            return "The platform rejected the \(r)'s access token: it was revoked or replaced. Mint a new enrollment token for this \(r) and start again with --token."
         case .credentialRejected(.aws):
-            return "The platform rejected the relay's access token: it was revoked, or another process authenticated as this relay (each AWS login replaces the previous token). Check the relay's AWS allowlists and that no other relay uses this relay id, then restart to authenticate again."
+            return "The platform rejected the \(r)'s access token: it was revoked, or another process authenticated as this \(r) (each AWS login replaces the previous token). Check the \(r)'s AWS allowlists and that no other \(r) uses this \(r) id, then restart to authenticate again."
         case .renewingCertificates:
             return "Renewing certificates..."
         case .certificatesRenewed:
@@ -169,9 +176,11 @@ public enum EnrollmentMessage: Codable, Equatable, Sendable, CaseNamed {
         case let .renewalFailed(problem, retryIn):
             return "Failed to renew certificates: \(problem); retrying in \(EnrollmentFormat.span(retryIn))"
         case let .certificatesLapsed(notAfter):
-            return "The relay's certificates expire at \(EnrollmentFormat.date(notAfter)) and could not be renewed: no longer accepting connections until a renewal succeeds"
+            return "The \(r)'s certificates expire at \(EnrollmentFormat.date(notAfter)) and could not be renewed: \(resource == .relay ? "no longer accepting connections" : "tunnel closed, not dialling relays") until a renewal succeeds"
         case .shuttingDown:
-            return "Shutting down relay server..."
+            return resource == .relay ? "Shutting down relay server..." : "Shutting down gateway..."
+        case let .listenFailed(reason) where resource == .gateway:
+            return "Cannot start the gateway's tunnel agent: \(reason)"
         case let .listenFailed(reason):
             return "Cannot listen for gateways and the platform: \(reason). Another process (perhaps another relay) may hold the port: stop it, or choose free ports with --ssh-port and --tls-port."
         case let .unexpectedEvent(event, state):

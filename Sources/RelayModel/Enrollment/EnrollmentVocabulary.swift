@@ -2,6 +2,20 @@
 ///
 /// Spec: Specs/enrollment.md §1
 extension EnrollmentMachine {
+    /// What enrolls: the relay (`relay start`) or the reference gateway (`relay gateway start`).
+    /// The decisions are the same; the kind names the API paths, files and messages
+    /// (Specs/enrollment.md §8).
+    public enum Resource: String, Codable, Equatable, Sendable, CaseIterable {
+        case relay, gateway
+        /// `Relay` / `Gateway`.
+        public var title: String {
+            switch self {
+            case .relay: return "Relay"
+            case .gateway: return "Gateway"
+            }
+        }
+    }
+
     /// `--enroll-method`.
     public enum EnrollMethod: String, Codable, Equatable, Sendable, CaseIterable { case token, aws }
 
@@ -88,10 +102,14 @@ extension EnrollmentMachine {
         /// 200, but the credentials do not load (malformed PEM, key not matching its certificate,
         /// a CA bundle without certificates): retried like a server error, never served.
         case unusableCredentials(reason: String)
+        /// Gateways only: 400 `No relay associated with this gateway` (or `Relay <name> not
+        /// found`): no healthy relay yet; retried like a server error.
+        case noRelay(message: String)
 
         func problem(domain: String) -> String {
             switch self {
             case .unauthorized: return "the platform refused the access token"
+            case .noRelay(let m): return "the platform has no relay for this gateway yet (\(m))"
             case .unusableCredentials(let r): return "the platform sent credentials the relay cannot use: \(r)"
             case .rateLimited: return "the platform is rate limiting requests (HTTP 429)"
             case .unreachable(let r): return "cannot reach \(domain): \(r) (check --domain, the network and the CA bundle)"

@@ -31,11 +31,12 @@ public struct SignedSTSRequest: Sendable, CustomStringConvertible {
     /// `{"method":"aws","relayId":…,"iamHttpRequestMethod":"POST","iamRequestBody":<b64>,"iamRequestHeaders":<b64 JSON>}`:
     /// the headers as a JSON object with sorted keys (Go's `json.Marshal` of a map), both base64
     /// with the standard padded alphabet.
-    public func loginBody(relayId: String) -> String {
+    /// `idKey` is `relayId` for relays, `gatewayId` for gateways (`POST /api/v2/gateways/login`).
+    public func loginBody(relayId: String, idKey: String = "relayId") -> String {
         let sorted = headers.sorted { $0.name < $1.name }
         let headerJSON = Jansson.serialize(.object(sorted.map { ($0.name, JSONValue.string($0.value)) }))
         return Jansson.serialize(.object([
-            ("method", .string("aws")), ("relayId", .string(relayId)), ("iamHttpRequestMethod", .string(method)),
+            ("method", .string("aws")), (idKey, .string(relayId)), ("iamHttpRequestMethod", .string(method)),
             ("iamRequestBody", .string(Base64.encode(body))), ("iamRequestHeaders", .string(Base64.encode(Array(headerJSON.utf8)))),
         ]))
     }

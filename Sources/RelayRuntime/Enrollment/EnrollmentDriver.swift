@@ -4,23 +4,55 @@ import Glibc
 import RelayModel
 import Synchronization
 
+/// What the enrollment driver needs from the platform, for a relay (`RelayCredentials`) or a
+/// gateway (`GatewayCredentials`): login, connect, and the runtime's check of what connect gave
+/// (it loads, and its earliest expiry). Specs/enrollment.md §1, §8.
+struct EnrollmentPlatform<Credentials: Sendable>: Sendable {
+    var login: @Sendable (RelayLoginRequest) -> RelayAPILogin
+    var connect: @Sendable (_ accessToken: String) -> Connected
+
+    /// What a connect gave.
+    enum Connected: Sendable {
+        case success(Credentials)
+        case failure(EnrollmentMachine.ConnectFailure)
+    }
+    /// The credentials' earliest expiry, or why they cannot be used (→ `unusableCredentials`).
+    var check: @Sendable (Credentials, UnixTime) -> Result<UnixTime, RuntimeError>
+}
+
+extension EnrollmentPlatform where Credentials == RelayCredentials {
+    /// `/api/v2/relays/{login,connect}`; credentials checked by `CredentialCheck`.
+    static func relay(_ api: any RelayAPI, relayName: String) -> Self {
+        EnrollmentPlatform(
+            login: { api.login($0) },
+            connect: { token in
+                switch api.connect(accessToken: token) {
+                case .success(let c): return .success(c)
+                case .failure(let f): return .failure(f)
+                }
+            },
+            check: { creds, now in CredentialCheck.check(creds, relayName: relayName, now: now).map(\.notAfter) })
+    }
+}
+
 /// Drives the `EnrollmentMachine` (Specs/enrollment.md) with real I/O: the state file, the
-/// platform API, the AWS signer, the data plane and timers. Every event passes `Driven.handle`
+/// platform API, the AWS signer, the data plane (the relay's listeners, or the gateway's tunnel
+/// agent) and timers. Every event passes `Driven.handle`
 /// (the trace chokepoint, `--trace-out`); every action is performed by `perform`, one `switch`.
 ///
 /// Threads: events are handled on the control loop's thread, one at a time. Blocking calls
 /// (HTTP, signing) run on short-lived worker threads and come back as events posted to the loop, so
 /// a shutdown is never stuck behind a request. Secrets — the enrollment token, the access tokens,
 /// the signed STS request, the credentials — live only in this object.
-final class EnrollmentDriver: @unchecked Sendable {
+final class EnrollmentDriver<Credentials: Sendable>: @unchecked Sendable {
     typealias M = EnrollmentMachine
 
     /// What the data plane does for the machine's serving actions.
     struct Hooks: Sendable {
         /// Start (or resume) serving these credentials; nil on success, else why the bind failed.
-        var startServing: @Sendable (RelayCredentials) -> String?
+        var startServing: @Sendable (Credentials) -> String?
         /// New handshakes use these credentials.
-        var applyCertificates: @Sendable (RelayCredentials) -> Void
+        var applyCertificates: @Sendable (Credentials) -> Void
         var stopAccepting: @Sendable () -> Void
         /// The run is over.
         var finish: @Sendable (M.Outcome) -> Void
@@ -28,25 +60,25 @@ final class EnrollmentDriver: @unchecked Sendable {
 
     let machine: Driven<EnrollmentMachine>
     private let loop: EventLoop
-    private let api: any RelayAPI
+    private let api: EnrollmentPlatform<Credentials>
     private let store: StateStore
     private let signer: (any AWSLoginSigner)?
     private let hooks: Hooks
-    private let relayName: String
+    private let resource: M.Resource
 
     // Secrets (loop thread only, except `accessToken`, which the heartbeat reads).
     private let token: String?
     private let importedAccessToken: String?
     private var receivedAccessToken: String?
     private let accessToken: Mutex<String?>
-    private var pendingCredentials: RelayCredentials?
+    private var pendingCredentials: Credentials?
     private var signed: SignedSTSRequest?
 
     private var timers: [M.TimerKind: TimerHeap.ID] = [:]
     /// State-file writes still running (a write is never abandoned: the process waits for it).
     private let writesInFlight = Atomic<Int>(0)
 
-    init(config: M.Config, loop: EventLoop, trace: TraceRecorder?, api: any RelayAPI, store: StateStore,
+    init(config: M.Config, loop: EventLoop, trace: TraceRecorder?, api: EnrollmentPlatform<Credentials>, store: StateStore,
          signer: (any AWSLoginSigner)?, token: String?, heldAccessToken: String?, importedAccessToken: String?, hooks: Hooks) {
         machine = Driven(EnrollmentMachine.self, config: config, instance: config.relayName, trace: trace)
         self.loop = loop
@@ -54,7 +86,7 @@ final class EnrollmentDriver: @unchecked Sendable {
         self.store = store
         self.signer = signer
         self.hooks = hooks
-        self.relayName = config.relayName
+        self.resource = config.resource
         self.token = token
         self.importedAccessToken = importedAccessToken
         self.accessToken = Mutex(heldAccessToken)
@@ -92,10 +124,12 @@ final class EnrollmentDriver: @unchecked Sendable {
     private func perform(_ action: M.Action) {
         switch action {
         case .log(let message):
+            let text = message.text(for: resource)
+            let logger = resource == .relay ? RelayLog.relay : RelayLog.gateway
             switch message.severity {
-            case .info: RelayLog.relay.info("\(message.text)")
-            case .warning: RelayLog.relay.warning("\(message.text)")
-            case .error: RelayLog.relay.error("\(message.text)")
+            case .info: logger.info("\(text)")
+            case .warning: logger.warning("\(text)")
+            case .error: logger.error("\(text)")
             }
 
         case .signAwsLogin:
@@ -164,19 +198,19 @@ final class EnrollmentDriver: @unchecked Sendable {
                 post(.connectFailed(failure: .unauthorized, now: Clock.now()))
                 return
             }
-            let relayName = relayName
+            let api = api
             background { [self] in
-                switch api.connect(accessToken: bearer) {
+                switch api.connect(bearer) {
                 case .failure(let f):
                     return .connectFailed(failure: f, now: Clock.now())
                 case .success(let creds):
                     let wall = Clock.wallNow()
-                    switch CredentialCheck.check(creds, relayName: relayName, now: wall) {
+                    switch api.check(creds, wall) {
                     case .failure(let e):
                         return .connectFailed(failure: .unusableCredentials(reason: "\(e)"), now: Clock.now())
-                    case .success(let verdict):
+                    case .success(let notAfter):
                         loop.execute { [self] in pendingCredentials = creds }
-                        return .connectSucceeded(notAfter: verdict.notAfter, now: Clock.now(), wallNow: wall)
+                        return .connectSucceeded(notAfter: notAfter, now: Clock.now(), wallNow: wall)
                     }
                 }
             }

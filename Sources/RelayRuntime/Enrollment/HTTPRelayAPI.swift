@@ -1,4 +1,4 @@
-import RelayModel
+public import RelayModel
 
 /// The relay's API client over libcurl (`HTTPClient`, DESIGN D6): `--ca-file`, proxies from the
 /// environment, timeouts, a 1 MiB response cap, no redirects (so never a credential to another
@@ -7,8 +7,12 @@ import RelayModel
 public struct HTTPRelayAPI: RelayAPI {
     public let domain: String
     public let http: HTTPClient
+    /// Whose login this is: `/v2/relays/login` with `relayId`, or `/v2/gateways/login` with
+    /// `gatewayId` (Specs/enrollment.md §8). Connect and heartbeat here are the relay's.
+    public let resource: EnrollmentMachine.Resource
 
-    public init(domain: String, caFile: String?) {
+    public init(domain: String, caFile: String?, resource: EnrollmentMachine.Resource = .relay) {
+        self.resource = resource
         var d = domain
         while d.hasSuffix("/") { d.removeLast() }
         self.domain = d
@@ -56,9 +60,9 @@ public struct HTTPRelayAPI: RelayAPI {
         case .token(let t):
             body = Jansson.serialize(.object([("method", .string("token")), ("token", .string(t))]))
         case let .aws(relayId, signed):
-            body = signed.loginBody(relayId: relayId)
+            body = signed.loginBody(relayId: relayId, idKey: "\(resource.rawValue)Id")
         }
-        switch post("/v2/relays/login", json: body, bearer: nil) {
+        switch post("/v2/\(resource.rawValue)s/login", json: body, bearer: nil) {
         case .failure(let f):
             return .failure(.unreachable(reason: HTTPRelayAPI.transport(f)))
         case .success(let r):
@@ -69,7 +73,7 @@ public struct HTTPRelayAPI: RelayAPI {
                     return .failure(.rejected(message: "the platform's login answer has no accessToken"))
                 }
                 var relayId = ""
-                if case .string(let id)? = o.first(where: { $0.key == "relayId" })?.value { relayId = id }
+                if case .string(let id)? = o.first(where: { $0.key == "\(resource.rawValue)Id" })?.value { relayId = id }
                 return .success(accessToken: token, relayId: relayId)
             case 300..<400:
                 return .failure(.rejected(message: "the platform answered with a redirect (HTTP \(r.status)); not following it with a credential — check --domain"))

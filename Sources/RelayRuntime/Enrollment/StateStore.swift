@@ -14,6 +14,10 @@ public import RelayModel
 /// <dir>/<name>.conf    Infisical's KEY=VALUE file: read (imported) when <name>.json does not exist, never written
 /// ```
 ///
+/// The reference gateway keeps the same files (`resource: .gateway`) under `/etc/infisical/gateways`
+/// (else `~/.infisical/gateways`), with `gatewayName`/`gatewayId` in place of `relayName`/`relayId`
+/// and Infisical's `INFISICAL_GATEWAY_*` keys imported (Specs/enrollment.md §8).
+///
 /// Files it does not trust — a symbolic link, another user's, readable or writable by group or
 /// others, not a regular file, or content that does not parse — are reported to the enrollment
 /// machine (`refused` / `corrupt`), which stops; nothing here ever overwrites them blindly.
@@ -46,15 +50,16 @@ public final class StateStore: @unchecked Sendable {
     public enum OpenError: Error, Equatable, Sendable, CustomStringConvertible {
         /// The state directory cannot be created or is not trustworthy.
         case directory(path: String, problem: String)
-        /// Another process holds this relay name's lock.
-        case locked(name: String, lockPath: String, holder: String?)
+        /// Another process holds this name's lock.
+        case locked(name: String, lockPath: String, holder: String?, resource: EnrollmentMachine.Resource = .relay)
 
         public var description: String {
             switch self {
             case let .directory(path, problem):
                 return "state directory \(path) \(problem)"
-            case let .locked(name, lockPath, holder):
-                return "another relay named '\(name)' is already running on this host\(holder.map { " (pid \($0))" } ?? ""): it holds \(lockPath). Stop it first, or give this relay another --name or --state-dir."
+            case let .locked(name, lockPath, holder, resource):
+                let r = resource.rawValue
+                return "another \(r) named '\(name)' is already running on this host\(holder.map { " (pid \($0))" } ?? ""): it holds \(lockPath). Stop it first, or give this \(r) another --name or --state-dir."
             }
         }
     }
@@ -65,24 +70,28 @@ public final class StateStore: @unchecked Sendable {
     }
 
     public let directory: String
+    /// The relay's (or gateway's) name.
     public let relayName: String
+    public let resource: EnrollmentMachine.Resource
     public let path: String
     public let legacyPath: String
     public let lockPath: String
     private let lockFD: Int32
 
-    /// `/etc/infisical/relays` as root, else `~/.infisical/relays` (Infisical's `enroll.go`).
-    public static func defaultDirectory() -> String {
-        if geteuid() == 0 { return "/etc/infisical/relays" }
+    /// `/etc/infisical/relays` as root, else `~/.infisical/relays` (Infisical's `enroll.go`); for
+    /// gateways `…/gateways` (Infisical's `gateway-v2/enroll.go`, `gatewayConfPath`).
+    public static func defaultDirectory(resource: EnrollmentMachine.Resource = .relay) -> String {
+        let leaf = resource == .relay ? "relays" : "gateways"
+        if geteuid() == 0 { return "/etc/infisical/" + leaf }
         let home = getenv("HOME").map { String(cString: $0) } ?? ""
-        return (home.isEmpty ? "." : home) + "/.infisical/relays"
+        return (home.isEmpty ? "." : home) + "/.infisical/" + leaf
     }
 
     /// Creates the directory (0700) if needed, checks it, takes the lock, removes temporary files a
     /// crashed writer left behind.
-    public static func open(directory: String, relayName: String) throws(OpenError) -> StateStore {
+    public static func open(directory: String, relayName: String, resource: EnrollmentMachine.Resource = .relay) throws(OpenError) -> StateStore {
         guard StartSettings.isValidName(relayName) else {
-            throw .directory(path: directory, problem: "cannot hold a state file for the relay name '\(relayName)'")
+            throw .directory(path: directory, problem: "cannot hold a state file for the \(resource.rawValue) name '\(relayName)'")
         }
         try prepareDirectory(directory)
         let lockPath = directory + "/" + relayName + ".lock"
@@ -93,19 +102,20 @@ public final class StateStore: @unchecked Sendable {
         if flock(fd, LOCK_EX | LOCK_NB) != 0 {
             let holder = FileBytes.read(fd: fd, limit: 32).map { String(decoding: $0, as: UTF8.self).trimmingCharacters() }
             close(fd)
-            throw .locked(name: relayName, lockPath: lockPath, holder: holder.flatMap { $0.isEmpty ? nil : $0 })
+            throw .locked(name: relayName, lockPath: lockPath, holder: holder.flatMap { $0.isEmpty ? nil : $0 }, resource: resource)
         }
         let pid = Array("\(getpid())\n".utf8)
         _ = ftruncate(fd, 0)
         _ = pid.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, 0) }
-        let store = StateStore(directory: directory, relayName: relayName, lockFD: fd)
+        let store = StateStore(directory: directory, relayName: relayName, resource: resource, lockFD: fd)
         store.removeStaleTemporaries()
         return store
     }
 
-    private init(directory: String, relayName: String, lockFD: Int32) {
+    private init(directory: String, relayName: String, resource: EnrollmentMachine.Resource, lockFD: Int32) {
         self.directory = directory
         self.relayName = relayName
+        self.resource = resource
         self.path = directory + "/" + relayName + ".json"
         self.legacyPath = directory + "/" + relayName + ".conf"
         self.lockPath = directory + "/" + relayName + ".lock"
@@ -142,7 +152,7 @@ public final class StateStore: @unchecked Sendable {
         }
         let mode = st.st_mode & 0o7777
         guard mode & 0o077 == 0 else {
-            throw .directory(path: dir, problem: "has mode \(octal(mode)); it must be 0700 (chmod 700 \(dir)) because it holds the relay's access token")
+            throw .directory(path: dir, problem: "has mode \(octal(mode)); it must be 0700 (chmod 700 \(dir)) because it holds access tokens")
         }
     }
 
@@ -186,7 +196,7 @@ public final class StateStore: @unchecked Sendable {
         case .refused(let r): return Reading(model: .refused(reason: r), contents: nil)
         case .unreadable(let why): return Reading(model: .corrupt(reason: why), contents: nil)
         case .bytes(let bytes):
-            switch StateStore.decode(bytes, relayName: relayName) {
+            switch StateStore.decode(bytes, relayName: relayName, resource: resource) {
             case .success(let c): return Reading(model: .present(state: c.modelView), contents: c)
             case .failure(let e): return Reading(model: .corrupt(reason: e.reason), contents: nil)
             }
@@ -196,7 +206,7 @@ public final class StateStore: @unchecked Sendable {
         case .refused(let r): return Reading(model: .refused(reason: r), contents: nil)
         case .unreadable(let why): return Reading(model: .corrupt(reason: "\(legacyPath): \(why)"), contents: nil)
         case .bytes(let bytes):
-            guard let c = StateStore.importLegacy(bytes) else { return Reading(model: .missing, contents: nil) }
+            guard let c = StateStore.importLegacy(bytes, resource: resource) else { return Reading(model: .missing, contents: nil) }
             return Reading(model: .legacyConf(state: c.modelView), contents: c)
         }
     }
@@ -233,14 +243,17 @@ public final class StateStore: @unchecked Sendable {
         return .bytes(bytes)
     }
 
-    static func decode(_ bytes: [UInt8], relayName: String) -> Result<Contents, WriteError> {
+    /// `relayName`/`relayId` for a relay, `gatewayName`/`gatewayId` for a gateway: a gateway's file
+    /// is never taken for a relay's (it has no `relayName` and is refused as corrupt, and vice versa).
+    static func decode(_ bytes: [UInt8], relayName: String, resource: EnrollmentMachine.Resource = .relay) -> Result<Contents, WriteError> {
+        let r = resource.rawValue
         if bytes.isEmpty { return .failure(WriteError(reason: "the file is empty")) }
         let json: JSONValue
         do { json = try Jansson.parse(bytes: bytes) } catch { return .failure(WriteError(reason: "\(error)")) }
         guard case .object(let fields) = json else { return .failure(WriteError(reason: "not a JSON object")) }
         func field(_ k: String) -> JSONValue? { fields.first(where: { $0.key == k })?.value }
         guard case .integer(let version)? = field("version") else { return .failure(WriteError(reason: "no \"version\"")) }
-        guard version == 1 else { return .failure(WriteError(reason: "version \(version) is not one this relay understands")) }
+        guard version == 1 else { return .failure(WriteError(reason: "version \(version) is not one this \(r) understands")) }
         var c = Contents()
         func string(_ k: String) -> Result<String?, WriteError> {
             switch field(k) {
@@ -249,12 +262,16 @@ public final class StateStore: @unchecked Sendable {
             case .some: return .failure(WriteError(reason: "\"\(k)\" is not a string"))
             }
         }
-        switch string("relayName") {
-        case .success(let n): if let n, n != relayName { return .failure(WriteError(reason: "it was written for the relay '\(n)'")) }
+        let other: EnrollmentMachine.Resource = resource == .relay ? .gateway : .relay
+        if field("\(other.rawValue)Name") != nil || field("\(other.rawValue)Id") != nil {
+            return .failure(WriteError(reason: "it is a \(other.rawValue)'s state file, not a \(r)'s"))
+        }
+        switch string("\(r)Name") {
+        case .success(let n): if let n, n != relayName { return .failure(WriteError(reason: "it was written for the \(r) '\(n)'")) }
         case .failure(let e): return .failure(e)
         }
         var values: [String: String] = [:]
-        for key in ["tokenHash", "accessToken", "relayId", "domain"] {
+        for key in ["tokenHash", "accessToken", "\(r)Id", "domain"] {
             switch string(key) {
             case .success(let v): values[key] = v
             case .failure(let e): return .failure(e)
@@ -262,7 +279,7 @@ public final class StateStore: @unchecked Sendable {
         }
         c.tokenHash = values["tokenHash"]
         c.accessToken = values["accessToken"]
-        c.relayId = values["relayId"]
+        c.relayId = values["\(r)Id"]
         c.domain = values["domain"]
         if let h = c.tokenHash, !(h.utf8.count == 64 && h.utf8.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x61 && $0 <= 0x66) })) {
             return .failure(WriteError(reason: "\"tokenHash\" is not a SHA-256 hex digest"))
@@ -274,7 +291,8 @@ public final class StateStore: @unchecked Sendable {
     /// Infisical's `<name>.conf`: `KEY=VALUE` lines; a key's value is on the first line whose trimmed
     /// text starts with `KEY=`. The plaintext enrollment token is hashed at once. Nil when the file
     /// holds none of the keys.
-    static func importLegacy(_ bytes: [UInt8]) -> Contents? {
+    static func importLegacy(_ bytes: [UInt8], resource: EnrollmentMachine.Resource = .relay) -> Contents? {
+        let prefix = resource == .relay ? "INFISICAL_RELAY_" : "INFISICAL_GATEWAY_"
         let lines = String(decoding: bytes, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false)
         func value(_ key: String) -> String? {
             for line in lines {
@@ -286,20 +304,21 @@ public final class StateStore: @unchecked Sendable {
             }
             return nil
         }
-        let token = value("INFISICAL_RELAY_ENROLLMENT_TOKEN")
-        let c = Contents(tokenHash: token.map(Crypto.sha256Hex), accessToken: value("INFISICAL_RELAY_ACCESS_TOKEN"),
-                         relayId: value("INFISICAL_RELAY_ID"), domain: value("INFISICAL_RELAY_DOMAIN"))
+        let token = value(prefix + "ENROLLMENT_TOKEN")
+        let c = Contents(tokenHash: token.map(Crypto.sha256Hex), accessToken: value(prefix + "ACCESS_TOKEN"),
+                         relayId: value(prefix + "ID"), domain: value(prefix + "DOMAIN"))
         if c.tokenHash == nil && c.accessToken == nil && c.relayId == nil && c.domain == nil { return nil }
         return c
     }
 
     // MARK: Writing
 
-    static func encode(_ c: Contents, relayName: String, now: UnixTime) -> String {
-        var fields: [(key: String, value: JSONValue)] = [("version", .integer(1)), ("relayName", .string(relayName))]
+    static func encode(_ c: Contents, relayName: String, now: UnixTime, resource: EnrollmentMachine.Resource = .relay) -> String {
+        let r = resource.rawValue
+        var fields: [(key: String, value: JSONValue)] = [("version", .integer(1)), ("\(r)Name", .string(relayName))]
         if let v = c.tokenHash { fields.append(("tokenHash", .string(v))) }
         if let v = c.accessToken { fields.append(("accessToken", .string(v))) }
-        if let v = c.relayId { fields.append(("relayId", .string(v))) }
+        if let v = c.relayId { fields.append(("\(r)Id", .string(v))) }
         if let v = c.domain { fields.append(("domain", .string(v))) }
         fields.append(("updatedAt", .string(EnrollmentFormat.date(now))))
         return Jansson.serialize(.object(fields), pretty: true) + "\n"
@@ -315,7 +334,7 @@ public final class StateStore: @unchecked Sendable {
             guard (st.st_mode & S_IFMT) == S_IFREG else { throw WriteError(reason: "\(path) is not a regular file; not replacing it") }
             guard st.st_uid == geteuid() else { throw WriteError(reason: "\(path) belongs to another user; not replacing it") }
         }
-        let bytes = Array(StateStore.encode(c, relayName: relayName, now: Clock.wallNow()).utf8)
+        let bytes = Array(StateStore.encode(c, relayName: relayName, now: Clock.wallNow(), resource: resource).utf8)
         let temp = directory + "/." + relayName + ".json.tmp-\(getpid())"
         unlink(temp)
         let fd = Glibc.open(temp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)

@@ -30,6 +30,8 @@ public final class GatewayAgent: @unchecked Sendable {
         /// Skip the D1 host check when no relay host certificate is available (development).
         public var insecureHostKey = false
         public var tunnel: Machine.Config
+        /// Where to count dials, connections and channels (`relay gateway start --metrics-listen`).
+        public var metrics: MetricsRegistry?
         public init(credentials: GatewayCredentials, relays: [Relay], tunnel: Machine.Config = Machine.Config()) {
             self.credentials = credentials; self.relays = relays; self.tunnel = tunnel
         }
@@ -39,7 +41,9 @@ public final class GatewayAgent: @unchecked Sendable {
     let machine: Driven<Machine>
     let loop: EventLoop
     private let worker = DispatchQueue(label: "relay.gateway.connect")
-    private let innerContext: TLSContext
+    /// The credentials for the next dial and the inner-TLS context built from them; replaced by
+    /// `replaceCredentials` (certificate renewal). A live tunnel keeps what it was built with.
+    private let current: Mutex<(credentials: GatewayCredentials, inner: TLSContext)>
     private var connectors: [Int: RelayConnector] = [:]   // worker queue only
     private var link: GatewayLink?                         // loop only
     private var timers: [Machine.TimerKind: TimerHeap.ID] = [:] // loop only
@@ -58,10 +62,22 @@ public final class GatewayAgent: @unchecked Sendable {
         self.options = options
         machine = Driven(Machine.self, config: options.tunnel, instance: options.credentials.gatewayId, trace: trace)
         loop = try EventLoop(index: 0)
-        innerContext = try TLSContext.mutualServer(
-            certificatePEM: options.credentials.pki.serverCertificate, keyPEM: options.credentials.pki.serverPrivateKey,
-            clientCAsPEM: options.credentials.pki.clientCertificateChain, alpn: InnerConnection.alpnModes)
+        current = Mutex((options.credentials, try GatewayAgent.innerContext(options.credentials)))
     }
+
+    static func innerContext(_ c: GatewayCredentials) throws(RuntimeError) -> TLSContext {
+        try TLSContext.mutualServer(certificatePEM: c.pki.serverCertificate, keyPEM: c.pki.serverPrivateKey,
+                                    clientCAsPEM: c.pki.clientCertificateChain, alpn: InnerConnection.alpnModes)
+    }
+
+    /// Renewed credentials (same gateway id): the next dial and every later channel use them.
+    public func replaceCredentials(_ c: GatewayCredentials) throws(RuntimeError) {
+        let inner = try GatewayAgent.innerContext(c)
+        current.withLock { $0 = (c, inner) }
+    }
+
+    /// The tunnel machine's state (`established`, `backoff`, …), for metrics and readiness.
+    public var tunnelState: String { machine.stateName }
 
     public func start() {
         loop.start(name: "gateway-loop")
@@ -127,6 +143,8 @@ public final class GatewayAgent: @unchecked Sendable {
                 return
             }
             let timeout = options.tunnel.dialTimeout
+            options.metrics?.add("gateway_tunnel_dials_total")
+            if statusLock.withLock({ $0.connects }) > 0 { options.metrics?.add("gateway_tunnel_reconnect_attempts_total") }
             worker.async { [self] in
                 let conn = RelayConnector(connection: c, target: target)
                 connectors[c] = conn
@@ -139,10 +157,11 @@ public final class GatewayAgent: @unchecked Sendable {
             }
         case .startHandshake(let c):
             let o = options
+            let creds = current.withLock { $0.credentials }
             worker.async { [self] in
                 guard let conn = connectors[c] else { return }
-                switch conn.handshake(user: o.credentials.gatewayId, timeout: o.tunnel.handshakeTimeout,
-                                      hostCertificate: o.credentials.relayHostCertificate, serverCA: o.credentials.ssh.serverCAPublicKey,
+                switch conn.handshake(user: creds.gatewayId, timeout: o.tunnel.handshakeTimeout,
+                                      hostCertificate: creds.relayHostCertificate, serverCA: creds.ssh.serverCAPublicKey,
                                       insecureHostKey: o.insecureHostKey, algorithms: o.algorithms) {
                 case .ok: feed(.handshakeCompleted(connection: c, now: Clock.now()))
                 case .hostKeyRejected(let why):
@@ -154,16 +173,17 @@ public final class GatewayAgent: @unchecked Sendable {
                 }
             }
         case .authenticate(let c):
-            let o = options
+            let (creds, innerContext) = current.withLock { ($0.credentials, $0.inner) }
+            let metrics = options.metrics
             worker.async { [self] in
                 guard let conn = connectors[c] else { return }
-                switch conn.authenticate(privateKeyPEM: o.credentials.ssh.clientPrivateKey, certificateLine: o.credentials.ssh.clientCertificate) {
+                switch conn.authenticate(privateKeyPEM: creds.ssh.clientPrivateKey, certificateLine: creds.ssh.clientCertificate) {
                 case .success:
                     connectors[c] = nil
                     guard let (session, _) = conn.takeSession() else { return }
                     let box = UncheckedBox(session)
                     loop.execute { [self] in
-                        let l = GatewayLink(connection: c, loop: loop, session: box.value, innerContext: innerContext)
+                        let l = GatewayLink(connection: c, loop: loop, session: box.value, innerContext: innerContext, metrics: metrics)
                         l.onLost = { [weak self] cause in
                             guard let self else { return }
                             if self.link === l { self.link = nil }
@@ -226,6 +246,15 @@ public final class GatewayAgent: @unchecked Sendable {
                 switch r {
                 case .connected(let relay): s.connectedRelay = relay; s.connects += 1
                 case .disconnected: s.connectedRelay = nil
+                }
+            }
+            if let m = options.metrics {
+                switch r {
+                case .connected(let relay):
+                    m.add("gateway_tunnel_connects_total")
+                    m.set("gateway_connected_relay", 1, labels: [("relay", relay)])
+                case .disconnected(let relay):
+                    m.set("gateway_connected_relay", 0, labels: [("relay", relay)])
                 }
             }
         }

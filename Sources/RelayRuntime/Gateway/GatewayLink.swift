@@ -23,8 +23,12 @@ final class GatewayLink: @unchecked Sendable {
     var onLost: ((TransportCloseCause) -> Void)?
     var channelCount: Int { inner.count }
 
-    init(connection: Int, loop: EventLoop, session: OpaquePointer, innerContext: TLSContext) {
+    /// Channel and byte counters (`gateway_channels_*`, `gateway_bytes_total`), if metrics are on.
+    let metrics: MetricsRegistry?
+
+    init(connection: Int, loop: EventLoop, session: OpaquePointer, innerContext: TLSContext, metrics: MetricsRegistry? = nil) {
         self.connection = connection; self.loop = loop; self.session = session; self.innerContext = innerContext
+        self.metrics = metrics
         receiveCounter = .allocate(capacity: 1); receiveCounter.initialize(to: ssh_counter_struct())
         sendCounter = .allocate(capacity: 1); sendCounter.initialize(to: ssh_counter_struct())
     }
@@ -57,7 +61,7 @@ final class GatewayLink: @unchecked Sendable {
                                     guard let self else { return true }
                                     return self.closed || ssh_is_connected(self.session) == 0
                                         || ssh_get_status(self.session) & Int32(SSH_CLOSED | SSH_CLOSED_ERROR) != 0 },
-                                onGone: { [weak self] in self?.checkAlive() })
+                                onGone: { [weak self] in self?.confirmHangup(checks: 0) })
         hangup = watch
         watch.arm()
     }
@@ -72,6 +76,21 @@ final class GatewayLink: @unchecked Sendable {
         inner[id] = c
         c.onClose = { [weak self] conn, _ in self?.inner[conn.id] = nil }
         c.pump()
+    }
+
+    /// The socket reported a hang-up (the watch fires once), but libssh may not have read the EOF
+    /// yet: check again until it has, else a relay killed at the wrong moment goes unnoticed until
+    /// the keepalives run out. After 5 s of a hung-up socket libssh still calls open, the peer is gone.
+    private func confirmHangup(checks: Int) {
+        checkAlive()
+        guard !closed else { return }
+        if checks >= 50 {
+            teardown()
+            onLost?(.closedByPeer)
+            onLost = nil
+            return
+        }
+        loop.schedule(at: Clock.now() + .milliseconds(100)) { [weak self] in self?.confirmHangup(checks: checks + 1) }
     }
 
     private func checkAlive() {

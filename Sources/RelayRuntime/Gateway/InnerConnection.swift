@@ -44,6 +44,8 @@ final class InnerConnection: PollHandler, @unchecked Sendable {
     private var connectTimer: TimerHeap.ID?
     private var httpWorker: HTTPProxyWorker?
     var onClose: ((InnerConnection, String) -> Void)?
+    /// The ALPN label this connection was counted under in `gateway_channels_active`.
+    private var countedMode: String?
 
 
     init?(id: UInt64, link: GatewayLink, channel: OpaquePointer, context: TLSContext) {
@@ -236,6 +238,12 @@ final class InnerConnection: PollHandler, @unchecked Sendable {
         var len: UInt32 = 0
         SSL_get0_alpn_selected(ssl, &p, &len)
         mode = p.map { String(decoding: UnsafeBufferPointer(start: $0, count: Int(len)), as: UTF8.self) }
+        if let m = link?.metrics {
+            let label = [("alpn", mode ?? "none")]
+            m.add("gateway_channels_opened_total", labels: label)
+            m.add("gateway_channels_active", labels: label)
+            countedMode = mode ?? "none"
+        }
         switch mode {
         case "infisical-ping"?:
             phase = .finishing
@@ -407,6 +415,12 @@ final class InnerConnection: PollHandler, @unchecked Sendable {
         guard phase != .closed else { return }
         RelayLog.gateway.debug("inner connection \(id) (\(mode ?? "no mode")) ended: \(reason); \(bytesToTarget) bytes to the target, \(bytesFromTarget) back")
         phase = .closed
+        if let counted = countedMode, let m = link?.metrics {
+            m.add("gateway_channels_active", -1, labels: [("alpn", counted)])
+            m.add("gateway_bytes_total", Double(bytesToTarget), labels: [("alpn", counted), ("direction", "to_target")])
+            m.add("gateway_bytes_total", Double(bytesFromTarget), labels: [("alpn", counted), ("direction", "from_target")])
+            countedMode = nil
+        }
         loop.setAfterPoll(self, nil)
         loop.later { [self] in
             if let t = connectTimer { loop.cancel(t) }

@@ -286,7 +286,7 @@ public final class RelayProcess: @unchecked Sendable {
         let heartbeatRef = Mutex<HeartbeatDriver?>(nil)
 
         let metrics = metrics
-        let hooks = EnrollmentDriver.Hooks(
+        let hooks = EnrollmentDriver<RelayCredentials>.Hooks(
             startServing: { [unowned self] creds in
                 let failure = startServing(creds)
                 if failure == nil, !heartbeatStarted.exchange(true, ordering: .acquiringAndReleasing) {
@@ -311,7 +311,8 @@ public final class RelayProcess: @unchecked Sendable {
                 case .failed: gate.open(1)
                 }
             })
-        let driver = EnrollmentDriver(config: options.enrollment, loop: control, trace: trace, api: api, store: store,
+        let driver = EnrollmentDriver(config: options.enrollment, loop: control, trace: trace,
+                                      api: .relay(api, relayName: options.relayName), store: store,
                                       signer: inputs.signer, token: inputs.token, heldAccessToken: held,
                                       importedAccessToken: legacyAccessToken, hooks: hooks)
         let heartbeat = HeartbeatDriver(config: options.heartbeat, instance: options.relayName, loop: control, trace: trace, api: api,

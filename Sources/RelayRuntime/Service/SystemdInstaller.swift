@@ -17,6 +17,13 @@ public import RelayModel
 /// etc/infisical/relays/<name>.json       0600  token method: the state file from the install-time login (D5)
 /// etc/logrotate.d/<name>                 0644  with --log-file
 /// ```
+/// `relay gateway systemd install NAME` uses the same installer with `resource: .gateway`
+/// (Infisical's `infisical gateway systemd install`, `packages/gateway-v2/systemd.go`): files under
+/// `etc/infisical/gateways/`, `INFISICAL_GATEWAY_*` keys, `ExecStart=… gateway start`, the legacy
+/// `infisical-gateway` service and `/etc/infisical/gateway.conf`. Infisical writes the gateway's
+/// environment file at `gateways/<name>.conf`, the path its state file also uses; we keep the two
+/// apart as for relays (Specs/enrollment.md §8).
+///
 /// Where we differ: the install-time login is saved in the state file *with the token's hash*, so
 /// re-running the deploy command with the same token later reuses it instead of burning a login
 /// (Infisical's install path saves no token, §1.3); the unit adds `RestartSec`, a
@@ -37,12 +44,15 @@ public struct SystemdInstaller: Sendable {
         /// Extra `relay start` flags of ours (`--ca-file=…`, `--metrics-listen=…`).
         public var extraArguments: [String]
         public var drainTimeoutSeconds: Int
+        /// Gateways: `--target-relay-name` (written as `INFISICAL_RELAY_NAME`, as Infisical does).
+        public var targetRelayName: String?
 
         public init(name: String, method: EnrollmentMachine.EnrollMethod, token: String?, relayId: String?, domain: String,
-                    logFile: String?, executable: String, extraArguments: [String] = [], drainTimeoutSeconds: Int = 30) {
+                    logFile: String?, executable: String, extraArguments: [String] = [], drainTimeoutSeconds: Int = 30,
+                    targetRelayName: String? = nil) {
             self.name = name; self.method = method; self.token = token; self.relayId = relayId; self.domain = domain
             self.logFile = logFile; self.executable = executable; self.extraArguments = extraArguments
-            self.drainTimeoutSeconds = drainTimeoutSeconds
+            self.drainTimeoutSeconds = drainTimeoutSeconds; self.targetRelayName = targetRelayName
         }
     }
 
@@ -57,31 +67,41 @@ public struct SystemdInstaller: Sendable {
     public var systemctl: @Sendable ([String]) -> Int32
     /// Operator-facing lines (Infisical's where they exist).
     public var say: @Sendable (String) -> Void
+    /// Relay or gateway units.
+    public var resource: EnrollmentMachine.Resource
 
-    public init(root: String, systemctl: @escaping @Sendable ([String]) -> Int32, say: @escaping @Sendable (String) -> Void) {
+    public init(root: String, systemctl: @escaping @Sendable ([String]) -> Int32, say: @escaping @Sendable (String) -> Void,
+                resource: EnrollmentMachine.Resource = .relay) {
         var r = root
         while r.count > 1 && r.hasSuffix("/") { r.removeLast() }
         self.root = r
         self.systemctl = systemctl
         self.say = say
+        self.resource = resource
     }
+
+    /// `relays` / `gateways`.
+    var directoryLeaf: String { resource == .relay ? "relays" : "gateways" }
+    /// `RELAY` / `GATEWAY`, for environment keys.
+    var key: String { resource == .relay ? "RELAY" : "GATEWAY" }
 
     var isRealRoot: Bool { root == "/" || root.isEmpty }
     func path(_ p: String) -> String { isRealRoot ? p : root + p }
 
     public func unitPath(_ name: String) -> String { path("/etc/systemd/system/\(name).service") }
-    public func envPath(_ name: String) -> String { path("/etc/infisical/relays/\(name).env.conf") }
-    public var stateDirectory: String { path("/etc/infisical/relays") }
+    public func envPath(_ name: String) -> String { path("/etc/infisical/\(directoryLeaf)/\(name).env.conf") }
+    public var stateDirectory: String { path("/etc/infisical/\(directoryLeaf)") }
     public func logrotatePath(_ name: String) -> String { path("/etc/logrotate.d/\(name)") }
 
     // MARK: Templates
 
     /// The unit (Infisical's template, plus our additions noted above).
-    public static func unit(_ i: Install, environmentFile: String) -> String {
-        let exec = ([i.executable, "start"] + i.extraArguments).map(quoteForSystemd).joined(separator: " ")
+    public static func unit(_ i: Install, environmentFile: String, resource: EnrollmentMachine.Resource = .relay) -> String {
+        let verb = resource == .relay ? ["start"] : ["gateway", "start"]
+        let exec = ([i.executable] + verb + i.extraArguments).map(quoteForSystemd).joined(separator: " ")
         var lines = [
             "[Unit]",
-            "Description=Infisical Relay \(i.name) (relay)",
+            "Description=Infisical \(resource.title) \(i.name) (relay)",
             "After=network-online.target",
             "Wants=network-online.target",
             "",
@@ -114,9 +134,11 @@ public struct SystemdInstaller: Sendable {
     }
 
     /// The environment file, per method (Infisical's keys).
-    public static func environment(_ i: Install) -> String {
-        var lines = ["INFISICAL_RELAY_NAME=\(i.name)", "INFISICAL_RELAY_ENROLL_METHOD=\(i.method.rawValue)", "INFISICAL_API_URL=\(i.domain)"]
-        if i.method == .aws, let id = i.relayId { lines.insert("INFISICAL_RELAY_ID=\(id)", at: 0) }
+    public static func environment(_ i: Install, resource: EnrollmentMachine.Resource = .relay) -> String {
+        let k = resource == .relay ? "RELAY" : "GATEWAY"
+        var lines = ["INFISICAL_\(k)_NAME=\(i.name)", "INFISICAL_\(k)_ENROLL_METHOD=\(i.method.rawValue)", "INFISICAL_API_URL=\(i.domain)"]
+        if i.method == .aws, let id = i.relayId { lines.insert("INFISICAL_\(k)_ID=\(id)", at: 0) }
+        if resource == .gateway, let relay = i.targetRelayName, !relay.isEmpty { lines.append("INFISICAL_RELAY_NAME=\(relay)") }
         return lines.joined(separator: "\n") + "\n"
     }
 
@@ -157,49 +179,58 @@ public struct SystemdInstaller: Sendable {
     /// Validates like Infisical, logs in at install time (token method) through `api`, writes
     /// the files, then `systemctl daemon-reload` and `enable` on a real root.
     public func install(_ i: Install, api: (any RelayAPI)?) -> Result<Void, Failure> {
+        guard let api else { return install(i, login: nil) }
+        let login: @Sendable (RelayLoginRequest) -> RelayAPILogin = { api.login($0) }
+        return install(i, login: login)
+    }
+
+    /// As above, with the login call given directly (a gateway's `GatewayAPI.login`).
+    public func install(_ i: Install, login: (@Sendable (RelayLoginRequest) -> RelayAPILogin)?) -> Result<Void, Failure> {
+        let r = resource.rawValue
+        let command = resource == .relay ? "relay systemd" : "relay gateway systemd"
         guard StartSettings.isValidName(i.name) else {
-            return .failure(Failure(i.name.isEmpty ? "relay name is required (provide as positional argument or --name flag)"
-                                                    : "invalid relay name \"\(i.name)\""))
+            return .failure(Failure(i.name.isEmpty ? "\(r) name is required (provide as positional argument or --name flag)"
+                                                    : "invalid \(r) name \"\(i.name)\""))
         }
         if let log = i.logFile, !log.hasPrefix("/") { return .failure(Failure("log-file must be an absolute path: \(log)")) }
         // Infisical's legacy conflict check.
-        if fileExists(path("/etc/systemd/system/infisical-relay.service")) {
-            let legacyName = legacyConfValue("INFISICAL_RELAY_NAME")
-            if i.name == "infisical-relay" || legacyName == i.name {
-                return .failure(Failure("a legacy infisical-relay service for relay '\(i.name)' is installed; run 'relay systemd uninstall' (no name) first"))
+        if fileExists(path("/etc/systemd/system/infisical-\(r).service")) {
+            let legacyName = legacyConfValue("INFISICAL_\(key)_NAME")
+            if i.name == "infisical-\(r)" || legacyName == i.name {
+                return .failure(Failure("a legacy infisical-\(r) service for \(r) '\(i.name)' is installed; run '\(command) uninstall' (no name) first"))
             }
         }
         switch i.method {
         case .token:
             guard let token = i.token, !token.isEmpty else {
-                return .failure(Failure("--token flag or INFISICAL_RELAY_ENROLLMENT_TOKEN env is required when --enroll-method=token"))
+                return .failure(Failure("--token flag or INFISICAL_\(key)_ENROLLMENT_TOKEN env is required when --enroll-method=token"))
             }
             if let problem = StartSettings.tokenProblem(utf8: Array(token.utf8)) {
                 return .failure(Failure(StartSettings.Problem.tokenMalformed(reason: problem).text))
             }
         case .aws:
-            guard let id = i.relayId, !id.isEmpty else { return .failure(Failure("--relay-id is required when --enroll-method=aws")) }
+            guard let id = i.relayId, !id.isEmpty else { return .failure(Failure(EnrollmentMessage.relayIdRequired.text(for: resource))) }
         }
         for dir in ["/etc/systemd/system", "/etc/infisical"] {
             if let e = makeDirectories(path(dir), mode: 0o755) { return .failure(e) }
         }
         // The state directory (0700) and its lock: a running relay of this name blocks the install.
         let store: StateStore
-        do { store = try StateStore.open(directory: stateDirectory, relayName: i.name) } catch {
+        do { store = try StateStore.open(directory: stateDirectory, relayName: i.name, resource: resource) } catch {
             return .failure(Failure("\(error)"))
         }
         if i.method == .token, let token = i.token {
-            guard let api else { return .failure(Failure("no platform client")) }
-            say("Enrolling relay with enrollment token...")
-            switch api.login(.token(token)) {
+            guard let login else { return .failure(Failure("no platform client")) }
+            say(EnrollmentMessage.enrollingWithToken.text(for: resource))
+            switch login(.token(token)) {
             case let .success(accessToken, relayId):
                 let contents = StateStore.Contents(tokenHash: Crypto.sha256Hex(token), accessToken: accessToken, relayId: relayId, domain: i.domain)
                 do { try store.write(contents) } catch {
-                    return .failure(Failure("the relay enrolled, but its access token could not be saved to \(store.path): \(error). The enrollment token is now used up: mint a new one and install again."))
+                    return .failure(Failure("the \(r) enrolled, but its access token could not be saved to \(store.path): \(error). The enrollment token is now used up: mint a new one and install again."))
                 }
-                say("Relay enrolled successfully. Access token saved to \(store.path)")
+                say(EnrollmentMessage.relayEnrolled(statePath: store.path).text(for: resource))
             case .failure(let f):
-                return .failure(Failure("enrollment failed: \(InstallMessages.loginFailure(f, domain: i.domain))"))
+                return .failure(Failure("enrollment failed: \(InstallMessages.loginFailure(f, domain: i.domain, resource: resource))"))
             }
         }
         if let log = i.logFile {
@@ -211,8 +242,8 @@ public struct SystemdInstaller: Sendable {
             close(fd)
         }
         let files: [(String, String, mode_t)] = [
-            (envPath(i.name), SystemdInstaller.environment(i), 0o600),
-            (unitPath(i.name), SystemdInstaller.unit(i, environmentFile: "/etc/infisical/relays/\(i.name).env.conf"), 0o644),
+            (envPath(i.name), SystemdInstaller.environment(i, resource: resource), 0o600),
+            (unitPath(i.name), SystemdInstaller.unit(i, environmentFile: "/etc/infisical/\(directoryLeaf)/\(i.name).env.conf", resource: resource), 0o644),
         ] + (i.logFile.map { [(logrotatePath(i.name), SystemdInstaller.logrotate(logFile: $0), mode_t(0o644))] } ?? [])
         for (p, text, mode) in files {
             if p.hasPrefix(path("/etc/logrotate.d")) && !fileExists(path("/etc/logrotate.d")) {
@@ -223,7 +254,7 @@ public struct SystemdInstaller: Sendable {
         }
         if isRealRoot {
             if systemctl(["daemon-reload"]) != 0 { return .failure(Failure("failed to reload systemd")) }
-            if systemctl(["enable", i.name]) != 0 { return .failure(Failure("Failed to enable relay systemd service")) }
+            if systemctl(["enable", i.name]) != 0 { return .failure(Failure("Failed to enable \(r) systemd service")) }
             say("Successfully installed and enabled \(i.name) service")
         } else {
             say("Installed \(i.name) service under \(root) (systemctl not run for another root)")
@@ -238,8 +269,8 @@ public struct SystemdInstaller: Sendable {
     /// Stops, disables and removes the unit, environment file, state files and logrotate file.
     /// Without a name: the legacy `infisical-relay` service and `/etc/infisical/relay.conf`.
     public func uninstall(name: String?) -> Result<Void, Failure> {
-        let service = name ?? "infisical-relay"
-        if let name, !StartSettings.isValidName(name) { return .failure(Failure("invalid relay name \"\(name)\"")) }
+        let service = name ?? "infisical-\(resource.rawValue)"
+        if let name, !StartSettings.isValidName(name) { return .failure(Failure("invalid \(resource.rawValue) name \"\(name)\"")) }
         if isRealRoot {
             if systemctl(["stop", service]) != 0 { say("Failed to stop service \(service) (it may not be running)") }
             if systemctl(["disable", service]) != 0 { say("Failed to disable service \(service)") }
@@ -249,7 +280,7 @@ public struct SystemdInstaller: Sendable {
             paths += [envPath(name), stateDirectory + "/\(name).json", stateDirectory + "/\(name).conf",
                       stateDirectory + "/\(name).lock", logrotatePath(name)]
         } else {
-            paths += [path("/etc/infisical/relay.conf")]
+            paths += [path("/etc/infisical/\(resource.rawValue).conf")]
         }
         for p in paths where unlink(p) != 0 && errno != ENOENT {
             return .failure(Failure("failed to remove \(p): \(String(cString: strerror(errno)))"))
@@ -262,7 +293,7 @@ public struct SystemdInstaller: Sendable {
     // MARK: Files
 
     private func legacyConfValue(_ key: String) -> String? {
-        guard case .success(let b) = ReplayFiles.readFile(path("/etc/infisical/relay.conf"), limit: 1 << 16) else { return nil }
+        guard case .success(let b) = ReplayFiles.readFile(path("/etc/infisical/\(resource.rawValue).conf"), limit: 1 << 16) else { return nil }
         for line in String(decoding: b, as: UTF8.self).split(separator: "\n") where line.hasPrefix(key + "=") {
             return String(line.dropFirst(key.count + 1))
         }
@@ -304,12 +335,12 @@ public struct SystemdInstaller: Sendable {
 
 /// Operator messages for install-time login failures (the same categories as `relay start`).
 enum InstallMessages {
-    static func loginFailure(_ f: EnrollmentMachine.LoginFailure, domain: String) -> String {
+    static func loginFailure(_ f: EnrollmentMachine.LoginFailure, domain: String, resource: EnrollmentMachine.Resource = .relay) -> String {
         switch f {
-        case .invalid: return EnrollmentMessage.tokenInvalid(domain: domain).text
-        case .expired: return EnrollmentMessage.tokenExpired.text
-        case .alreadyUsed: return EnrollmentMessage.tokenAlreadyUsed.text
-        case .rejected(let m): return EnrollmentMessage.loginRejected(message: m).text
+        case .invalid: return EnrollmentMessage.tokenInvalid(domain: domain).text(for: resource)
+        case .expired: return EnrollmentMessage.tokenExpired.text(for: resource)
+        case .alreadyUsed: return EnrollmentMessage.tokenAlreadyUsed.text(for: resource)
+        case .rejected(let m): return EnrollmentMessage.loginRejected(message: m).text(for: resource)
         case .rateLimited: return "the platform is rate limiting logins (HTTP 429); try again in a minute"
         case .unreachable(let r): return "cannot reach \(domain): \(r) (check --domain, the network and the CA bundle)"
         case .serverError(let s): return "the platform answered HTTP \(s)"

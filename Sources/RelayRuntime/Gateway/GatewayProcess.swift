@@ -1,0 +1,333 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import COpenSSL
+public import RelayModel
+import Synchronization
+
+/// Options `relay gateway start` resolved from its flags.
+public struct GatewayStartOptions: Sendable {
+    public var name: String
+    /// The enrollment machine's config, `resource: .gateway` (Specs/enrollment.md §8).
+    public var enrollment: EnrollmentMachine.Config
+    public var heartbeat: HeartbeatMachine.Config = .gateway
+    public var tunnel: GatewayTunnelMachine.Config
+    public var metricsListen: String?
+    public var tracePath: String?
+    /// `--target-relay-name`: ask the platform for this relay.
+    public var targetRelayName: String?
+    /// `--relay NAME=HOST[:PORT]` overrides; empty: the relay the credentials name.
+    public var relays: [GatewayAgent.Relay] = []
+    public var insecureHostKey = false
+    public var algorithms: GatewayAlgorithms = .modern
+
+    public init(name: String) {
+        self.name = name
+        let seed = UInt64(truncatingIfNeeded: Clock.now().milliseconds)
+        enrollment = EnrollmentMachine.Config(relayName: name, maxStartAttempts: 12, seed: seed, resource: .gateway)
+        tunnel = GatewayTunnelMachine.Config(seed: seed &* 0x9E37_79B9_7F4A_7C15)
+    }
+}
+
+/// Enrolled mode's inputs for a gateway (secrets stay in the runtime).
+public struct GatewayEnrolledInputs: Sendable {
+    public var method: EnrollmentMachine.EnrollMethod
+    public var token: String?
+    /// `--gateway-id` / `INFISICAL_GATEWAY_ID`.
+    public var gatewayId: String?
+    /// `--domain` with `/api`, if given.
+    public var domainFlag: String?
+    public var stateDirectory: String
+    public var environment: [String: String]
+    public var makeAPI: @Sendable (_ domain: String) -> any GatewayAPI
+    public var signer: (any AWSLoginSigner)?
+
+    public init(method: EnrollmentMachine.EnrollMethod, token: String?, gatewayId: String?, domainFlag: String?, stateDirectory: String,
+                environment: [String: String], makeAPI: @escaping @Sendable (_ domain: String) -> any GatewayAPI, signer: (any AWSLoginSigner)?) {
+        self.method = method; self.token = token; self.gatewayId = gatewayId; self.domainFlag = domainFlag
+        self.stateDirectory = stateDirectory; self.environment = environment; self.makeAPI = makeAPI; self.signer = signer
+    }
+}
+
+/// What the runtime checks in `/api/v3/gateways/connect` credentials before it dials with them:
+/// the inner-TLS certificate and key load together, the SSH user certificate parses; the earliest
+/// expiry among the TLS certificate and the SSH certificate.
+public enum GatewayCredentialCheck {
+    public static func check(_ c: GatewayCredentials, now: UnixTime) -> Result<UnixTime, RuntimeError> {
+        do {
+            _ = try GatewayAgent.innerContext(c)
+            guard let leaf = try X509Box.parseAll(pem: c.pki.serverCertificate).first, let notAfter = leaf.notAfter else {
+                return .failure(.invalidInput("no readable inner TLS server certificate"))
+            }
+            var earliest = notAfter
+            let ssh: SSHCertificate
+            do { ssh = try SSHCertificate.parse(line: c.ssh.clientCertificate) } catch {
+                return .failure(.invalidInput("the SSH client certificate does not parse: \(error)"))
+            }
+            if ssh.validBefore < UInt64(Int64.max) { earliest = min(earliest, Int64(ssh.validBefore)) }
+            if c.gatewayId.isEmpty || c.relayHost.isEmpty { return .failure(.invalidInput("no gatewayId or relayHost")) }
+            return .success(UnixTime(seconds: earliest))
+        } catch {
+            return .failure(error)
+        }
+    }
+}
+
+/// One `relay gateway start`: the enrollment machine (as for the relay, `resource: .gateway`),
+/// then the tunnel agent and heartbeats, the metrics endpoint, and the exit.
+///
+/// ```
+///  main thread            control loop thread                      agent loop (GatewayAgent)
+///  ───────────            ───────────────────                      ─────────────────────────
+///  bind metrics           enrollment driver ── startServing ─────▶ tunnel machine, SSH, channels
+///  post(started) ───────▶ heartbeat driver     applyCertificates ─▶ next dial uses new certificates
+///  wait(gate) ◀────────── finish(outcome)      stopAccepting ─────▶ drain, stop (worker thread)
+///  stop agent, exit
+/// ```
+public final class GatewayProcess: @unchecked Sendable {
+    let options: GatewayStartOptions
+    let control: EventLoop
+    public let metrics: MetricsRegistry
+    private let agent = Mutex<GatewayAgent?>(nil)
+    private let gate = ExitGate()
+    private var metricsServer: MetricsServer?
+    private let trace: TraceRecorder?
+    private let draining = Atomic<Bool>(false)
+    private let heartbeatStarted = Atomic<Bool>(false)
+    /// Agents being stopped on worker threads (the process waits for them before exiting).
+    private let stopsInFlight = Atomic<Int>(0)
+    /// The relay the first connect gave: later connects (renewals) ask for it, because the SSH
+    /// certificate's KeyId `client-<relayName>` binds the gateway to that relay.
+    private let pinnedRelay = Mutex<String?>(nil)
+
+    public init(options: GatewayStartOptions) throws(RuntimeError) {
+        self.options = options
+        control = try EventLoop(index: 98)
+        metrics = MetricsRegistry()
+        trace = try options.tracePath.map { (p: String) throws(RuntimeError) -> TraceRecorder in try TraceRecorder(path: p) }
+        let r = metrics
+        r.describe("gateway_ready", .gauge, "1 when a tunnel to a relay is established")
+        r.describe("gateway_tunnel_state", .gauge, "1 for the tunnel machine's current state")
+        r.describe("gateway_connected_relay", .gauge, "1 for the relay the tunnel is connected to")
+        r.describe("gateway_tunnel_dials_total", .counter, "SSH dial attempts to relays")
+        r.describe("gateway_tunnel_reconnect_attempts_total", .counter, "Dial attempts after the first established tunnel")
+        r.describe("gateway_tunnel_connects_total", .counter, "Tunnels established")
+        r.describe("gateway_channels_opened_total", .counter, "Channels opened by the relay, by negotiated ALPN mode")
+        r.describe("gateway_channels_active", .gauge, "Channels open now, by ALPN mode")
+        r.describe("gateway_bytes_total", .counter, "Bytes spliced to and from targets, by ALPN mode and direction")
+        r.describe("gateway_heartbeat_healthy", .gauge, "1 when the last heartbeat to the platform succeeded")
+        r.describe("gateway_heartbeat_consecutive_failures", .gauge, "Heartbeat failures since the last success")
+        r.describe("gateway_heartbeat_last_success_seconds", .gauge, "Wall-clock time of the last successful heartbeat (Unix seconds)")
+        r.describe("gateway_certificate_not_after_seconds", .gauge, "Earliest expiry of the credentials in use (Unix seconds)")
+        r.describe("gateway_enrollment_state", .gauge, "1 for the enrollment machine's current state")
+        r.set("gateway_tunnel_dials_total", 0)
+        r.set("gateway_tunnel_reconnect_attempts_total", 0)
+        r.set("gateway_tunnel_connects_total", 0)
+    }
+
+    static let tunnelStates = ["idle", "searching", "dialing", "handshaking", "authenticating", "established", "backoff", "draining", "closed"]
+    static let enrollmentStates = ["idle", "signingAws", "loggingIn", "loginBackoff", "persisting", "connecting", "connectBackoff", "serving",
+                                   "renewing", "renewalBackoff", "lapsed", "lapsedBackoff", "failed", "stopped"]
+
+    // MARK: Readiness and metrics
+
+    /// Ready when a tunnel to a relay is established.
+    func readiness() -> MetricsServer.Readiness {
+        if draining.load(ordering: .acquiring) { return .notReady("shutting down") }
+        guard let a = agent.withLock({ $0 }) else { return .notReady("no tunnel yet (enrolling or lapsed)") }
+        let state = a.tunnelState
+        return state == "established" ? .ready : .notReady("tunnel \(state)")
+    }
+
+    func renderMetrics(enrollmentState: String?) -> String {
+        let r = metrics
+        let ready: Bool
+        if case .ready = readiness() { ready = true } else { ready = false }
+        r.set("gateway_ready", ready ? 1 : 0)
+        let tunnel = agent.withLock { $0?.tunnelState } ?? "idle"
+        for s in GatewayProcess.tunnelStates { r.set("gateway_tunnel_state", s == tunnel ? 1 : 0, labels: [("state", s)]) }
+        if let state = enrollmentState {
+            for s in GatewayProcess.enrollmentStates { r.set("gateway_enrollment_state", s == state ? 1 : 0, labels: [("state", s)]) }
+        }
+        return r.render()
+    }
+
+    private func startMetrics(enrollmentState: @escaping @Sendable () -> String?) -> Bool {
+        guard let address = options.metricsListen else { return true }
+        let m = MetricsServer(address: address, loop: control,
+                              render: { [unowned self] in renderMetrics(enrollmentState: enrollmentState()) },
+                              readiness: { [unowned self] in readiness() })
+        do { try m.start() } catch {
+            RelayLog.gateway.error("Cannot serve metrics on \(address): \(error)")
+            return false
+        }
+        metricsServer = m
+        let host = MetricsServer.parse(address: address).map { $0.host.isEmpty ? "0.0.0.0" : ($0.host.contains(":") ? "[\($0.host)]" : $0.host) } ?? address
+        RelayLog.gateway.info("Metrics listening on http://\(host):\(m.boundPort)/metrics (also /healthz and /ready)")
+        return true
+    }
+
+    // MARK: The tunnel agent
+
+    /// Starts a tunnel agent with these credentials (first start, or after a lapse); nil on success.
+    func startAgent(_ creds: GatewayCredentials) -> String? {
+        var candidates = options.relays
+        if candidates.isEmpty {
+            let port = creds.relaySshPort ?? 2222
+            candidates = [GatewayAgent.Relay(name: creds.relayName ?? creds.relayHost, address: "\(creds.relayHost):\(port)")]
+        }
+        var o = GatewayAgent.Options(credentials: creds, relays: candidates, tunnel: options.tunnel)
+        o.insecureHostKey = options.insecureHostKey
+        o.algorithms = options.algorithms
+        o.metrics = metrics
+        let a: GatewayAgent
+        do { a = try GatewayAgent(options: o, trace: trace) } catch { return "\(error)" }
+        agent.withLock { $0 = a }
+        RelayLog.gateway.info("Gateway \(creds.gatewayId) received certificates; relay \(creds.relayName ?? creds.relayHost)")
+        a.start()
+        switch SystemdNotify.notify("READY=1\nSTATUS=Gateway started") {
+        case .failed(let why): RelayLog.gateway.warning("Could not tell systemd the gateway is ready: \(why)")
+        case .sent, .notRequested: break
+        }
+        return nil
+    }
+
+    /// Drains and stops the current agent on a worker thread (never blocks the control loop).
+    func stopAgent() {
+        guard let a = agent.withLock({ a -> GatewayAgent? in defer { a = nil }; return a }) else { return }
+        stopsInFlight.add(1, ordering: .acquiringAndReleasing)
+        Worker.run { [self] in
+            a.stop()
+            stopsInFlight.subtract(1, ordering: .acquiringAndReleasing)
+        }
+    }
+
+    private func waitForAgentStops(timeout: TimeSpan) {
+        let deadline = Clock.now() + timeout
+        while stopsInFlight.load(ordering: .acquiring) > 0 && Clock.now() < deadline { usleep(5000) }
+    }
+
+    private func noteExpiry(_ creds: GatewayCredentials) {
+        if case .success(let notAfter) = GatewayCredentialCheck.check(creds, now: Clock.wallNow()) {
+            metrics.set("gateway_certificate_not_after_seconds", Double(notAfter.seconds))
+        }
+    }
+
+    // MARK: Standalone
+
+    /// `relay gateway start --credentials-file FILE`: the tunnel from a connect-shaped file, no platform.
+    public func runStandalone(credentials creds: GatewayCredentials) -> Int32 {
+        control.start(name: "gateway-control")
+        guard startMetrics(enrollmentState: { nil }) else { return 1 }
+        ShutdownSignals.install(onFirst: { [gate] sig in
+            RelayLog.gateway.info("Received \(ShutdownSignals.name(sig)), shutting down (a second signal exits at once)")
+            gate.open(0)
+        }, onSecond: { _ in RelayProcess.forceExit() })
+        if let failure = startAgent(creds) {
+            RelayLog.gateway.error("Cannot start the gateway: \(failure)")
+            return 1
+        }
+        noteExpiry(creds)
+        let code = gate.wait()
+        RelayLog.gateway.info("Shutting down gateway...")
+        shutDown()
+        return code
+    }
+
+    private func shutDown() {
+        draining.store(true, ordering: .releasing)
+        stopAgent()
+        waitForAgentStops(timeout: options.tunnel.drainTimeout + .seconds(5))
+        metricsServer?.stop()
+    }
+
+    // MARK: Enrolled
+
+    /// `relay gateway start --enroll-method token|aws`: the enrollment machine, then the tunnel
+    /// agent and heartbeats, until a signal or a final failure.
+    public func runEnrolled(_ inputs: GatewayEnrolledInputs) -> Int32 {
+        let store: StateStore
+        do { store = try StateStore.open(directory: inputs.stateDirectory, relayName: options.name, resource: .gateway) } catch {
+            RelayLog.gateway.error("Cannot use the gateway state: \(error)")
+            return 1
+        }
+        let reading = store.read()
+        let domain = StartSettings.domain(flag: inputs.domainFlag, stored: reading.domain,
+                                          cliConfigDomain: RelayProcess.cliConfigDomain(environment: inputs.environment),
+                                          environment: inputs.environment)
+        let api = inputs.makeAPI(domain)
+        let fromEnvironment = inputs.environment["INFISICAL_GATEWAY_ACCESS_TOKEN"].flatMap { $0.isEmpty ? nil : $0 }
+        var legacyAccessToken: String?
+        if case .legacyConf = reading.model { legacyAccessToken = reading.contents?.accessToken }
+        let held = inputs.method == .aws ? nil : (fromEnvironment ?? reading.contents?.accessToken)
+
+        control.start(name: "gateway-control")
+        let machineRef = Mutex<Driven<EnrollmentMachine>?>(nil)
+        guard startMetrics(enrollmentState: { machineRef.withLock { $0?.stateName } }) else { return 1 }
+        let heartbeatRef = Mutex<HeartbeatDriver?>(nil)
+
+        let target = options.targetRelayName
+        let platform = EnrollmentPlatform<GatewayCredentials>(
+            login: { api.login($0) },
+            connect: { [unowned self] token in
+                switch api.connect(accessToken: token, relayName: pinnedRelay.withLock { $0 } ?? target) {
+                case .success(let c):
+                    if let name = c.relayName { pinnedRelay.withLock { if $0 == nil { $0 = name } } }
+                    return .success(c)
+                case .failure(let f):
+                    return .failure(f)
+                }
+            },
+            check: { creds, now in GatewayCredentialCheck.check(creds, now: now) })
+        let hooks = EnrollmentDriver<GatewayCredentials>.Hooks(
+            startServing: { [unowned self] creds in
+                if let failure = startAgent(creds) { return failure }
+                noteExpiry(creds)
+                if !heartbeatStarted.exchange(true, ordering: .acquiringAndReleasing) { heartbeatRef.withLock { $0 }?.start() }
+                return nil
+            },
+            applyCertificates: { [unowned self] creds in
+                do { try agent.withLock { $0 }?.replaceCredentials(creds) } catch {
+                    RelayLog.gateway.error("Failed to apply renewed certificates: \(error)")
+                }
+                noteExpiry(creds)
+            },
+            stopAccepting: { [unowned self] in stopAgent() },
+            finish: { [gate] outcome in
+                switch outcome {
+                case .stopped: gate.open(0)
+                case .failed: gate.open(1)
+                }
+            })
+        let driver = EnrollmentDriver(config: options.enrollment, loop: control, trace: trace, api: platform, store: store,
+                                      signer: inputs.signer, token: inputs.token, heldAccessToken: held,
+                                      importedAccessToken: legacyAccessToken, hooks: hooks)
+        let metrics = metrics
+        let heartbeat = HeartbeatDriver(
+            config: options.heartbeat, instance: options.name, loop: control, trace: trace,
+            send: { api.heartbeat(accessToken: $0) }, accessToken: { driver.currentAccessToken },
+            report: { report in
+                metrics.set("gateway_heartbeat_healthy", report.health == .healthy ? 1 : 0)
+                metrics.set("gateway_heartbeat_consecutive_failures", Double(report.consecutiveFailures))
+                if report.health == .healthy { metrics.set("gateway_heartbeat_last_success_seconds", Double(Clock.wallNow().seconds)) }
+            })
+        heartbeatRef.withLock { $0 = heartbeat }
+        machineRef.withLock { $0 = driver.machine }
+
+        ShutdownSignals.install(onFirst: { sig in
+            RelayLog.gateway.info("Received \(ShutdownSignals.name(sig)), shutting down (a second signal exits at once)")
+            driver.post(.shutdownRequested(now: Clock.now()))
+        }, onSecond: { _ in RelayProcess.forceExit() })
+
+        let tokenHash = inputs.method == .token ? inputs.token.map(Crypto.sha256Hex) : nil
+        driver.post(.started(method: inputs.method, tokenHash: tokenHash, relayId: inputs.gatewayId, domain: domain,
+                             accessTokenFromEnvironment: fromEnvironment != nil, stateFile: reading.model, statePath: store.path,
+                             now: Clock.now(), wallNow: Clock.wallNow()))
+        let code = gate.wait()
+        driver.waitForWrites(timeout: .seconds(10))
+        heartbeat.stop()
+        shutDown()
+        withExtendedLifetime(store) {}
+        return code
+    }
+}
