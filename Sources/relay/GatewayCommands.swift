@@ -173,7 +173,7 @@ struct GatewayStart: ParsableCommand {
             do { creds = try GatewayCredentials.parse(json: text) } catch {
                 fail("\(credentialsFile) is not gateway credentials: \(error)")
             }
-            code = process.runStandalone(credentials: creds)
+            code = process.runStandalone(credentials: creds, source: credentialsFile)
         } else {
             let method = method ?? .token
             let caFile = caFile

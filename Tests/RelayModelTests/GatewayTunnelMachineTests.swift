@@ -251,6 +251,7 @@ struct GatewayTunnelMachineTests {
             if t == .handshaking {
                 let d = draw(m)
                 return Expectation(actions: [.cancelTimer(timer: .handshake), .closeConnection(connection: 1, reason: .hostKeyRejected),
+                                             .report(status: .hostKeyRejected(relay: "relay-a")),
                                              .log(message: .hostKeyRejected(relay: "relay-a", host: "a.relay.test", detail: keyDetail, retryIn: d)),
                                              backoffTail(d)], next: "backoff")
             }
@@ -631,6 +632,9 @@ struct GatewayTunnelMachineTests {
                     switch r {
                     case .connected: if connected { problems.append("connected twice") }; connected = true
                     case .disconnected: if !connected { problems.append("disconnected while not connected") }; connected = false
+                    case .hostKeyRejected:
+                        if connected { problems.append("host key rejected while connected") }
+                        if before.state.specName != "handshaking" { problems.append("host key rejected outside handshaking") }
                     }
                 case .probeCandidates, .startHandshake, .authenticate, .sendKeepalive, .closeConnection, .log:
                     break
@@ -667,7 +671,7 @@ struct GatewayTunnelMachineTests {
             }
         }
         #expect(steps >= 100_000, "only \(steps) random steps")
-        let required: Set<String> = ["closeConnection(failback)", "closeConnection(keepaliveTimeout)", "closeConnection(hostKeyRejected)", "closeConnection(dialTimeout)", "closeConnection(handshakeTimeout)", "closeConnection(authenticationTimeout)", "closeConnection(drainTimedOut)", "log(keepaliveMissed)", "log(connectionLost)", "log(noUsableRelay)", "log(unexpectedEvent)", "report(connected)", "probeCandidates", "sendKeepalive", "state:draining", "state:closed", "state:searching"]
+        let required: Set<String> = ["closeConnection(failback)", "closeConnection(keepaliveTimeout)", "closeConnection(hostKeyRejected)", "closeConnection(dialTimeout)", "closeConnection(handshakeTimeout)", "closeConnection(authenticationTimeout)", "closeConnection(drainTimedOut)", "log(keepaliveMissed)", "log(connectionLost)", "log(noUsableRelay)", "log(unexpectedEvent)", "report(connected)", "report(hostKeyRejected)", "probeCandidates", "sendKeepalive", "state:draining", "state:closed", "state:searching"]
         #expect(required.subtracting(seen).isEmpty, "never reached: \(required.subtracting(seen).sorted())")
     }
 

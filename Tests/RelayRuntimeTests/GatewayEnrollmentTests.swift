@@ -317,6 +317,119 @@ struct GatewayEnrollmentTests {
         }
     }
 
+    // MARK: Relay restart: a new SSH host key
+
+    /// `relay connect --ping` through the platform's connect credentials for `gatewayId`.
+    static func ping(_ p: PlatformHarness, gatewayId: String, dir: TempDir) async throws -> String {
+        let reply = try await p.admin("POST", "/api/v2/gateways/\(gatewayId)/connect-credentials",
+                                      .object([("targetHost", .string("127.0.0.1")), ("targetPort", .integer(1))]))
+        #expect(reply.status == 200, "\(reply.text)")
+        let file = try dir.write("connect-\(UUID().uuidString.prefix(6)).json", reply.text)
+        let out = try await RelayCLI.run(["connect", "--credentials-file=\(file)", "--ping"], timeout: .seconds(30))
+        return out.stdout + (out.exit == .exited(0) ? "" : "[exit \(out.exit)] \(out.stderr)")
+    }
+
+    @Test("gatewayReconnectsAfterRelayRestart: the restarted relay presents a new host key; the enrolled gateway's D1 check rejects it, fetches fresh credentials at once (once) and traffic flows again within 30 s")
+    func gatewayReconnectsAfterRelayRestart() async throws {
+        let p = try await PlatformHarness.shared.value
+        let dir = TempDir("gw-hostkey")
+        let ssh = try unusedPort(), tls = try unusedPort()
+        let relayName = "hk-relay-\(UUID().uuidString.prefix(6).lowercased())"
+        let relayId = try await p.createRelay(relayName, host: "127.0.0.1", sshPort: ssh, tlsPort: tls)
+        let relayToken = try await p.mint(relayId)
+        // The relay's deploy command (the same one again after the restart: the stored token matches).
+        let relayArgs = ["start", "--name=\(relayName)", "--enroll-method=token", "--token=\(relayToken)", "--domain=\(p.base)",
+                         "--ca-file=\(p.service.caFilePath)", "--state-dir=\(dir.path("relay-state"))",
+                         "--listen-address=127.0.0.1", "--ssh-port=\(ssh)", "--tls-port=\(tls)", "--loops=1", "--heartbeat-retry=0.5"]
+        var relay = try RelayCLI.start(relayArgs)
+        defer { relay.signal(SIGKILL) }
+        try await relay.waitForLog("Relay is reachable by Infisical", timeout: .seconds(40))
+
+        let gwName = "hk-gw-\(UUID().uuidString.prefix(6).lowercased())"
+        let gwId = try await p.createGateway(gwName)
+        let gwToken = try await p.mint(gwId, kind: "gateways")
+        let gw = try RelayCLI.start(["gateway", "start", "--name=\(gwName)", "--enroll-method=token", "--token=\(gwToken)",
+                                     "--domain=\(p.base)", "--ca-file=\(p.service.caFilePath)", "--state-dir=\(dir.path("gw-state"))",
+                                     "--target-relay-name=\(relayName)", "--reconnect-base=0.25", "--reconnect-cap=2"])
+        defer { gw.signal(SIGKILL) }
+        try await gw.waitForLog("Relay connection established for gateway (relay \(relayName))", timeout: .seconds(30))
+        #expect(try await Self.ping(p, gatewayId: gwId, dir: dir) == "PONG\n")
+
+        // SIGKILL the relay and start it again: it re-connects to the platform and gets a new host key.
+        relay.signal(SIGKILL)
+        _ = await relay.waitForExit()
+        let linesBefore = gw.process.stderr.lines.count
+        relay = try RelayCLI.start(relayArgs)
+        try await relay.waitForLog("Enrollment token matches stored token. Using stored access token...")
+        try await relay.waitForLog("Relay server started successfully")
+        let restarted = ContinuousClock.now
+        var lines: [String] = []
+        while ContinuousClock.now < restarted + .seconds(30) {
+            lines = Array(gw.process.stderr.lines.dropFirst(linesBefore))
+            if lines.contains(where: { $0.contains("Relay connection established for gateway") }) { break }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        let back = ContinuousClock.now - restarted
+        let text = lines.joined(separator: "\n")
+        #expect(lines.contains { $0.contains("Relay connection established for gateway (relay \(relayName))") },
+                "not back within 30 s of the relay's restart:\n\(text)")
+        #expect(back < .seconds(30))
+        // It was locked out first (the old relay host certificate), then refreshed, then dialled with the new one.
+        let rejected = try #require(lines.firstIndex { $0.contains("host key rejected") && $0.contains("does not certify the host key the server presented") },
+                                    "the gateway never saw the new host key:\n\(text)")
+        let refresh = try #require(lines.firstIndex { $0.contains("fetching fresh credentials from the platform now") }, "no refresh:\n\(text)")
+        let renewed = try #require(lines.firstIndex { $0.contains("Certificates renewed successfully") }, "no renewal:\n\(text)")
+        let up = try #require(lines.firstIndex { $0.contains("Relay connection established for gateway") })
+        #expect(rejected < refresh && refresh < renewed && renewed < up, "\(text)")
+        #expect(lines.filter { $0.contains("fetching fresh credentials from the platform now") }.count == 1, "more than one refresh:\n\(text)")
+        #expect(try await Self.ping(p, gatewayId: gwId, dir: dir) == "PONG\n")
+        print("gatewayReconnectsAfterRelayRestart: back \(back) after the relay's restart")
+
+        gw.signal(SIGTERM)
+        #expect(await gw.waitForExit() == .exited(0), "\(gw.log)")
+        #expect(!gw.log.contains(gwToken) && !relay.log.contains(relayToken))
+    }
+
+    @Test("standalone: a relay host certificate that does not certify the relay's key is refused, and the log says to refresh the credentials file")
+    func standaloneSaysRefreshTheFile() async throws {
+        let bed = try RelayTestbed()
+        let ssh = try unusedPort(), tls = try unusedPort()
+        let relayFile = try bed.dir.write("relay.json", try JSONText.encode(bed.credentials))
+        let relay = try RelayCLI.start(["start", "--name=\(bed.relayName)", "--credentials-file=\(relayFile)", "--listen-address=127.0.0.1",
+                                        "--ssh-port=\(ssh)", "--tls-port=\(tls)", "--loops=1", "--drain-timeout=0"])
+        defer { relay.signal(SIGKILL) }
+        try await relay.waitForLog("Relay server started successfully")
+        let ident = try bed.gatewayIdentity("gw-stale")
+        let key = try KeyPair.generate(.ecdsaP256)
+        var b = CertificateBuilder(subject: [("O", "org-1"), ("CN", "Gateway")])
+        b.serial = UInt64.random(in: 100...UInt64(1 << 40))
+        b.extensions = [("basicConstraints", "CA:FALSE"), ("keyUsage", "critical,digitalSignature,keyEncipherment"),
+                        ("extendedKeyUsage", "serverAuth"), ("subjectAltName", "DNS:localhost,IP:127.0.0.1")]
+        let cert = try b.sign(publicKeyOf: key, issuer: bed.gatewayServerCA)
+        // A host certificate from the right CA for the right address, but for another key: what a
+        // gateway holds after the relay restarted with a new host key.
+        _ = try bed.keygen.key("previous-host", type: "rsa")
+        let stale = try bed.keygen.sign(ca: "host-ca", key: "previous-host", identity: "relay-server", principals: "127.0.0.1:\(ssh)",
+                                        validity: "-5m:+30d", host: true)
+        let creds = GatewayCredentials(
+            gatewayId: "gw-stale", relayHost: "127.0.0.1", relayName: bed.relayName, relaySshPort: ssh,
+            pki: .init(serverCertificate: cert.pem, serverPrivateKey: key.privateKeyPEM,
+                       clientCertificateChain: bed.gatewayClientCA.0.pem + bed.rootCA.0.pem),
+            ssh: .init(clientCertificate: try String(contentsOfFile: ident.cert, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines),
+                       clientPrivateKey: try String(contentsOfFile: ident.key, encoding: .utf8),
+                       serverCAPublicKey: try bed.keygen.read("host-ca.pub")),
+            relayHostCertificate: stale)
+        let gwFile = try bed.dir.write("gateway.json", try JSONText.encode(creds))
+        let gw = try RelayCLI.start(["gateway", "start", "--credentials-file=\(gwFile)", "--reconnect-base=0.25", "--reconnect-cap=1"])
+        defer { gw.signal(SIGKILL) }
+        try await gw.waitForLog("does not certify the host key the server presented")
+        let advice = try await gw.waitForLog("A gateway started with --credentials-file cannot fetch fresh credentials: replace \(gwFile)")
+        #expect(advice.contains(" ERR "), "\(advice)")
+        #expect(!gw.log.contains("Relay connection established"))
+        gw.signal(SIGTERM)
+        #expect(await gw.waitForExit() == .exited(0), "\(gw.log)")
+    }
+
     // MARK: Reconnect jitter
 
     /// `HH:MM:SS.mmm` of a log line's timestamp, in milliseconds of the day.

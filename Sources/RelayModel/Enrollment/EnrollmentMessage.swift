@@ -72,6 +72,10 @@ public enum EnrollmentMessage: Codable, Equatable, Sendable, CaseNamed {
     case renewalFailed(problem: String, retryIn: TimeSpan)
     /// The certificates are about to expire without a renewal: not accepting connections.
     case certificatesLapsed(notAfter: UnixTime)
+    /// Gateway: the relay's host key is not the one the relay host certificate certifies; renewing now.
+    case refreshingAfterHostKeyRejection
+    /// Gateway: rejected again, but the last such refresh was too recent; the next is allowed after `nextIn`.
+    case hostKeyRefreshDeferred(nextIn: TimeSpan)
     /// Infisical: an orderly stop begins.
     case shuttingDown
     /// The listeners could not be bound after `startServing`.
@@ -85,7 +89,8 @@ public enum EnrollmentMessage: Codable, Equatable, Sendable, CaseNamed {
         switch self {
         case .tokenMatchesStored, .usingStoredAccessToken, .usingAccessTokenFromEnvironment, .legacyStateImported,
              .enrollingWithToken, .authenticatingViaAws, .relayEnrolled, .awsAuthenticated, .startingRelay,
-             .connected, .renewingCertificates, .certificatesRenewed, .shuttingDown:
+             .connected, .renewingCertificates, .certificatesRenewed, .shuttingDown, .refreshingAfterHostKeyRejection,
+             .hostKeyRefreshDeferred:
             return .info
         case .accessTokenFromEnvironmentIgnored, .loginRetrying, .enrollmentNotSaved, .awsStateNotSaved,
              .legacyStateNotSaved, .connectRetrying, .renewalFailed, .unexpectedEvent:
@@ -177,6 +182,10 @@ public enum EnrollmentMessage: Codable, Equatable, Sendable, CaseNamed {
             return "Failed to renew certificates: \(problem); retrying in \(EnrollmentFormat.span(retryIn))"
         case let .certificatesLapsed(notAfter):
             return "The \(r)'s certificates expire at \(EnrollmentFormat.date(notAfter)) and could not be renewed: \(resource == .relay ? "no longer accepting connections" : "tunnel closed, not dialling relays") until a renewal succeeds"
+        case .refreshingAfterHostKeyRejection:
+            return "The relay presented an SSH host key that the relay host certificate held by this \(r) does not certify (a relay gets a new host key each time it restarts); fetching fresh credentials from the platform now instead of at the next renewal..."
+        case let .hostKeyRefreshDeferred(nextIn):
+            return "The relay's SSH host key is still rejected after a recent credential refresh; the next refresh is allowed in \(EnrollmentFormat.span(nextIn)) (rate limited: a relay whose key the platform did not certify may be an impersonator)"
         case .shuttingDown:
             return resource == .relay ? "Shutting down relay server..." : "Shutting down gateway..."
         case let .listenFailed(reason) where resource == .gateway:

@@ -232,6 +232,10 @@ public struct GatewayTunnelMachine: StateMachine {
         case connected(relay: String)
         /// The tunnel to this relay is down.
         case disconnected(relay: String)
+        /// The D1 check refused this relay's host key: the relay host certificate held is stale
+        /// (the relay restarted with a new key) or the relay is not who it claims; an enrolled
+        /// gateway fetches fresh credentials (Specs/enrollment.md `relayHostKeyRejected`).
+        case hostKeyRejected(relay: String)
     }
 
     // MARK: State
@@ -487,6 +491,7 @@ public struct GatewayTunnelMachine: StateMachine {
         case .handshaking(let a) where a.connection == c:
             let delay = failAndBackOff(relay: a.relay.name, now)
             return [.cancelTimer(timer: .handshake), .closeConnection(connection: c, reason: .hostKeyRejected),
+                    .report(status: .hostKeyRejected(relay: a.relay.name)),
                     .log(message: .hostKeyRejected(relay: a.relay.name, host: a.relay.host, detail: detail, retryIn: delay)),
                     .scheduleTimer(timer: .backoff, at: now + delay)]
         case .idle, .searching, .dialing, .handshaking, .authenticating, .established, .backoff, .draining, .closed:

@@ -32,6 +32,11 @@ public final class GatewayAgent: @unchecked Sendable {
         public var tunnel: Machine.Config
         /// Where to count dials, connections and channels (`relay gateway start --metrics-listen`).
         public var metrics: MetricsRegistry?
+        /// The tunnel machine's `report(hostKeyRejected)`: the relay host certificate held does not
+        /// certify the key this relay presented. `GatewayProcess` turns it into the enrollment
+        /// machine's `relayHostKeyRejected` (fresh credentials) or, standalone, an instruction.
+        /// Called on the agent's loop thread; must not block.
+        public var onHostKeyRejected: (@Sendable (_ relay: String) -> Void)?
         public init(credentials: GatewayCredentials, relays: [Relay], tunnel: Machine.Config = Machine.Config()) {
             self.credentials = credentials; self.relays = relays; self.tunnel = tunnel
         }
@@ -54,6 +59,8 @@ public final class GatewayAgent: @unchecked Sendable {
         public var connectedRelay: String?
         public var connects = 0
         public var channels = 0
+        /// D1 rejections of a relay's host key so far.
+        public var hostKeyRejections = 0
     }
 
     public var status: Status { statusLock.withLock { $0 } }
@@ -246,6 +253,7 @@ public final class GatewayAgent: @unchecked Sendable {
                 switch r {
                 case .connected(let relay): s.connectedRelay = relay; s.connects += 1
                 case .disconnected: s.connectedRelay = nil
+                case .hostKeyRejected: s.hostKeyRejections += 1
                 }
             }
             if let m = options.metrics {
@@ -255,8 +263,11 @@ public final class GatewayAgent: @unchecked Sendable {
                     m.set("gateway_connected_relay", 1, labels: [("relay", relay)])
                 case .disconnected(let relay):
                     m.set("gateway_connected_relay", 0, labels: [("relay", relay)])
+                case .hostKeyRejected(let relay):
+                    m.add("gateway_relay_host_key_rejections_total", labels: [("relay", relay)])
                 }
             }
+            if case .hostKeyRejected(let relay) = r { options.onHostKeyRejected?(relay) }
         }
     }
 }

@@ -99,6 +99,9 @@ public final class GatewayProcess: @unchecked Sendable {
     /// The relay the first connect gave: later connects (renewals) ask for it, because the SSH
     /// certificate's KeyId `client-<relayName>` binds the gateway to that relay.
     private let pinnedRelay = Mutex<String?>(nil)
+    /// Where the agent's host-key rejections go: the enrollment machine's `relayHostKeyRejected`
+    /// (enrolled: fresh credentials now, rate limited) or an instruction to the operator (standalone).
+    private let hostKeyRejectedHandler = Mutex<(@Sendable (_ relay: String) -> Void)?>(nil)
 
     public init(options: GatewayStartOptions) throws(RuntimeError) {
         self.options = options
@@ -120,6 +123,8 @@ public final class GatewayProcess: @unchecked Sendable {
         r.describe("gateway_heartbeat_last_success_seconds", .gauge, "Wall-clock time of the last successful heartbeat (Unix seconds)")
         r.describe("gateway_certificate_not_after_seconds", .gauge, "Earliest expiry of the credentials in use (Unix seconds)")
         r.describe("gateway_enrollment_state", .gauge, "1 for the enrollment machine's current state")
+        r.describe("gateway_relay_host_key_rejections_total", .counter,
+                   "Relay SSH host keys the relay host certificate did not certify (D1), by relay")
         r.set("gateway_tunnel_dials_total", 0)
         r.set("gateway_tunnel_reconnect_attempts_total", 0)
         r.set("gateway_tunnel_connects_total", 0)
@@ -180,6 +185,9 @@ public final class GatewayProcess: @unchecked Sendable {
         o.insecureHostKey = options.insecureHostKey
         o.algorithms = options.algorithms
         o.metrics = metrics
+        o.onHostKeyRejected = { [weak self] relay in
+            self?.hostKeyRejectedHandler.withLock { $0 }?(relay)
+        }
         let a: GatewayAgent
         do { a = try GatewayAgent(options: o, trace: trace) } catch { return "\(error)" }
         agent.withLock { $0 = a }
@@ -216,7 +224,13 @@ public final class GatewayProcess: @unchecked Sendable {
     // MARK: Standalone
 
     /// `relay gateway start --credentials-file FILE`: the tunnel from a connect-shaped file, no platform.
-    public func runStandalone(credentials creds: GatewayCredentials) -> Int32 {
+    /// A rejected relay host key cannot be fixed from here: the operator is told to refresh `source`.
+    public func runStandalone(credentials creds: GatewayCredentials, source: String = "the credentials file") -> Int32 {
+        hostKeyRejectedHandler.withLock {
+            $0 = { relay in
+                RelayLog.gateway.error("\(GatewayProcess.standaloneHostKeyAdvice(relay: relay, source: source))")
+            }
+        }
         control.start(name: "gateway-control")
         guard startMetrics(enrollmentState: { nil }) else { return 1 }
         ShutdownSignals.install(onFirst: { [gate] sig in
@@ -232,6 +246,14 @@ public final class GatewayProcess: @unchecked Sendable {
         RelayLog.gateway.info("Shutting down gateway...")
         shutDown()
         return code
+    }
+
+    /// What a standalone gateway says when the D1 check rejects a relay's host key.
+    public static func standaloneHostKeyAdvice(relay: String, source: String) -> String {
+        "Relay \(relay) presented an SSH host key that the relayHostCertificate in \(source) does not certify "
+            + "(a relay gets a new host key from the platform each time it restarts). A gateway started with "
+            + "--credentials-file cannot fetch fresh credentials: replace \(source) with a new "
+            + "/api/v3/gateways/connect response and restart the gateway (an enrolled gateway refreshes by itself)."
     }
 
     private func shutDown() {
@@ -313,6 +335,11 @@ public final class GatewayProcess: @unchecked Sendable {
             })
         heartbeatRef.withLock { $0 = heartbeat }
         machineRef.withLock { $0 = driver.machine }
+        // The tunnel refused the relay's host key: the enrollment machine decides whether to fetch
+        // fresh credentials now (Specs/enrollment.md §4, rate limited by hostKeyRefreshInterval).
+        hostKeyRejectedHandler.withLock {
+            $0 = { _ in driver.post(.relayHostKeyRejected(now: Clock.now())) }
+        }
 
         ShutdownSignals.install(onFirst: { sig in
             RelayLog.gateway.info("Received \(ShutdownSignals.name(sig)), shutting down (a second signal exits at once)")
@@ -324,6 +351,7 @@ public final class GatewayProcess: @unchecked Sendable {
                              accessTokenFromEnvironment: fromEnvironment != nil, stateFile: reading.model, statePath: store.path,
                              now: Clock.now(), wallNow: Clock.wallNow()))
         let code = gate.wait()
+        hostKeyRejectedHandler.withLock { $0 = nil }
         driver.waitForWrites(timeout: .seconds(10))
         heartbeat.stop()
         shutDown()
