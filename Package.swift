@@ -70,16 +70,18 @@ let package = Package(
             swiftSettings: strict),
 
         // MARK: Tests
+        // Helpers both test targets use (ssh-keygen material); no Testing import.
+        .target(name: "RelayTestSupport", path: "Tests/RelayTestSupport", swiftSettings: strict),
         .testTarget(
             name: "RelayModelTests",
             dependencies: [
-                "RelayModel", "RelayRuntime",
+                "RelayModel", "RelayRuntime", "RelayTestSupport",
                 .product(name: "PropertyBased", package: "swift-property-based"),
             ],
             swiftSettings: strict),
         .testTarget(
             name: "RelayRuntimeTests",
-            dependencies: ["RelayModel", "RelayRuntime"],
+            dependencies: ["RelayModel", "RelayRuntime", "RelayTestSupport"],
             swiftSettings: strict),
     ],
     swiftLanguageModes: [.v6]

@@ -1,4 +1,5 @@
 import Foundation
+import RelayTestSupport
 import PropertyBased
 import RelayModel
 import RelayRuntime

@@ -1,4 +1,5 @@
 import Foundation
+import RelayTestSupport
 import RelayModel
 import RelayRuntime
 import Testing

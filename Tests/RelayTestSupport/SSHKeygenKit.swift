@@ -1,30 +1,29 @@
 // Real keys and certificates made by OpenSSH's ssh-keygen, once per test process.
-// NOTE: the same file exists in Tests/RelayRuntimeTests/Support/ (test targets cannot share
-// sources without a new package target); keep the two copies identical.
-import Foundation
+// Shared by both test targets through the RelayTestSupport target.
+public import Foundation
 
 /// Runs `ssh-keygen` in a temporary directory.
-struct SSHKeygen {
-    let dir: URL
-    static let executable = "/usr/bin/ssh-keygen"
+public struct SSHKeygen {
+    public let dir: URL
+    public static let executable = "/usr/bin/ssh-keygen"
 
-    init() throws {
+    public init() throws {
         dir = FileManager.default.temporaryDirectory.appendingPathComponent("relay-sshcert-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
     }
 
-    func remove() { try? FileManager.default.removeItem(at: dir) }
+    public func remove() { try? FileManager.default.removeItem(at: dir) }
 
-    struct Failure: Error, CustomStringConvertible {
-        var arguments: [String]
-        var status: Int32
-        var stderr: String
-        var description: String { "ssh-keygen \(arguments.joined(separator: " ")) exited \(status): \(stderr)" }
+    public struct Failure: Error, CustomStringConvertible {
+        public var arguments: [String]
+        public var status: Int32
+        public var stderr: String
+        public var description: String { "ssh-keygen \(arguments.joined(separator: " ")) exited \(status): \(stderr)" }
     }
 
     /// Runs ssh-keygen with `arguments` in `dir` (TZ=UTC), returning stdout.
     @discardableResult
-    func run(_ arguments: [String]) throws -> String {
+    public func run(_ arguments: [String]) throws -> String {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: Self.executable)
         p.arguments = arguments
@@ -46,12 +45,12 @@ struct SSHKeygen {
         return String(decoding: o, as: UTF8.self)
     }
 
-    func read(_ name: String) throws -> String {
+    public func read(_ name: String) throws -> String {
         try String(contentsOf: dir.appendingPathComponent(name), encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
     /// Generates key `name` (`-t type [-b bits]`), returning its public line.
-    func key(_ name: String, type: String, bits: Int? = nil) throws -> String {
+    public func key(_ name: String, type: String, bits: Int? = nil) throws -> String {
         var args = ["-q", "-t", type, "-N", "", "-C", "\(name)@test", "-f", name]
         if let bits { args += ["-b", String(bits)] }
         try run(args)
@@ -59,7 +58,7 @@ struct SSHKeygen {
     }
 
     /// Signs `key`'s public key with CA `ca`, returning the certificate line.
-    func sign(
+    public func sign(
         ca: String, key: String, identity: String, principals: String?, validity: String?,
         host: Bool = false, serial: UInt64 = 0, algorithm: String? = nil, options: [String] = []
     ) throws -> String {
@@ -75,7 +74,7 @@ struct SSHKeygen {
     }
 
     /// `ssh-keygen -L` of a certificate line.
-    func listing(_ certificateLine: String) throws -> String {
+    public func listing(_ certificateLine: String) throws -> String {
         let name = "listing-\(UUID().uuidString).pub"
         try (certificateLine + "\n").write(to: dir.appendingPathComponent(name), atomically: true, encoding: .utf8)
         return try run(["-L", "-f", name])
@@ -83,25 +82,25 @@ struct SSHKeygen {
 }
 
 /// Everything the tests need, generated once.
-struct SSHTestMaterial: Sendable {
+public struct SSHTestMaterial: Sendable {
     /// CA public lines by name: rsa, ed25519, ecdsa256, ecdsa384, ecdsa521, rogue (ed25519), rsa1024.
-    var cas: [String: String] = [:]
+    public var cas: [String: String] = [:]
     /// Subject public lines by name: gw-ed25519, gw-rsa, gw-ecdsa256, gw-ecdsa384, gw-ecdsa521, host, other-host.
-    var keys: [String: String] = [:]
+    public var keys: [String: String] = [:]
     /// Certificate lines by scenario name (see `make`).
-    var certs: [String: String] = [:]
+    public var certs: [String: String] = [:]
     /// `ssh-keygen -L` output by scenario name.
-    var listings: [String: String] = [:]
+    public var listings: [String: String] = [:]
     /// Wall time (seconds) when the relative validity windows were resolved.
-    var madeAt: Int64 = 0
+    public var madeAt: Int64 = 0
 
     /// Scenario names whose certificate is a valid gateway certificate for relay "relay1",
     /// user "gw-id", signed by CA `caFor[name]`.
-    static let validGateway: [String] = [
+    public static let validGateway: [String] = [
         "user-ca-ed25519", "user-ca-rsa-sha256", "user-ca-rsa-sha512", "user-ca-ecdsa256", "user-ca-ecdsa384",
         "user-ca-ecdsa521", "user-key-rsa", "user-key-ecdsa256", "user-key-ecdsa384", "user-key-ecdsa521",
     ]
-    static let caFor: [String: String] = [
+    public static let caFor: [String: String] = [
         "user-ca-ed25519": "ed25519", "user-ca-rsa-sha256": "rsa", "user-ca-rsa-sha512": "rsa",
         "user-ca-ecdsa256": "ecdsa256", "user-ca-ecdsa384": "ecdsa384", "user-ca-ecdsa521": "ecdsa521",
         "user-key-rsa": "ed25519", "user-key-ecdsa256": "ed25519", "user-key-ecdsa384": "ed25519", "user-key-ecdsa521": "ed25519",
@@ -111,12 +110,12 @@ struct SSHTestMaterial: Sendable {
         "force-command": "ed25519", "source-address": "ed25519", "fixed-window": "ed25519", "forever": "ed25519",
         "host-as-user": "ed25519",
     ]
-    static let keyFor: [String: String] = [
+    public static let keyFor: [String: String] = [
         "user-key-rsa": "gw-rsa", "user-key-ecdsa256": "gw-ecdsa256", "user-key-ecdsa384": "gw-ecdsa384",
         "user-key-ecdsa521": "gw-ecdsa521", "host": "host", "host-rsa": "host", "host-as-user": "host",
     ]
 
-    static func make() throws -> SSHTestMaterial {
+    public static func make() throws -> SSHTestMaterial {
         let k = try SSHKeygen()
         defer { k.remove() }
         var m = SSHTestMaterial()
@@ -175,24 +174,24 @@ struct SSHTestMaterial: Sendable {
         return m
     }
 
-    static let shared: Result<SSHTestMaterial, SSHKeygen.Failure> = {
+    public static let shared: Result<SSHTestMaterial, SSHKeygen.Failure> = {
         do { return .success(try make()) } catch let f as SSHKeygen.Failure { return .failure(f) } catch {
             return .failure(SSHKeygen.Failure(arguments: [], status: -1, stderr: "\(error)"))
         }
     }()
 
     /// The shared material, or a thrown failure that names the ssh-keygen call.
-    static func get() throws -> SSHTestMaterial { try shared.get() }
+    public static func get() throws -> SSHTestMaterial { try shared.get() }
 
-    func cert(_ name: String) throws -> String {
+    public func cert(_ name: String) throws -> String {
         guard let line = certs[name] else { throw SSHKeygen.Failure(arguments: [name], status: -1, stderr: "no such test certificate") }
         return line
     }
-    func ca(_ name: String) throws -> String {
+    public func ca(_ name: String) throws -> String {
         guard let line = cas[name] else { throw SSHKeygen.Failure(arguments: [name], status: -1, stderr: "no such test CA") }
         return line
     }
-    func key(_ name: String) throws -> String {
+    public func key(_ name: String) throws -> String {
         guard let line = keys[name] else { throw SSHKeygen.Failure(arguments: [name], status: -1, stderr: "no such test key") }
         return line
     }
