@@ -97,7 +97,7 @@ def main():
                 {"rss_ours_KiB": median([v for _, v in rss]), "rss_baseline_KiB": median([v for _, v in sshd_rss]),
                  "sshd_clients": sshd[0]["tunnels"] if sshd else None, "bringup_s": median([d.get("bringup_s") for d in ds])})
             add(f"P4-tunnels-held-{n}", "tunnels", [(d["run"], d["held"]) for d in ds], None, None, ("value", n), "higher")
-    for raw_name, name in (("P5-storm", "P5-reconnect-all-back"), ("P5-storm-queued", "P5-reconnect-all-back-queued-at-limit")):
+    for raw_name, name in (("P5-storm", "P5-reconnect-all-back"), ("P5-storm-closing", "P5-reconnect-all-back-close-at-limit")):
         if raw_name not in have:
             continue
         st = [(d["run"], d["value"]) for d in rows if d["metric"] == raw_name]

@@ -158,8 +158,8 @@ struct BenchRelay: ParsableCommand {
     @Option(help: "Concurrent TLS handshakes.") var maxPendingTls: Int?
     @Option(help: "Concurrent TLS handshakes per source address.") var maxPendingTlsPerSource: Int?
     @Option(help: "Most tunnels held.") var maxTunnels: Int?
-    @Flag(help: "At the unauthenticated limit, leave connections in the backlog instead of closing them.")
-    var queueAtUnauthenticatedLimit = false
+    @Flag(help: "At the unauthenticated limit, accept and close connections (sshd's MaxStartups) instead of leaving them in the backlog (the relay's default).")
+    var closeAtUnauthenticatedLimit = false
     @Option(help: "Milliseconds between STATUS lines (0: none).") var statusIntervalMs = 1000
 
     func run() throws {
@@ -188,7 +188,7 @@ struct BenchRelay: ParsableCommand {
         if let v = maxUnauthenticatedPerSource { o.maxUnauthenticatedPerSource = v }
         if let v = maxPendingTls { o.maxPendingTLS = v }
         if let v = maxPendingTlsPerSource { o.maxPendingTLSPerSource = v }
-        o.queueAtUnauthenticatedLimit = queueAtUnauthenticatedLimit
+        o.queueAtUnauthenticatedLimit = !closeAtUnauthenticatedLimit
         let server = try RelayServer(options: o, credentials: creds)
         try server.start()
         Out.line("READY ssh=\(server.boundSSHPort) tls=\(server.boundTLSPort) pid=\(getpid()) loops=\(o.loops) max-unauthenticated=\(o.maxUnauthenticated) per-source=\(o.maxUnauthenticatedPerSource) max-tunnels=\(registry.maxTunnels) queue-at-limit=\(o.queueAtUnauthenticatedLimit)")

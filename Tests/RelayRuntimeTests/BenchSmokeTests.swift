@@ -59,7 +59,7 @@ struct BenchSmokeTests {
         #expect(memory.count == 2 && held.count == 2, "P4 sizes: \(memory) \(held)")
         let withBaseline = ["P1-throughput-up", "P1-throughput-down", "P1-throughput-up-vs-bare-ssh", "P1-throughput-down-vs-bare-ssh",
                             "P2-rtt-p50", "P2-rtt-p99", "P2-rtt-p50-vs-bare-ssh", "P2-rtt-p99-vs-bare-ssh", "P3-new-connections"] + memory
-        let oursOnly = held + ["P5-reconnect-all-back", "P5-reconnect-all-back-queued-at-limit"]
+        let oursOnly = held + ["P5-reconnect-all-back", "P5-reconnect-all-back-close-at-limit"]
         for name in withBaseline + oursOnly {
             let m = try #require(byName[name], "metric \(name) missing; have \(byName.keys.sorted())")
             #expect(m["unit"] is String, "\(name): unit")

@@ -191,12 +191,13 @@ struct RelaySSHCasesTests {
         await gw.stop()
     }
 
-    @Test("SSH-19 unauthenticated connections: the per-source cap, then the global cap; a gateway from another source still connects")
+    @Test("SSH-19 unauthenticated connections (close at the global cap, sshd's MaxStartups): the per-source cap, then the global cap; a gateway from another source still connects")
     func unauthenticatedCaps() async throws {
         let (bed, gw) = try await Self.bed {
             $0.maxUnauthenticatedPerSource = 4
             $0.maxUnauthenticated = 10
             $0.sshLoginGraceTime = .seconds(2)
+            $0.queueAtUnauthenticatedLimit = false
         }
         /// Opens `n` silent connections from `source`; returns (held, refused) by the relay.
         func flood(_ source: String, _ n: Int) throws -> (held: [RawSocket], refused: Int) {
@@ -227,6 +228,37 @@ struct RelaySSHCasesTests {
         #expect(lateReady == "READY")
         await late.stop()
         await legit.stop()
+        try bed.expectStillServing()
+        await gw.stop()
+    }
+
+    @Test("SSH-19b at the global cap (the default): a new connection waits in the backlog, is not closed, and is served once the grace time frees slots")
+    func unauthenticatedCapQueues() async throws {
+        let (bed, gw) = try await Self.bed {
+            $0.maxUnauthenticatedPerSource = 4
+            $0.maxUnauthenticated = 8
+            $0.sshLoginGraceTime = .seconds(2)
+        }
+        #expect(bed.server.options.queueAtUnauthenticatedLimit, "queueing is the default")
+        var held: [RawSocket] = []
+        for source in ["127.0.0.40", "127.0.0.41"] {
+            for _ in 0..<4 { held.append(try RawSocket(port: bed.server.boundSSHPort, source: source)) }
+        }
+        usleep(300_000)
+        for s in held { #expect(s.read(timeout: 1) != .eof, "held below the caps") }
+        // The ninth connection from a fresh source: the total cap is reached, so the relay leaves it
+        // in the backlog — no banner yet, and not closed either.
+        let waiting = try RawSocket(port: bed.server.boundSSHPort, source: "127.0.0.42")
+        let early = waiting.read(timeout: 1)
+        #expect(early != .eof && early != .reset, "not closed at the cap: \(early)")
+        if case .data = early { Issue.record("served before a slot was free") }
+        // The grace time closes the silent ones; the waiting connection then gets the banner.
+        var served = false
+        for _ in 0..<8 where !served {
+            if case .data = waiting.read(timeout: 1) { served = true }
+        }
+        #expect(served, "the waiting connection was served once slots freed")
+        for s in held { #expect(s.readUntilClosed(timeout: 3).closed, "closed at the grace time") }
         try bed.expectStillServing()
         await gw.stop()
     }
