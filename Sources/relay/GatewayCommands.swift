@@ -177,9 +177,9 @@ struct GatewayStart: ParsableCommand {
         } else {
             let method = method ?? .token
             let caFile = caFile
-            let inputs = GatewayEnrolledInputs(
+            let inputs = EnrolledInputs<any GatewayAPI>(
                 method: method, token: method == .token ? token : nil,
-                gatewayId: nonEmpty(gatewayId) ?? nonEmpty(env["INFISICAL_GATEWAY_ID"]),
+                resourceId: nonEmpty(gatewayId) ?? nonEmpty(env["INFISICAL_GATEWAY_ID"]),
                 domainFlag: domain.map(StartSettings.appendAPIEndpoint),
                 stateDirectory: stateDir ?? StateStore.defaultDirectory(resource: .gateway), environment: env,
                 makeAPI: { domain in HTTPGatewayAPI(domain: domain, caFile: caFile) },

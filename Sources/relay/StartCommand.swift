@@ -99,8 +99,8 @@ struct Start: ParsableCommand {
             code = process.runStandalone(credentialsFile: file)
         case .enrolled(let method):
             let caFile = caFile
-            let inputs = EnrolledInputs(
-                method: method, token: method == .token ? token : nil, relayId: settings.relayId, domainFlag: settings.domainFlag,
+            let inputs = EnrolledInputs<any RelayAPI>(
+                method: method, token: method == .token ? token : nil, resourceId: settings.relayId, domainFlag: settings.domainFlag,
                 stateDirectory: stateDir ?? StateStore.defaultDirectory(), environment: env,
                 makeAPI: { domain in PlatformClients.relayAPI(domain: domain, caFile: caFile) },
                 signer: method == .aws ? PlatformClients.awsSigner(environment: env) : nil)

@@ -29,26 +29,6 @@ public struct GatewayStartOptions: Sendable {
     }
 }
 
-/// Enrolled mode's inputs for a gateway (secrets stay in the runtime).
-public struct GatewayEnrolledInputs: Sendable {
-    public var method: EnrollmentMachine.EnrollMethod
-    public var token: String?
-    /// `--gateway-id` / `INFISICAL_GATEWAY_ID`.
-    public var gatewayId: String?
-    /// `--domain` with `/api`, if given.
-    public var domainFlag: String?
-    public var stateDirectory: String
-    public var environment: [String: String]
-    public var makeAPI: @Sendable (_ domain: String) -> any GatewayAPI
-    public var signer: (any AWSLoginSigner)?
-
-    public init(method: EnrollmentMachine.EnrollMethod, token: String?, gatewayId: String?, domainFlag: String?, stateDirectory: String,
-                environment: [String: String], makeAPI: @escaping @Sendable (_ domain: String) -> any GatewayAPI, signer: (any AWSLoginSigner)?) {
-        self.method = method; self.token = token; self.gatewayId = gatewayId; self.domainFlag = domainFlag
-        self.stateDirectory = stateDirectory; self.environment = environment; self.makeAPI = makeAPI; self.signer = signer
-    }
-}
-
 /// What the runtime checks in `/api/v3/gateways/connect` credentials before it dials with them:
 /// the inner-TLS certificate and key load together, the SSH user certificate parses; the earliest
 /// expiry among the TLS certificate and the SSH certificate.
@@ -267,7 +247,7 @@ public final class GatewayProcess: @unchecked Sendable {
 
     /// `relay gateway start --enroll-method token|aws`: the enrollment machine, then the tunnel
     /// agent and heartbeats, until a signal or a final failure.
-    public func runEnrolled(_ inputs: GatewayEnrolledInputs) -> Int32 {
+    public func runEnrolled(_ inputs: EnrolledInputs<any GatewayAPI>) -> Int32 {
         let store: StateStore
         do { store = try StateStore.open(directory: inputs.stateDirectory, relayName: options.name, resource: .gateway) } catch {
             RelayLog.gateway.error("Cannot use the gateway state: \(error)")
@@ -347,7 +327,7 @@ public final class GatewayProcess: @unchecked Sendable {
         }, onSecond: { _ in RelayProcess.forceExit() })
 
         let tokenHash = inputs.method == .token ? inputs.token.map(Crypto.sha256Hex) : nil
-        driver.post(.started(method: inputs.method, tokenHash: tokenHash, relayId: inputs.gatewayId, domain: domain,
+        driver.post(.started(method: inputs.method, tokenHash: tokenHash, relayId: inputs.resourceId, domain: domain,
                              accessTokenFromEnvironment: fromEnvironment != nil, stateFile: reading.model, statePath: store.path,
                              now: Clock.now(), wallNow: Clock.wallNow()))
         let code = gate.wait()

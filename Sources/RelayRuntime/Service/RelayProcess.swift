@@ -24,22 +24,24 @@ public struct StartOptions: Sendable {
     }
 }
 
-/// Enrolled mode's inputs (secrets included: they stay in the runtime).
-public struct EnrolledInputs: Sendable {
+/// Enrolled mode's inputs for a relay (`API` = `any RelayAPI`) or a gateway (`any GatewayAPI`);
+/// secrets included: they stay in the runtime.
+public struct EnrolledInputs<API>: Sendable {
     public var method: EnrollmentMachine.EnrollMethod
     public var token: String?
-    public var relayId: String?
+    /// `--relay-id` / `INFISICAL_RELAY_ID`, or `--gateway-id` / `INFISICAL_GATEWAY_ID` (AWS).
+    public var resourceId: String?
     /// `--domain` with `/api`, if given.
     public var domainFlag: String?
     public var stateDirectory: String
     public var environment: [String: String]
     /// Builds the API client once the domain is known (flag, stored, CLI config, environment).
-    public var makeAPI: @Sendable (_ domain: String) -> any RelayAPI
+    public var makeAPI: @Sendable (_ domain: String) -> API
     public var signer: (any AWSLoginSigner)?
 
-    public init(method: EnrollmentMachine.EnrollMethod, token: String?, relayId: String?, domainFlag: String?, stateDirectory: String,
-                environment: [String: String], makeAPI: @escaping @Sendable (_ domain: String) -> any RelayAPI, signer: (any AWSLoginSigner)?) {
-        self.method = method; self.token = token; self.relayId = relayId; self.domainFlag = domainFlag
+    public init(method: EnrollmentMachine.EnrollMethod, token: String?, resourceId: String?, domainFlag: String?, stateDirectory: String,
+                environment: [String: String], makeAPI: @escaping @Sendable (_ domain: String) -> API, signer: (any AWSLoginSigner)?) {
+        self.method = method; self.token = token; self.resourceId = resourceId; self.domainFlag = domainFlag
         self.stateDirectory = stateDirectory; self.environment = environment; self.makeAPI = makeAPI; self.signer = signer
     }
 }
@@ -259,7 +261,7 @@ public final class RelayProcess: @unchecked Sendable {
 
     /// `relay start --enroll-method token|aws`: the enrollment machine, then the data plane and
     /// heartbeats, until a signal or a final failure.
-    public func runEnrolled(_ inputs: EnrolledInputs) -> Int32 {
+    public func runEnrolled(_ inputs: EnrolledInputs<any RelayAPI>) -> Int32 {
         let store: StateStore
         do { store = try StateStore.open(directory: inputs.stateDirectory, relayName: options.relayName) } catch {
             RelayLog.relay.error("Cannot use the relay state: \(error)")
@@ -339,7 +341,7 @@ public final class RelayProcess: @unchecked Sendable {
         }, onSecond: { _ in RelayProcess.forceExit() })
 
         let tokenHash = inputs.method == .token ? inputs.token.map(Crypto.sha256Hex) : nil
-        driver.post(.started(method: inputs.method, tokenHash: tokenHash, relayId: inputs.relayId, domain: domain,
+        driver.post(.started(method: inputs.method, tokenHash: tokenHash, relayId: inputs.resourceId, domain: domain,
                              accessTokenFromEnvironment: fromEnvironment != nil, stateFile: reading.model, statePath: store.path,
                              now: Clock.now(), wallNow: Clock.wallNow()))
         let code = gate.wait()
