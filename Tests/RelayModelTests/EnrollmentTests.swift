@@ -600,7 +600,7 @@ struct EnrollmentTests {
         #expect(Msg.renewingCertificates.text == "Renewing certificates...")
         #expect(Msg.certificatesRenewed.text == "Certificates renewed successfully")
         #expect(Msg.renewalFailed(problem: "x", retryIn: .seconds(3)).text.hasPrefix("Failed to renew certificates: x"))
-        #expect(Msg.shuttingDown.text == "Shutting down relay server...")
+        #expect(Msg.shuttingDown.text == "Stopping relay...")
     }
 
     @Test("the gateway kind reads the same lines with Gateway in them (Specs/enrollment.md §8)")

@@ -187,7 +187,9 @@ public enum EnrollmentMessage: Codable, Equatable, Sendable, CaseNamed {
         case let .hostKeyRefreshDeferred(nextIn):
             return "The relay's SSH host key is still rejected after a recent credential refresh; the next refresh is allowed in \(EnrollmentFormat.span(nextIn)) (rate limited: a relay whose key the platform did not certify may be an impersonator)"
         case .shuttingDown:
-            return resource == .relay ? "Shutting down relay server..." : "Shutting down gateway..."
+            // The relay's `Shutting down relay server...` is the tunnel registry's, logged when
+            // the data plane drains; saying it here too printed it twice.
+            return resource == .relay ? "Stopping relay..." : "Shutting down gateway..."
         case let .listenFailed(reason) where resource == .gateway:
             return "Cannot start the gateway's tunnel agent: \(reason)"
         case let .listenFailed(reason):
