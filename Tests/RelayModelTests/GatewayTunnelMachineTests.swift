@@ -127,7 +127,7 @@ struct GatewayTunnelMachineTests {
         case hostKeyRejected, hostKeyRejectedOther, authenticated, authenticatedOther
         case connectionClosed, connectionClosedOther, keepaliveReplied, keepaliveRepliedOther
         case timerDial, timerHandshake, timerAuthentication, timerKeepalive, timerBackoff, timerDrain
-        case drainRequested
+        case drainRequested, credentialsReplaced
     }
 
     static let other = 99
@@ -159,6 +159,7 @@ struct GatewayTunnelMachineTests {
         case .timerBackoff: return .timerFired(timer: .backoff, now: n)
         case .timerDrain: return .timerFired(timer: .drain, now: n)
         case .drainRequested: return .drainRequested(now: n)
+        case .credentialsReplaced: return .credentialsReplaced(now: n)
         }
     }
 
@@ -354,6 +355,18 @@ struct GatewayTunnelMachineTests {
             case .draining, .closed:
                 return Expectation()
             }
+        case .credentialsReplaced:
+            switch t {
+            case .backoff:
+                return Expectation(guardText: "usable candidate",
+                                   actions: [.cancelTimer(timer: .backoff)] + dialA(m.lastConnection + 1, true), next: "dialing")
+            case .backoffNoCandidates:
+                return Expectation(guardText: "no usable candidate", actions: [.cancelTimer(timer: .backoff), .probeCandidates], next: "searching")
+            case .idle, .idleWithCandidates, .searching, .dialing, .handshaking, .authenticating, .established,
+                 .establishedAwaitingReply, .establishedMissed, .establishedMissedAwaitingReply, .establishedOnFallback,
+                 .draining, .closed:
+                return Expectation()
+            }
         }
     }
 
@@ -502,6 +515,8 @@ struct GatewayTunnelMachineTests {
         var lastFail: [String: Int64] = [:]
         var trace: [String] = []
         var lastActions: [A] = []
+        /// `credentialsReplaced` events that cut a backoff short with a dial.
+        var redials = 0
 
         init(config: M.Config) { m = M(config: config) }
 
@@ -558,7 +573,8 @@ struct GatewayTunnelMachineTests {
                 }
             case 800..<880:
                 return .timerFired(timer: M.TimerKind.allCases[p % M.TimerKind.allCases.count], now: at(now))
-            case 880..<996: return .start(now: at(now))
+            case 880..<930: return .start(now: at(now))
+            case 930..<996: return .credentialsReplaced(now: at(now))
             default: return .drainRequested(now: at(now))
             }
         }
@@ -571,7 +587,7 @@ struct GatewayTunnelMachineTests {
             switch e {
             case .start(let n), .candidatesUpdated(_, let n), .tcpConnected(_, let n), .handshakeCompleted(_, let n),
                  .hostKeyRejected(_, _, let n), .authenticated(_, let n), .connectionClosed(_, _, let n),
-                 .keepaliveReplied(_, let n), .timerFired(_, let n), .drainRequested(let n):
+                 .keepaliveReplied(_, let n), .timerFired(_, let n), .drainRequested(let n), .credentialsReplaced(let n):
                 eventNow = n
             }
             var firedPending = false
@@ -589,9 +605,22 @@ struct GatewayTunnelMachineTests {
             case .tcpConnected(let c, _), .handshakeCompleted(let c, _), .hostKeyRejected(let c, _, _),
                  .authenticated(let c, _), .connectionClosed(let c, _, _), .keepaliveReplied(let c, _):
                 eventConnection = c
-            case .start, .candidatesUpdated, .timerFired, .drainRequested:
+            case .start, .candidatesUpdated, .timerFired, .drainRequested, .credentialsReplaced:
                 eventConnection = nil
             }
+            if case .credentialsReplaced = e {
+                if m.failures != before.failures { problems.append("credentialsReplaced changed the failure count \(before.failures) → \(m.failures)") }
+                if case .backoff = before.state {
+                    if actions.first != .cancelTimer(timer: .backoff) { problems.append("credentialsReplaced in backoff did not cancel the backoff timer first") }
+                    if !["dialing", "searching"].contains(m.stateName) { problems.append("credentialsReplaced in backoff → \(m.stateName)") }
+                    if actions.contains(where: { if case .dial = $0 { return true } else { return false } }) { redials += 1 }
+                } else if !actions.isEmpty || m.stateName != before.stateName {
+                    problems.append("credentialsReplaced acted in \(before.stateName)")
+                }
+            }
+            // At most one connection in flight: a dial only when there is no current connection,
+            // or after this very step closed it (failback).
+            var inFlight = before.state.connection
             if let c = eventConnection, c != before.state.connection, !actions.isEmpty {
                 problems.append("a report about connection \(c) (current \(String(describing: before.state.connection))) acted")
             }
@@ -619,6 +648,8 @@ struct GatewayTunnelMachineTests {
                     timers[k] = nil
                 case let .dial(c, relay, _):
                     if c != before.lastConnection + 1 { problems.append("connection id \(c) after \(before.lastConnection)") }
+                    if let f = inFlight { problems.append("dialed \(c) while connection \(f) was in flight") }
+                    inFlight = c
                     guard let cand = m.candidates.first(where: { $0.name == relay }), cand.healthy else {
                         problems.append("dialed \(relay), not a healthy candidate"); break
                     }
@@ -636,7 +667,9 @@ struct GatewayTunnelMachineTests {
                         if connected { problems.append("host key rejected while connected") }
                         if before.state.specName != "handshaking" { problems.append("host key rejected outside handshaking") }
                     }
-                case .probeCandidates, .startHandshake, .authenticate, .sendKeepalive, .closeConnection, .log:
+                case let .closeConnection(c, _):
+                    if inFlight == c { inFlight = nil }
+                case .probeCandidates, .startHandshake, .authenticate, .sendKeepalive, .log:
                     break
                 }
             }
@@ -654,6 +687,7 @@ struct GatewayTunnelMachineTests {
     @Test("random event sequences keep every invariant", .shrinking)
     func randomSequences() async {
         var steps = 0
+        var redials = 0
         var seen = Set<String>()
         let input = zip(Gen.int(in: 0...999), Gen.int(in: 0...20_000), Gen.int(in: 0...65_535)).array(of: 150...250)
         await propertyCheck(count: 560, input: input, Gen.uint64(in: 0...UInt64.max), Gen.int(in: 1...3)) { script, seed, limit in
@@ -664,6 +698,7 @@ struct GatewayTunnelMachineTests {
                 let problems = d.step(e)
                 seen.insert("state:\(d.m.stateName)")
                 seen.formUnion(d.lastActions.map(\.specName))
+                if d.redials > 0 { redials += d.redials; d.redials = 0 }
                 if !problems.isEmpty {
                     Issue.record("after \(d.trace.count) steps: \(problems.joined(separator: "; "))\ntrace:\n\(d.trace.suffix(25).joined(separator: "\n"))")
                     return
@@ -673,6 +708,7 @@ struct GatewayTunnelMachineTests {
         #expect(steps >= 100_000, "only \(steps) random steps")
         let required: Set<String> = ["closeConnection(failback)", "closeConnection(keepaliveTimeout)", "closeConnection(hostKeyRejected)", "closeConnection(dialTimeout)", "closeConnection(handshakeTimeout)", "closeConnection(authenticationTimeout)", "closeConnection(drainTimedOut)", "log(keepaliveMissed)", "log(connectionLost)", "log(noUsableRelay)", "log(unexpectedEvent)", "report(connected)", "report(hostKeyRejected)", "probeCandidates", "sendKeepalive", "state:draining", "state:closed", "state:searching"]
         #expect(required.subtracting(seen).isEmpty, "never reached: \(required.subtracting(seen).sorted())")
+        #expect(redials >= 100, "credentialsReplaced cut a backoff short only \(redials) times")
     }
 
     // MARK: Fixtures
@@ -840,6 +876,43 @@ struct GatewayTunnelMachineTests {
         #expect(s.send(.start(now: at(13_500))) == [])
         try Fixtures.record(M.self, "drain",
                             description: "on drain the gateway stops reconnecting, disconnects cleanly, waits for the close to be confirmed, and then ignores every later event",
+                            config: Self.fixtureConfig, events: s.events)
+    }
+
+    @Test("fixture: redial-on-fresh-credentials")
+    func fixtureRedialOnFreshCredentials() throws {
+        var s = Script(Self.fixtureConfig)
+        s.send(.candidatesUpdated(candidates: [Relays.a], now: at(0)))
+        s.send(.start(now: at(0)))
+        s.connect(at: 10)
+        // The relay restarts: the tunnel is lost and the relay refuses dials while it is down.
+        s.send(.connectionClosed(connection: s.connection, cause: .closedByPeer, now: at(200_000)))
+        for _ in 0..<4 {
+            s.fire(.backoff)
+            s.send(.connectionClosed(connection: s.connection, cause: .refused, now: s.due(.dial)! + .milliseconds(-29_998)))
+        }
+        // It is back with a new host key, which the certificate held does not certify.
+        s.fire(.backoff)
+        let c = s.connection
+        let t = s.due(.dial)!.milliseconds - 30_000
+        s.send(.tcpConnected(connection: c, now: at(t + 5)))
+        s.send(.hostKeyRejected(connection: c, detail: "host certificate names a.relay.test:2222 but certifies another key", now: at(t + 40)))
+        guard case .backoff(let b) = s.m.state else { Issue.record("expected backoff"); return }
+        let failures = s.m.failures
+        #expect(failures == 6)
+        // The refreshed credentials arrive 300 ms later: dial now instead of at b.until.
+        let redial = s.send(.credentialsReplaced(now: at(t + 340)))
+        #expect(redial == [.cancelTimer(timer: .backoff),
+                           .log(message: .connecting(relay: "relay-a", host: "a.relay.test", failingOverFrom: nil)),
+                           .dial(connection: c + 1, relay: "relay-a", host: "a.relay.test"),
+                           .scheduleTimer(timer: .dial, at: at(t + 340) + Self.fixtureConfig.dialTimeout)])
+        #expect(at(t + 340) < b.until, "the redial comes before the backoff would have ended")
+        #expect(s.m.failures == failures, "the failure count is kept")
+        s.connect(at: t + 360)
+        #expect(s.m.stateName == "established")
+        #expect(s.send(.credentialsReplaced(now: at(t + 60_000))) == [], "a live tunnel keeps its credentials")
+        try Fixtures.record(M.self, "redial-on-fresh-credentials",
+                            description: "the relay restarts with a new host key: after a few refused dials the D1 check rejects the new key; the refreshed credentials arrive during the backoff, so the gateway dials at once instead of waiting out the delay, and then connects",
                             config: Self.fixtureConfig, events: s.events)
     }
 

@@ -329,8 +329,22 @@ struct GatewayEnrollmentTests {
         return out.stdout + (out.exit == .exited(0) ? "" : "[exit \(out.exit)] \(out.stderr)")
     }
 
-    @Test("gatewayReconnectsAfterRelayRestart: the restarted relay presents a new host key; the enrolled gateway's D1 check rejects it, fetches fresh credentials at once (once) and traffic flows again within 30 s")
-    func gatewayReconnectsAfterRelayRestart() async throws {
+    /// What `relayRestart` saw after the relay's restart.
+    struct RestartOutcome {
+        /// From the relay's restart to the gateway's tunnel being established again.
+        var back: Duration
+        /// From the first gateway log line naming the rejected host key to the tunnel being up.
+        var rejectedToUp: Duration?
+        /// The gateway's log lines after the restart.
+        var lines: [String]
+        /// The gateway's model trace (JSON Lines), read after it exited.
+        var trace: String
+    }
+
+    /// An enrolled gateway on a relay; the relay is SIGKILLed and started again (it gets a new
+    /// host key from the platform); waits up to `within` for the gateway's tunnel to return, checks
+    /// the order rejected → one refresh → renewed → up and that traffic flows again.
+    static func relayRestart(_ label: String, reconnectBase: String, reconnectCap: String?, within: Duration) async throws -> RestartOutcome {
         let p = try await PlatformHarness.shared.value
         let dir = TempDir("gw-hostkey")
         let ssh = try unusedPort(), tls = try unusedPort()
@@ -348,9 +362,11 @@ struct GatewayEnrollmentTests {
         let gwName = "hk-gw-\(UUID().uuidString.prefix(6).lowercased())"
         let gwId = try await p.createGateway(gwName)
         let gwToken = try await p.mint(gwId, kind: "gateways")
+        let traceFile = dir.path("gw-trace.jsonl")
         let gw = try RelayCLI.start(["gateway", "start", "--name=\(gwName)", "--enroll-method=token", "--token=\(gwToken)",
                                      "--domain=\(p.base)", "--ca-file=\(p.service.caFilePath)", "--state-dir=\(dir.path("gw-state"))",
-                                     "--target-relay-name=\(relayName)", "--reconnect-base=0.25", "--reconnect-cap=2"])
+                                     "--target-relay-name=\(relayName)", "--reconnect-base=\(reconnectBase)", "--trace-out=\(traceFile)"]
+                                    + (reconnectCap.map { ["--reconnect-cap=\($0)"] } ?? []))
         defer { gw.signal(SIGKILL) }
         try await gw.waitForLog("Relay connection established for gateway (relay \(relayName))", timeout: .seconds(30))
         #expect(try await Self.ping(p, gatewayId: gwId, dir: dir) == "PONG\n")
@@ -364,16 +380,19 @@ struct GatewayEnrollmentTests {
         try await relay.waitForLog("Relay server started successfully")
         let restarted = ContinuousClock.now
         var lines: [String] = []
-        while ContinuousClock.now < restarted + .seconds(30) {
+        var rejectedSeen: ContinuousClock.Instant?
+        while ContinuousClock.now < restarted + within {
             lines = Array(gw.process.stderr.lines.dropFirst(linesBefore))
+            if rejectedSeen == nil, lines.contains(where: { $0.contains("host key rejected") }) { rejectedSeen = ContinuousClock.now }
             if lines.contains(where: { $0.contains("Relay connection established for gateway") }) { break }
             try await Task.sleep(for: .milliseconds(50))
         }
-        let back = ContinuousClock.now - restarted
+        let upAt = ContinuousClock.now
+        let back = upAt - restarted
         let text = lines.joined(separator: "\n")
         #expect(lines.contains { $0.contains("Relay connection established for gateway (relay \(relayName))") },
-                "not back within 30 s of the relay's restart:\n\(text)")
-        #expect(back < .seconds(30))
+                "not back within \(within) of the relay's restart:\n\(text)")
+        #expect(back < within)
         // It was locked out first (the old relay host certificate), then refreshed, then dialled with the new one.
         let rejected = try #require(lines.firstIndex { $0.contains("host key rejected") && $0.contains("does not certify the host key the server presented") },
                                     "the gateway never saw the new host key:\n\(text)")
@@ -383,11 +402,35 @@ struct GatewayEnrollmentTests {
         #expect(rejected < refresh && refresh < renewed && renewed < up, "\(text)")
         #expect(lines.filter { $0.contains("fetching fresh credentials from the platform now") }.count == 1, "more than one refresh:\n\(text)")
         #expect(try await Self.ping(p, gatewayId: gwId, dir: dir) == "PONG\n")
-        print("gatewayReconnectsAfterRelayRestart: back \(back) after the relay's restart")
+        print("\(label): back \(back) after the relay's restart, \(rejectedSeen.map { upAt - $0 }.map { "\($0)" } ?? "?") after the host-key rejection")
 
         gw.signal(SIGTERM)
         #expect(await gw.waitForExit() == .exited(0), "\(gw.log)")
         #expect(!gw.log.contains(gwToken) && !relay.log.contains(relayToken))
+        let trace = (try? String(contentsOfFile: traceFile, encoding: .utf8)) ?? ""
+        return RestartOutcome(back: back, rejectedToUp: rejectedSeen.map { upAt - $0 }, lines: lines, trace: trace)
+    }
+
+    @Test("gatewayReconnectsAfterRelayRestart: the restarted relay presents a new host key; the enrolled gateway's D1 check rejects it, fetches fresh credentials at once (once) and traffic flows again within 30 s")
+    func gatewayReconnectsAfterRelayRestart() async throws {
+        _ = try await Self.relayRestart("gatewayReconnectsAfterRelayRestart", reconnectBase: "0.25", reconnectCap: "2", within: .seconds(30))
+    }
+
+    /// Backoff base 10 s, default cap 30 s: the host-key rejection is the gateway's second failure in
+    /// a row, so without the immediate dial it would wait a delay drawn from 0…20 s (0…30 s after a
+    /// refused dial). With it, the refreshed credentials cut that wait short (Specs/gatewayTunnel.md
+    /// §3 "Fresh credentials dial at once"). The time before the rejection is the backoff after the
+    /// loss (up to 10 s, plus up to 20 s if a dial hits the relay while it is still down), which this
+    /// change does not touch; so the clock for the check starts at the rejection.
+    @Test("gatewayRedialsAtOnceWithFreshCredentials: with a 10 s backoff base and the default cap, the gateway is back within 5 s of the host-key rejection, because the refreshed credentials end the backoff at once")
+    func gatewayRedialsAtOnceWithFreshCredentials() async throws {
+        let o = try await Self.relayRestart("gatewayRedialsAtOnceWithFreshCredentials", reconnectBase: "10", reconnectCap: nil, within: .seconds(60))
+        let text = o.lines.joined(separator: "\n")
+        let gap = try #require(o.rejectedToUp, "no rejection seen:\n\(text)")
+        #expect(gap < .seconds(5), "back \(gap) after the host-key rejection:\n\(text)")
+        // The trace shows why: the tunnel machine heard credentialsReplaced in backoff and dialed.
+        let redial = o.trace.split(separator: "\n").filter { $0.contains("\"credentialsReplaced\"") && $0.contains("\"dial\"") }
+        #expect(redial.count == 1, "credentialsReplaced steps that dialed: \(redial.count)\n\(o.trace.suffix(4000))")
     }
 
     @Test("standalone: a relay host certificate that does not certify the relay's key is refused, and the log says to refresh the credentials file")

@@ -20,6 +20,7 @@
 ///                                                            backoff          failback ───┘→ dialing
 ///  drainRequested: established → draining → (close confirmed | drain timer) → closed(reason)
 ///                  any other live state → closed(drained) at once; closed absorbs everything
+///  credentialsReplaced: backoff → as if its timer fired (dial now); ignored in every other state
 /// ```
 ///
 /// ## Invariants
@@ -27,6 +28,7 @@
 /// - Backoff delays are drawn from `0 … min(cap, base · 2^failures)` with `SeededRandom`.
 /// - Only healthy candidates are dialed, and never one held down while another is not.
 /// - `closed` absorbs every event without actions.
+/// - `credentialsReplaced` acts only in `backoff` (dials now, failure count kept).
 ///
 /// Spec: Specs/gatewayTunnel.md §1–§4 and the Transitions table.
 public struct GatewayTunnelMachine: StateMachine {
@@ -348,6 +350,9 @@ public struct GatewayTunnelMachine: StateMachine {
         case timerFired(timer: TimerKind, now: Instant)
         /// Shut down: stop reconnecting and close cleanly.
         case drainRequested(now: Instant)
+        /// The runtime now holds fresh credentials (renewal, or the refresh after a rejected host
+        /// key): in `backoff` the machine dials now instead of waiting out the delay.
+        case credentialsReplaced(now: Instant)
 
         public var specName: String {
             if case .timerFired(let t, _) = self { return "timerFired(\(t.rawValue))" }
@@ -423,6 +428,7 @@ public struct GatewayTunnelMachine: StateMachine {
         case let .keepaliveReplied(c, now): return onKeepaliveReplied(c, now)
         case let .timerFired(t, now): return onTimerFired(t, now)
         case .drainRequested(let now): return onDrainRequested(now)
+        case .credentialsReplaced(let now): return onCredentialsReplaced(now)
         }
     }
 
@@ -620,6 +626,18 @@ public struct GatewayTunnelMachine: StateMachine {
             return [.cancelTimer(timer: .backoff), .log(message: .tunnelClosed)]
         case .draining, .closed:
             return []
+        }
+    }
+
+    /// Fresh credentials: a backoff was waiting out a failure they may cure (a relay restarted
+    /// with a new host key), so dial now, as the backoff timer would; the failure count stays, so
+    /// a relay that is really down still backs off. Spec §3 "Fresh credentials dial at once".
+    private mutating func onCredentialsReplaced(_ now: Instant) -> [Action] {
+        switch state {
+        case .backoff:
+            return [.cancelTimer(timer: .backoff)] + dialBestOrSearch(now)
+        case .idle, .searching, .dialing, .handshaking, .authenticating, .established, .draining, .closed:
+            return []  // a live tunnel keeps its credentials; a dial in progress finishes
         }
     }
 

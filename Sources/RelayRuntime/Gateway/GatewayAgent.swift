@@ -47,7 +47,7 @@ public final class GatewayAgent: @unchecked Sendable {
     let loop: EventLoop
     private let worker = DispatchQueue(label: "relay.gateway.connect")
     /// The credentials for the next dial and the inner-TLS context built from them; replaced by
-    /// `replaceCredentials` (certificate renewal). A live tunnel keeps what it was built with.
+    /// `replaceCredentials` (renewal or refresh). A live tunnel keeps what it was built with.
     private let current: Mutex<(credentials: GatewayCredentials, inner: TLSContext)>
     private var connectors: [Int: RelayConnector] = [:]   // worker queue only
     private var link: GatewayLink?                         // loop only
@@ -78,9 +78,13 @@ public final class GatewayAgent: @unchecked Sendable {
     }
 
     /// Renewed credentials (same gateway id): the next dial and every later channel use them.
+    /// The machine hears `credentialsReplaced`: waiting in backoff (say after the D1 check
+    /// rejected a restarted relay's new host key), it dials now with them instead of sitting out
+    /// the rest of its delay (Specs/gatewayTunnel.md §3).
     public func replaceCredentials(_ c: GatewayCredentials) throws(RuntimeError) {
         let inner = try GatewayAgent.innerContext(c)
         current.withLock { $0 = (c, inner) }
+        feed(.credentialsReplaced(now: Clock.now()))
     }
 
     /// The tunnel machine's state (`established`, `backoff`, …), for metrics and readiness.
