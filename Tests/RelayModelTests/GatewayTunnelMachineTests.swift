@@ -30,6 +30,27 @@ struct GatewayTunnelMachineTests {
         case idle, idleWithCandidates, searching, dialing, handshaking, authenticating
         case established, establishedAwaitingReply, establishedMissed, establishedMissedAwaitingReply
         case establishedOnFallback, backoff, backoffNoCandidates, draining, closed
+        /// Attempts during which the credentials were replaced (`staleCredentials`), with usable
+        /// candidates or with none left by the time the attempt ends.
+        case dialingStale, handshakingStale, authenticatingStale
+        case dialingStaleNoCandidates, handshakingStaleNoCandidates, authenticatingStaleNoCandidates
+
+        /// The unmarked target whose behaviour this one shares except for the stale-attempt rows.
+        var base: TargetState {
+            switch self {
+            case .dialingStale, .dialingStaleNoCandidates: return .dialing
+            case .handshakingStale, .handshakingStaleNoCandidates: return .handshaking
+            case .authenticatingStale, .authenticatingStaleNoCandidates: return .authenticating
+            case .idle, .idleWithCandidates, .searching, .dialing, .handshaking, .authenticating, .established,
+                 .establishedAwaitingReply, .establishedMissed, .establishedMissedAwaitingReply,
+                 .establishedOnFallback, .backoff, .backoffNoCandidates, .draining, .closed:
+                return self
+            }
+        }
+        var isStale: Bool { base != self }
+        var staleWithoutCandidates: Bool {
+            self == .dialingStaleNoCandidates || self == .handshakingStaleNoCandidates || self == .authenticatingStaleNoCandidates
+        }
     }
 
     static func reach(_ t: TargetState) -> M {
@@ -91,6 +112,11 @@ struct GatewayTunnelMachineTests {
         case .backoffNoCandidates:
             send(.start(now: at(0)))
             send(.candidatesUpdated(candidates: Relays.none, now: at(10)))
+        case .dialingStale, .handshakingStale, .authenticatingStale,
+             .dialingStaleNoCandidates, .handshakingStaleNoCandidates, .authenticatingStaleNoCandidates:
+            m = reach(t.base)
+            send(.credentialsReplaced(now: at(50)))
+            if t.staleWithoutCandidates { send(.candidatesUpdated(candidates: Relays.none, now: at(60))) }
         }
         return m
     }
@@ -110,8 +136,15 @@ struct GatewayTunnelMachineTests {
         case .backoff, .backoffNoCandidates: expected = "backoff"
         case .draining: expected = "draining"
         case .closed: expected = "closed"
+        case .dialingStale, .dialingStaleNoCandidates: expected = "dialing"
+        case .handshakingStale, .handshakingStaleNoCandidates: expected = "handshaking"
+        case .authenticatingStale, .authenticatingStaleNoCandidates: expected = "authenticating"
         }
         #expect(m.stateName == expected)
+        switch m.state {
+        case .dialing(let a), .handshaking(let a), .authenticating(let a): #expect(a.staleCredentials == t.isStale)
+        case .idle, .searching, .established, .backoff, .draining, .closed: break
+        }
         if t == .establishedOnFallback, case .established(let e) = m.state {
             #expect(e.relay.name == "relay-b" && e.onFallback)
         }
@@ -178,7 +211,8 @@ struct GatewayTunnelMachineTests {
         return TimeSpan(milliseconds: Int64(r.uniform(upTo: UInt64(window.milliseconds))))
     }
 
-    static func expectation(_ t: TargetState, _ g: GridEvent, _ m: M) -> Expectation {
+    static func expectation(_ target: TargetState, _ g: GridEvent, _ m: M) -> Expectation {
+        let t = target.base
         let n = now
         let cfg = config
         let conn = m.state.connection
@@ -249,6 +283,11 @@ struct GatewayTunnelMachineTests {
             }
             return hasConnection ? unexpected("handshakeCompleted") : Expectation()
         case .hostKeyRejected:
+            if t == .handshaking, target.isStale {
+                return staleRetry(target, m, [.cancelTimer(timer: .handshake), .closeConnection(connection: 1, reason: .hostKeyRejected),
+                                              .report(status: .hostKeyRejected(relay: "relay-a")),
+                                              .log(message: .hostKeyRejected(relay: "relay-a", host: "a.relay.test", detail: keyDetail, retryIn: .zero))])
+            }
             if t == .handshaking {
                 let d = draw(m)
                 return Expectation(actions: [.cancelTimer(timer: .handshake), .closeConnection(connection: 1, reason: .hostKeyRejected),
@@ -271,6 +310,10 @@ struct GatewayTunnelMachineTests {
             case .handshaking: phase = (.handshake, .handshaking)
             case .authenticating: phase = (.authentication, .authenticating)
             default: phase = nil
+            }
+            if let timer = phase?.0, target.isStale {
+                return staleRetry(target, m, [.cancelTimer(timer: timer),
+                                              .log(message: .connectionFailed(relay: "relay-a", failure: .closed(cause: .closedByPeer), retryIn: .zero))])
             }
             if let timer = phase?.0 {
                 let d = draw(m)
@@ -343,7 +386,8 @@ struct GatewayTunnelMachineTests {
             switch t {
             case .idle, .idleWithCandidates, .searching:
                 return Expectation(actions: [.log(message: .tunnelClosed)], next: "closed")
-            case .dialing, .handshaking, .authenticating:
+            case .dialing, .handshaking, .authenticating, .dialingStale, .handshakingStale, .authenticatingStale,
+                 .dialingStaleNoCandidates, .handshakingStaleNoCandidates, .authenticatingStaleNoCandidates:
                 return Expectation(actions: [.cancelTimer(timer: m.state.pendingTimer!), .closeConnection(connection: 1, reason: .draining),
                                              .log(message: .tunnelClosed)], next: "closed")
             case .established, .establishedAwaitingReply, .establishedMissed, .establishedMissedAwaitingReply, .establishedOnFallback:
@@ -364,10 +408,27 @@ struct GatewayTunnelMachineTests {
                 return Expectation(guardText: "no usable candidate", actions: [.cancelTimer(timer: .backoff), .probeCandidates], next: "searching")
             case .idle, .idleWithCandidates, .searching, .dialing, .handshaking, .authenticating, .established,
                  .establishedAwaitingReply, .establishedMissed, .establishedMissedAwaitingReply, .establishedOnFallback,
-                 .draining, .closed:
-                return Expectation()
+                 .draining, .closed, .dialingStale, .handshakingStale, .authenticatingStale,
+                 .dialingStaleNoCandidates, .handshakingStaleNoCandidates, .authenticatingStaleNoCandidates:
+                return Expectation()  // during an attempt: only marks it stale (no actions)
             }
         }
+    }
+
+    /// A marked attempt failed: `head` (the failure's usual actions without the backoff timer),
+    /// then the dial the backoff timer would make. relay-a has just failed, so with usable
+    /// candidates the hold-down moves the redial to relay-b.
+    static func staleRetry(_ t: TargetState, _ m: M, _ head: [A]) -> Expectation {
+        if t.staleWithoutCandidates {
+            return Expectation(guardText: "attempt used replaced credentials, no usable candidate",
+                               actions: head + [.probeCandidates], next: "searching")
+        }
+        let c = m.lastConnection + 1
+        return Expectation(guardText: "attempt used replaced credentials, usable candidate",
+                           actions: head + [.log(message: .connecting(relay: "relay-b", host: "b.relay.test", failingOverFrom: "relay-a")),
+                                            .dial(connection: c, relay: "relay-b", host: "b.relay.test"),
+                                            .scheduleTimer(timer: .dial, at: now + config.dialTimeout)],
+                           next: "dialing")
     }
 
     struct Cell: Sendable {
@@ -517,6 +578,8 @@ struct GatewayTunnelMachineTests {
         var lastActions: [A] = []
         /// `credentialsReplaced` events that cut a backoff short with a dial.
         var redials = 0
+        /// Failed attempts marked stale that were redialed at once.
+        var staleRetries = 0
 
         init(config: M.Config) { m = M(config: config) }
 
@@ -617,10 +680,42 @@ struct GatewayTunnelMachineTests {
                 } else if !actions.isEmpty || m.stateName != before.stateName {
                     problems.append("credentialsReplaced acted in \(before.stateName)")
                 }
+                switch m.state {
+                case .dialing(let a), .handshaking(let a), .authenticating(let a):
+                    if a.connection == before.state.connection, !a.staleCredentials {
+                        problems.append("credentialsReplaced during an attempt did not mark it stale")
+                    }
+                case .idle, .searching, .established, .backoff, .draining, .closed: break
+                }
+            }
+            // An immediate retry (a failure answered by a dial or probe, with no backoff) only
+            // follows an attempt that was marked stale, and still counts the failure.
+            let beforeAttempt: M.Attempt?
+            switch before.state {
+            case .dialing(let a), .handshaking(let a), .authenticating(let a): beforeAttempt = a
+            case .idle, .searching, .established, .backoff, .draining, .closed: beforeAttempt = nil
+            }
+            let dialed = actions.contains { if case .dial = $0 { return true } else { return false } }
+            if let a = beforeAttempt, !(e.caseName == "credentialsReplaced"), dialed || actions.contains(.probeCandidates) {
+                let failure = e.caseName == "connectionClosed" || e.caseName == "hostKeyRejected"
+                if !a.staleCredentials || !failure { problems.append("immediate retry after \(e.specName) of an unmarked attempt") }
+                if m.failures != min(before.failures + 1, 1000) { problems.append("immediate retry did not count the failure") }
+                lastFail[a.relay.name] = eventNow.milliseconds
+                staleRetries += 1
+            }
+            if let a = beforeAttempt, a.staleCredentials, eventConnection == a.connection,
+               e.caseName == "connectionClosed" || e.caseName == "hostKeyRejected", m.stateName == "backoff" {
+                problems.append("a marked attempt failed by \(e.specName) and backed off")
+            }
+            switch m.state {
+            case .dialing(let a), .handshaking(let a), .authenticating(let a):
+                if a.staleCredentials, a.connection != before.state.connection { problems.append("a new attempt started marked stale") }
+            case .idle, .searching, .established, .backoff, .draining, .closed: break
             }
             // At most one connection in flight: a dial only when there is no current connection,
             // or after this very step closed it (failback).
             var inFlight = before.state.connection
+            if case .connectionClosed(let c, _, _) = e, c == inFlight { inFlight = nil }  // the runtime says it is gone
             if let c = eventConnection, c != before.state.connection, !actions.isEmpty {
                 problems.append("a report about connection \(c) (current \(String(describing: before.state.connection))) acted")
             }
@@ -688,6 +783,7 @@ struct GatewayTunnelMachineTests {
     func randomSequences() async {
         var steps = 0
         var redials = 0
+        var staleRetries = 0
         var seen = Set<String>()
         let input = zip(Gen.int(in: 0...999), Gen.int(in: 0...20_000), Gen.int(in: 0...65_535)).array(of: 150...250)
         await propertyCheck(count: 560, input: input, Gen.uint64(in: 0...UInt64.max), Gen.int(in: 1...3)) { script, seed, limit in
@@ -699,6 +795,7 @@ struct GatewayTunnelMachineTests {
                 seen.insert("state:\(d.m.stateName)")
                 seen.formUnion(d.lastActions.map(\.specName))
                 if d.redials > 0 { redials += d.redials; d.redials = 0 }
+                if d.staleRetries > 0 { staleRetries += d.staleRetries; d.staleRetries = 0 }
                 if !problems.isEmpty {
                     Issue.record("after \(d.trace.count) steps: \(problems.joined(separator: "; "))\ntrace:\n\(d.trace.suffix(25).joined(separator: "\n"))")
                     return
@@ -709,6 +806,7 @@ struct GatewayTunnelMachineTests {
         let required: Set<String> = ["closeConnection(failback)", "closeConnection(keepaliveTimeout)", "closeConnection(hostKeyRejected)", "closeConnection(dialTimeout)", "closeConnection(handshakeTimeout)", "closeConnection(authenticationTimeout)", "closeConnection(drainTimedOut)", "log(keepaliveMissed)", "log(connectionLost)", "log(noUsableRelay)", "log(unexpectedEvent)", "report(connected)", "report(hostKeyRejected)", "probeCandidates", "sendKeepalive", "state:draining", "state:closed", "state:searching"]
         #expect(required.subtracting(seen).isEmpty, "never reached: \(required.subtracting(seen).sorted())")
         #expect(redials >= 100, "credentialsReplaced cut a backoff short only \(redials) times")
+        #expect(staleRetries >= 50, "a stale attempt was redialed at once only \(staleRetries) times")
     }
 
     // MARK: Fixtures
@@ -913,6 +1011,41 @@ struct GatewayTunnelMachineTests {
         #expect(s.send(.credentialsReplaced(now: at(t + 60_000))) == [], "a live tunnel keeps its credentials")
         try Fixtures.record(M.self, "redial-on-fresh-credentials",
                             description: "the relay restarts with a new host key: after a few refused dials the D1 check rejects the new key; the refreshed credentials arrive during the backoff, so the gateway dials at once instead of waiting out the delay, and then connects",
+                            config: Self.fixtureConfig, events: s.events)
+    }
+
+    @Test("fixture: redial-after-stale-attempt")
+    func fixtureRedialAfterStaleAttempt() throws {
+        var s = Script(Self.fixtureConfig)
+        s.send(.candidatesUpdated(candidates: [Relays.a], now: at(0)))
+        s.send(.start(now: at(0)))
+        s.connect(at: 10)
+        // The relay restarts with a new host key; the gateway's backoff timer fires and it dials
+        // while the credentials refresh (answering nothing yet) is still under way.
+        s.send(.connectionClosed(connection: s.connection, cause: .closedByPeer, now: at(200_000)))
+        s.fire(.backoff)
+        let c = s.connection
+        let t = s.due(.dial)!.milliseconds - 30_000
+        s.send(.tcpConnected(connection: c, now: at(t + 5)))
+        // The fresh credentials arrive during the handshake: the attempt is only marked.
+        #expect(s.send(.credentialsReplaced(now: at(t + 20))) == [])
+        let failures = s.m.failures
+        // The attempt still checks the new key against the old certificate and is rejected:
+        // redial at once (failure counted) instead of backing off.
+        let detail = "host certificate names a.relay.test:2222 but certifies another key"
+        let retry = s.send(.hostKeyRejected(connection: c, detail: detail, now: at(t + 40)))
+        #expect(retry == [.cancelTimer(timer: .handshake), .closeConnection(connection: c, reason: .hostKeyRejected),
+                          .report(status: .hostKeyRejected(relay: "relay-a")),
+                          .log(message: .hostKeyRejected(relay: "relay-a", host: "a.relay.test", detail: detail, retryIn: .zero)),
+                          .log(message: .connecting(relay: "relay-a", host: "a.relay.test", failingOverFrom: nil)),
+                          .dial(connection: c + 1, relay: "relay-a", host: "a.relay.test"),
+                          .scheduleTimer(timer: .dial, at: at(t + 40) + Self.fixtureConfig.dialTimeout)])
+        #expect(s.m.failures == failures + 1, "the failure still counts")
+        // The new attempt starts unmarked (one immediate retry per replacement) and connects.
+        s.connect(at: t + 60)
+        #expect(s.m.stateName == "established")
+        try Fixtures.record(M.self, "redial-after-stale-attempt",
+                            description: "the relay restarts with a new host key and the fresh credentials arrive while a dial is already in its handshake: that attempt still fails the D1 check with the old certificate, and the gateway redials at once instead of backing off, then connects",
                             config: Self.fixtureConfig, events: s.events)
     }
 

@@ -422,24 +422,21 @@ struct GatewayEnrollmentTests {
     /// §3 "Fresh credentials dial at once"). The time before the rejection is the backoff after the
     /// loss (up to 10 s, plus up to 20 s if a dial hits the relay while it is still down), which this
     /// change does not touch; so the clock for the check starts at the rejection.
-    @Test("gatewayRedialsAtOnceWithFreshCredentials: with a 10 s backoff base and the default cap, the gateway is back within 5 s of the host-key rejection, because the refreshed credentials end the backoff at once")
+    @Test("gatewayRedialsAtOnceWithFreshCredentials: with a 10 s backoff base and the default cap, the gateway is back within 5 s of the host-key rejection, because the refreshed credentials end the backoff at once (or, arriving during a dial, make its refusal redial at once)")
     func gatewayRedialsAtOnceWithFreshCredentials() async throws {
         let o = try await Self.relayRestart("gatewayRedialsAtOnceWithFreshCredentials", reconnectBase: "10", reconnectCap: nil, within: .seconds(60))
         let text = o.lines.joined(separator: "\n")
         let gap = try #require(o.rejectedToUp, "no rejection seen:\n\(text)")
         let replaced = o.trace.split(separator: "\n").filter { $0.contains("\"credentialsReplaced\"") }
         #expect(!replaced.isEmpty, "the refreshed credentials never reached the tunnel machine\n\(o.trace.suffix(4000))")
-        // The trace shows why: the tunnel machine heard credentialsReplaced in backoff and dialed.
+        // The trace shows why. Usually the tunnel machine heard credentialsReplaced in backoff and
+        // dialed. Sometimes (~2 % of runs) the retry timer fired in the ~0.4 s between the rejection
+        // and the fresh credentials, so they arrived while a dial was in flight: the machine marks
+        // that attempt, and when the old certificate gets it refused it redials at once instead of
+        // backing off (Specs/gatewayTunnel.md §3). Either way the gateway is back quickly.
         let redial = replaced.filter { $0.contains("\"dial\"") }
-        if redial.isEmpty {
-            // The retry timer fired in the ~0.4 s between the rejection and the fresh credentials, so
-            // they arrived while a dial was in flight (ignored there, Specs/gatewayTunnel.md) and that
-            // dial was refused with the old certificate; recovery then took the ordinary backoff, which
-            // relayRestart bounded (60 s). Nothing more to check in this run.
-            return
-        }
-        #expect(redial.count == 1, "credentialsReplaced steps that dialed: \(redial.count)\n\(o.trace.suffix(4000))")
-        #expect(gap < .seconds(5), "back \(gap) after the host-key rejection:\n\(text)")
+        #expect(redial.count <= 1, "credentialsReplaced steps that dialed: \(redial.count)\n\(o.trace.suffix(4000))")
+        #expect(gap < .seconds(5), "back \(gap) after the host-key rejection (credentials arrived \(redial.isEmpty ? "during a dial" : "in backoff")):\n\(text)")
     }
 
     @Test("standalone: a relay host certificate that does not certify the relay's key is refused, and the log says to refresh the credentials file")

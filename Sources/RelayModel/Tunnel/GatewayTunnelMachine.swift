@@ -20,7 +20,10 @@
 ///                                                            backoff          failback ───┘→ dialing
 ///  drainRequested: established → draining → (close confirmed | drain timer) → closed(reason)
 ///                  any other live state → closed(drained) at once; closed absorbs everything
-///  credentialsReplaced: backoff → as if its timer fired (dial now); ignored in every other state
+///  credentialsReplaced: backoff → as if its timer fired (dial now);
+///                       dialing/handshaking/authenticating → mark the attempt stale: if it then
+///                       fails (closed, host key rejected) it is redialed at once, not backed off;
+///                       ignored in every other state
 /// ```
 ///
 /// ## Invariants
@@ -28,7 +31,8 @@
 /// - Backoff delays are drawn from `0 … min(cap, base · 2^failures)` with `SeededRandom`.
 /// - Only healthy candidates are dialed, and never one held down while another is not.
 /// - `closed` absorbs every event without actions.
-/// - `credentialsReplaced` acts only in `backoff` (dials now, failure count kept).
+/// - `credentialsReplaced` dials only from `backoff` (failure count kept); during an attempt it
+///   only marks it stale, and a stale attempt that fails is redialed once at once (failure counted).
 ///
 /// Spec: Specs/gatewayTunnel.md §1–§4 and the Transitions table.
 public struct GatewayTunnelMachine: StateMachine {
@@ -249,6 +253,9 @@ public struct GatewayTunnelMachine: StateMachine {
         public var startedAt: Instant
         /// A better-ranked candidate was held down when this one was chosen.
         public var onFallback: Bool
+        /// The credentials were replaced while this attempt was in flight, so it runs on the old
+        /// ones; if it fails, the machine dials again at once (Specs §3 "Fresh credentials").
+        public var staleCredentials: Bool = false
     }
 
     /// A working tunnel.
@@ -495,11 +502,15 @@ public struct GatewayTunnelMachine: StateMachine {
     private mutating func onHostKeyRejected(_ c: Int, _ detail: String, _ now: Instant) -> [Action] {
         switch state {
         case .handshaking(let a) where a.connection == c:
+            let head: [Action] = [.cancelTimer(timer: .handshake), .closeConnection(connection: c, reason: .hostKeyRejected),
+                                  .report(status: .hostKeyRejected(relay: a.relay.name))]
+            if a.staleCredentials {
+                return head + [.log(message: .hostKeyRejected(relay: a.relay.name, host: a.relay.host, detail: detail, retryIn: .zero))]
+                    + failAndRedial(relay: a.relay.name, now)
+            }
             let delay = failAndBackOff(relay: a.relay.name, now)
-            return [.cancelTimer(timer: .handshake), .closeConnection(connection: c, reason: .hostKeyRejected),
-                    .report(status: .hostKeyRejected(relay: a.relay.name)),
-                    .log(message: .hostKeyRejected(relay: a.relay.name, host: a.relay.host, detail: detail, retryIn: delay)),
-                    .scheduleTimer(timer: .backoff, at: now + delay)]
+            return head + [.log(message: .hostKeyRejected(relay: a.relay.name, host: a.relay.host, detail: detail, retryIn: delay)),
+                           .scheduleTimer(timer: .backoff, at: now + delay)]
         case .idle, .searching, .dialing, .handshaking, .authenticating, .established, .backoff, .draining, .closed:
             return misplaced(c, "hostKeyRejected")
         }
@@ -522,12 +533,11 @@ public struct GatewayTunnelMachine: StateMachine {
     private mutating func onConnectionClosed(_ c: Int, _ cause: TransportCloseCause, _ now: Instant) -> [Action] {
         guard state.connection == c else { return [] }  // stale: not the current connection
         switch state {
-        case .dialing(let a):
-            return [.cancelTimer(timer: .dial)] + attemptFailed(a, .closed(cause: cause), now)
-        case .handshaking(let a):
-            return [.cancelTimer(timer: .handshake)] + attemptFailed(a, .closed(cause: cause), now)
-        case .authenticating(let a):
-            return [.cancelTimer(timer: .authentication)] + attemptFailed(a, .closed(cause: cause), now)
+        case .dialing(let a), .handshaking(let a), .authenticating(let a):
+            let cancel: [Action] = [.cancelTimer(timer: state.pendingTimer ?? .dial)]
+            guard a.staleCredentials else { return cancel + attemptFailed(a, .closed(cause: cause), now) }
+            return cancel + [.log(message: .connectionFailed(relay: a.relay.name, failure: .closed(cause: cause), retryIn: .zero))]
+                + failAndRedial(relay: a.relay.name, now)
         case .established(let e):
             let uptime = now - e.since
             if uptime >= config.stablePeriod { failures = 0 }
@@ -636,8 +646,20 @@ public struct GatewayTunnelMachine: StateMachine {
         switch state {
         case .backoff:
             return [.cancelTimer(timer: .backoff)] + dialBestOrSearch(now)
-        case .idle, .searching, .dialing, .handshaking, .authenticating, .established, .draining, .closed:
-            return []  // a live tunnel keeps its credentials; a dial in progress finishes
+        case .dialing(var a):
+            a.staleCredentials = true
+            state = .dialing(a)
+            return []
+        case .handshaking(var a):
+            a.staleCredentials = true
+            state = .handshaking(a)
+            return []
+        case .authenticating(var a):
+            a.staleCredentials = true
+            state = .authenticating(a)
+            return []  // the attempt finishes; if it fails, it is redialed at once
+        case .idle, .searching, .established, .draining, .closed:
+            return []  // a live tunnel keeps its credentials; idle/searching dial with the new ones
         }
     }
 
@@ -703,6 +725,15 @@ public struct GatewayTunnelMachine: StateMachine {
         let delay = failAndBackOff(relay: a.relay.name, now)
         return [.log(message: .connectionFailed(relay: a.relay.name, failure: failure, retryIn: delay)),
                 .scheduleTimer(timer: .backoff, at: now + delay)]
+    }
+
+    /// A failed attempt that ran on replaced credentials: record the failure (hold-down, failure
+    /// count) as any failure does, but dial again now, as the backoff timer would, instead of
+    /// waiting: the next attempt uses the fresh credentials. Spec §3 "Fresh credentials".
+    private mutating func failAndRedial(relay: String, _ now: Instant) -> [Action] {
+        lastFailure[relay] = now
+        failures = min(failures + 1, 1000)
+        return dialBestOrSearch(now)
     }
 
     /// Records the failure, draws the jittered delay and enters `backoff`.

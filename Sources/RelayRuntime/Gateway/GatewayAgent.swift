@@ -80,7 +80,8 @@ public final class GatewayAgent: @unchecked Sendable {
     /// Renewed credentials (same gateway id): the next dial and every later channel use them.
     /// The machine hears `credentialsReplaced`: waiting in backoff (say after the D1 check
     /// rejected a restarted relay's new host key), it dials now with them instead of sitting out
-    /// the rest of its delay (Specs/gatewayTunnel.md §3).
+    /// the rest of its delay; during a dial it marks the attempt, which, if the old credentials
+    /// get it refused, is redialed at once (Specs/gatewayTunnel.md §3).
     public func replaceCredentials(_ c: GatewayCredentials) throws(RuntimeError) {
         let inner = try GatewayAgent.innerContext(c)
         current.withLock { $0 = (c, inner) }
