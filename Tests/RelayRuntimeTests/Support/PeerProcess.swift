@@ -203,14 +203,29 @@ final class PeerProcess: Sendable {
         let deadline = ContinuousClock.now + timeout
         // Polls at a short interval: simple, and exits are rare events in a test.
         while ContinuousClock.now < deadline {
-            if let exit { return exit }
+            if let exit { await drainOutput(); return exit }
             try? await Task.sleep(for: .milliseconds(20))
         }
-        return exit
+        if let exit { await drainOutput(); return exit }
+        return nil
     }
 
     /// Waits for the exit without a limit (the caller has made sure the process ends).
-    func waitForExit() async -> Exit { await exitState.wait() }
+    func waitForExit() async -> Exit {
+        let exit = await exitState.wait()
+        await drainOutput()
+        return exit
+    }
+
+    /// After the exit: lets the reader threads take the last lines (waitpid can return before
+    /// they have read the pipes to their end; a test then missed the tool's final line). Bounded,
+    /// in case a grandchild still holds a pipe open.
+    private func drainOutput() async {
+        let deadline = ContinuousClock.now + .seconds(2)
+        while !(stdout.isEnded && stderr.isEnded) && ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(5))
+        }
+    }
 
     /// Sends `sig` unless the process has already been reaped.
     func signal(_ sig: Int32) {
