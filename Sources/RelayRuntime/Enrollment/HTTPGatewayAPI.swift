@@ -57,11 +57,6 @@ public struct HTTPGatewayAPI: GatewayAPI {
     }
 
     public func heartbeat(accessToken: String) -> RelayAPIHeartbeat {
-        switch base.post("/v2/gateways/heartbeat", json: "{\"capabilities\":{}}", bearer: accessToken) {
-        case .failure(let f): return .failure(HTTPRelayAPI.transport(f))
-        case .success(let r):
-            if (200..<300).contains(r.status) { return .success }
-            return .failure("HTTP \(r.status): \(HTTPRelayAPI.message(r))")
-        }
+        base.heartbeat(path: "/v2/gateways/heartbeat", json: "{\"capabilities\":{}}", accessToken: accessToken)
     }
 }

@@ -113,7 +113,12 @@ public struct HTTPRelayAPI: RelayAPI {
     }
 
     public func heartbeat(accessToken: String) -> RelayAPIHeartbeat {
-        switch post("/v2/relays/heartbeat", json: nil, bearer: accessToken) {
+        heartbeat(path: "/v2/relays/heartbeat", json: nil, accessToken: accessToken)
+    }
+
+    /// A heartbeat POST (relay or gateway): 2xx is success, anything else a one-line reason.
+    func heartbeat(path: String, json: String?, accessToken: String) -> RelayAPIHeartbeat {
+        switch post(path, json: json, bearer: accessToken) {
         case .failure(let f): return .failure(HTTPRelayAPI.transport(f))
         case .success(let r):
             if (200..<300).contains(r.status) { return .success }

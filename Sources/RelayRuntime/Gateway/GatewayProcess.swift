@@ -254,14 +254,9 @@ public final class GatewayProcess: @unchecked Sendable {
             return 1
         }
         let reading = store.read()
-        let domain = StartSettings.domain(flag: inputs.domainFlag, stored: reading.domain,
-                                          cliConfigDomain: RelayProcess.cliConfigDomain(environment: inputs.environment),
-                                          environment: inputs.environment)
-        let api = inputs.makeAPI(domain)
-        let fromEnvironment = inputs.environment["INFISICAL_GATEWAY_ACCESS_TOKEN"].flatMap { $0.isEmpty ? nil : $0 }
-        var legacyAccessToken: String?
-        if case .legacyConf = reading.model { legacyAccessToken = reading.contents?.accessToken }
-        let held = inputs.method == .aws ? nil : (fromEnvironment ?? reading.contents?.accessToken)
+        let start = EnrolledStart(inputs, reading: reading, accessTokenVariable: "INFISICAL_GATEWAY_ACCESS_TOKEN")
+        let domain = start.domain, api = start.api, fromEnvironment = start.fromEnvironment
+        let legacyAccessToken = start.legacyAccessToken, held = start.held
 
         control.start(name: "gateway-control")
         let machineRef = Mutex<Driven<EnrollmentMachine>?>(nil)

@@ -24,6 +24,27 @@ public struct StartOptions: Sendable {
     }
 }
 
+/// What an enrolled run starts from, resolved the same way for relays and gateways: the platform
+/// domain (flag, stored, CLI config, environment), its API client, and the access token held
+/// (`INFISICAL_<KIND>_ACCESS_TOKEN` overrides the stored one; AWS holds none).
+struct EnrolledStart<API> {
+    let domain: String
+    let api: API
+    let fromEnvironment: String?
+    let legacyAccessToken: String?
+    let held: String?
+
+    init(_ inputs: EnrolledInputs<API>, reading: StateStore.Reading, accessTokenVariable: String) {
+        domain = StartSettings.domain(flag: inputs.domainFlag, stored: reading.domain,
+                                      cliConfigDomain: RelayProcess.cliConfigDomain(environment: inputs.environment),
+                                      environment: inputs.environment)
+        api = inputs.makeAPI(domain)
+        fromEnvironment = inputs.environment[accessTokenVariable].flatMap { $0.isEmpty ? nil : $0 }
+        if case .legacyConf = reading.model { legacyAccessToken = reading.contents?.accessToken } else { legacyAccessToken = nil }
+        held = inputs.method == .aws ? nil : (fromEnvironment ?? reading.contents?.accessToken)
+    }
+}
+
 /// Enrolled mode's inputs for a relay (`API` = `any RelayAPI`) or a gateway (`any GatewayAPI`);
 /// secrets included: they stay in the runtime.
 public struct EnrolledInputs<API>: Sendable {
@@ -273,14 +294,9 @@ public final class RelayProcess: @unchecked Sendable {
                                                      sshPort: options.sshPort, tlsPort: options.tlsPort, metricsListen: options.metricsListen,
                                                      enrollment: "idle", updatedAt: Clock.wallNow().seconds))
         }
-        let domain = StartSettings.domain(flag: inputs.domainFlag, stored: reading.domain,
-                                          cliConfigDomain: RelayProcess.cliConfigDomain(environment: inputs.environment),
-                                          environment: inputs.environment)
-        let api = inputs.makeAPI(domain)
-        let fromEnvironment = inputs.environment["INFISICAL_RELAY_ACCESS_TOKEN"].flatMap { $0.isEmpty ? nil : $0 }
-        var legacyAccessToken: String?
-        if case .legacyConf = reading.model { legacyAccessToken = reading.contents?.accessToken }
-        let held = inputs.method == .aws ? nil : (fromEnvironment ?? reading.contents?.accessToken)
+        let start = EnrolledStart(inputs, reading: reading, accessTokenVariable: "INFISICAL_RELAY_ACCESS_TOKEN")
+        let domain = start.domain, api = start.api, fromEnvironment = start.fromEnvironment
+        let legacyAccessToken = start.legacyAccessToken, held = start.held
 
         control.start(name: "relay-control")
         let machineRef = Mutex<Driven<EnrollmentMachine>?>(nil)
