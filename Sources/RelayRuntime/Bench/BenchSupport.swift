@@ -36,19 +36,7 @@ public enum SSHNegotiationProbe {
             if ssh_is_connected(s) != 0 { ssh_disconnect(s) }
             ssh_free(s)
         }
-        var p = UInt32(port)
-        var seconds = timeoutSeconds
-        var no = false
-        ssh_options_set(s, SSH_OPTIONS_HOST, host)
-        ssh_options_set(s, SSH_OPTIONS_PORT, &p)
-        ssh_options_set(s, SSH_OPTIONS_USER, "algorithm-probe")
-        ssh_options_set(s, SSH_OPTIONS_TIMEOUT, &seconds)
-        ssh_options_set(s, SSH_OPTIONS_PROCESS_CONFIG, &no)
-        ssh_options_set(s, SSH_OPTIONS_KEY_EXCHANGE, algorithms.keyExchanges)
-        ssh_options_set(s, SSH_OPTIONS_CIPHERS_C_S, algorithms.ciphers)
-        ssh_options_set(s, SSH_OPTIONS_CIPHERS_S_C, algorithms.ciphers)
-        ssh_options_set(s, SSH_OPTIONS_HMAC_C_S, algorithms.macs)
-        ssh_options_set(s, SSH_OPTIONS_HMAC_S_C, algorithms.macs)
+        LibSSH.configureClient(s, host: host, port: port, user: "algorithm-probe", timeoutSeconds: timeoutSeconds, algorithms: algorithms)
         guard ssh_connect(s) == SSH_OK else {
             throw .ssh("probe \(host):\(port): \(ssh_get_error(UnsafeMutableRawPointer(s)).map { String(cString: $0) } ?? "connect failed")")
         }

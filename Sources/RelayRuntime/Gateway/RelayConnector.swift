@@ -64,20 +64,9 @@ final class RelayConnector: @unchecked Sendable {
         guard let s = ssh_new() else { return .failed(.io(detail: "ssh_new failed")) }
         session = s
         var sock = fd
-        var seconds = max(1, timeout.milliseconds / 1000)
-        var no = false
         ssh_options_set(s, SSH_OPTIONS_FD, &sock)
-        ssh_options_set(s, SSH_OPTIONS_HOST, target.host)
-        var port = UInt32(target.port)
-        ssh_options_set(s, SSH_OPTIONS_PORT, &port)
-        ssh_options_set(s, SSH_OPTIONS_USER, user)
-        ssh_options_set(s, SSH_OPTIONS_TIMEOUT, &seconds)
-        ssh_options_set(s, SSH_OPTIONS_PROCESS_CONFIG, &no)
-        ssh_options_set(s, SSH_OPTIONS_KEY_EXCHANGE, algorithms.keyExchanges)
-        ssh_options_set(s, SSH_OPTIONS_CIPHERS_C_S, algorithms.ciphers)
-        ssh_options_set(s, SSH_OPTIONS_CIPHERS_S_C, algorithms.ciphers)
-        ssh_options_set(s, SSH_OPTIONS_HMAC_C_S, algorithms.macs)
-        ssh_options_set(s, SSH_OPTIONS_HMAC_S_C, algorithms.macs)
+        LibSSH.configureClient(s, host: target.host, port: target.port, user: user,
+                               timeoutSeconds: Int(max(1, timeout.milliseconds / 1000)), algorithms: algorithms)
         guard ssh_connect(s) == SSH_OK else {
             return .failed(.protocolError(detail: errorText(s)))
         }

@@ -60,4 +60,23 @@ enum LibSSH {
     private static let once: Bool = { ssh_init(); return true }()
     /// `ssh_init()` exactly once per process.
     static func initialize() { _ = once }
+
+    /// Client options for a session to `host:port` as `user`: connect timeout, no ~/.ssh/config,
+    /// and exactly `algorithms` both ways (the gateway's dial and the bench probe).
+    static func configureClient(_ s: OpaquePointer, host: String, port: Int, user: String, timeoutSeconds: Int,
+                                algorithms: GatewayAlgorithms) {
+        var p = UInt32(port)
+        var seconds = timeoutSeconds
+        var no = false
+        ssh_options_set(s, SSH_OPTIONS_HOST, host)
+        ssh_options_set(s, SSH_OPTIONS_PORT, &p)
+        ssh_options_set(s, SSH_OPTIONS_USER, user)
+        ssh_options_set(s, SSH_OPTIONS_TIMEOUT, &seconds)
+        ssh_options_set(s, SSH_OPTIONS_PROCESS_CONFIG, &no)
+        ssh_options_set(s, SSH_OPTIONS_KEY_EXCHANGE, algorithms.keyExchanges)
+        ssh_options_set(s, SSH_OPTIONS_CIPHERS_C_S, algorithms.ciphers)
+        ssh_options_set(s, SSH_OPTIONS_CIPHERS_S_C, algorithms.ciphers)
+        ssh_options_set(s, SSH_OPTIONS_HMAC_C_S, algorithms.macs)
+        ssh_options_set(s, SSH_OPTIONS_HMAC_S_C, algorithms.macs)
+    }
 }
