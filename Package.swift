@@ -8,6 +8,9 @@ let strict: [SwiftSetting] = [
     .enableUpcomingFeature("InternalImportsByDefault"),
 ]
 
+/// The libssh build in use (scripts/libssh/build keeps this link up to date).
+let libsshBuild = Context.packageDirectory + "/.build-libssh/current"
+
 let package = Package(
     name: "relay",
     platforms: [.macOS(.v15)],
@@ -28,9 +31,15 @@ let package = Package(
     ],
     targets: [
         // MARK: C libraries (system packages from Debian; nothing but headers and link lines)
-        .systemLibrary(
-            name: "CLibSSH", path: "Sources/CLibSSH", pkgConfig: "libssh",
-            providers: [.apt(["libssh-dev"])]),
+        // libssh is not Debian 12's: scripts/libssh/build builds it from Debian's source package
+        // with our host-certificate patch (DESIGN D1) as .build-libssh/current/lib/librelayssh.a.
+        // A name of its own, so the link can never pick up a system libssh.so instead.
+        .target(
+            name: "CLibSSH", path: "Sources/CLibSSH",
+            linkerSettings: [
+                .unsafeFlags(["-L\(libsshBuild)/lib"]),
+                .linkedLibrary("relayssh"), .linkedLibrary("crypto"), .linkedLibrary("pthread"),
+            ]),
         .systemLibrary(
             name: "COpenSSL", path: "Sources/COpenSSL", pkgConfig: "openssl",
             providers: [.apt(["libssl-dev"])]),

@@ -17,7 +17,7 @@ struct Version: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Print versions of relay and its C libraries.")
     func run() {
         print("relay 0.1.0")
-        print("libssh \(LinkedLibraries.libssh)")
+        print(LinkedLibraries.libsshSummary)
         print("\(LinkedLibraries.openssl)")
         print("jansson \(LinkedLibraries.jansson)")
     }
