@@ -104,7 +104,6 @@ struct BenchPKI: ParsableCommand {
                              ("clientCertificateChain", .string(gwClientCA.0.pem + root.0.pem))])),
             ("ssh", .object([("clientCertificate", .string(try read(ssh + "/gateway-cert.pub"))), ("clientPrivateKey", .string(try read(ssh + "/gateway"))),
                              ("serverCAPublicKey", .string(try read(ssh + "/host-ca.pub")))])),
-            ("relayHostCertificate", .string(try read(ssh + "/host-cert.pub"))),
         ])
         let gatewayText = Jansson.serialize(gateway, pretty: true)
         _ = try GatewayCredentials.parse(json: gatewayText)

@@ -66,9 +66,6 @@ struct GatewayStart: ParsableCommand {
     @Option(name: .customLong("relay"), help: "A relay candidate NAME=HOST[:PORT] (repeatable). Defaults to the credentials' relay.")
     var relays: [String] = []
 
-    @Flag(help: "Skip the D1 relay host-certificate check when no certificate is available (development only).")
-    var insecureHostKey = false
-
     @Option(help: "SSH algorithms to offer: modern (default) or infisical (the FIPS-style set Infisical's gateway uses).")
     var algorithms: String = "modern"
 
@@ -150,7 +147,6 @@ struct GatewayStart: ParsableCommand {
         options.tracePath = traceOut
         options.targetRelayName = nonEmpty(targetRelayName) ?? nonEmpty(env["INFISICAL_RELAY_NAME"])
         options.relays = candidates
-        options.insecureHostKey = insecureHostKey
         options.algorithms = algorithms == "infisical" ? .infisical : .modern
         options.heartbeat.steadyInterval = .seconds(Int64(max(10, heartbeatInterval)))
         func span(_ s: Double) -> TimeSpan { .milliseconds(Int64(s * 1000)) }
@@ -173,7 +169,7 @@ struct GatewayStart: ParsableCommand {
             do { creds = try GatewayCredentials.parse(json: text) } catch {
                 fail("\(credentialsFile) is not gateway credentials: \(error)")
             }
-            code = process.runStandalone(credentials: creds, source: credentialsFile)
+            code = process.runStandalone(credentials: creds)
         } else {
             let method = method ?? .token
             let caFile = caFile

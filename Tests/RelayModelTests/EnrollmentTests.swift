@@ -49,7 +49,7 @@ struct EnrollmentTests {
         case loginBackoffToken, loginBackoffAws
         case persistingToken, persistingAws, persistingImport
         case connecting, connectingAws, connectingLastAttempt, connectBackoff
-        case serving, servingRecentlyRefreshed, renewing, renewingAws, renewalBackoff, lapsed, lapsedBackoff
+        case serving, renewing, renewingAws, renewalBackoff, lapsed, lapsedBackoff
         case failed, stopped
         var testDescription: String { rawValue }
 
@@ -96,12 +96,6 @@ struct EnrollmentTests {
                 return p
             case .connectBackoff: return [startRerun, .connectFailed(failure: .serverError(status: 500), now: now())]
             case .serving: return [startRerun, s { .connectSucceeded(notAfter: pathNotAfter, now: $0, wallNow: $1) }]
-            case .servingRecentlyRefreshed:
-                // A refresh prompted by a host-key rejection 10 s before the grid's events.
-                return TargetState.serving.path + [
-                    .relayHostKeyRejected(now: Instant(milliseconds: 90_000)),
-                    .connectSucceeded(notAfter: pathNotAfter, now: Instant(milliseconds: 91_000), wallNow: wall0 + 91),
-                ]
             case .renewing: return TargetState.serving.path + [.renewalTimerFired(now: Instant(milliseconds: 3000))]
             case .renewingAws:
                 return TargetState.connectingAws.path + [
@@ -133,7 +127,7 @@ struct EnrollmentTests {
             case .persistingToken, .persistingAws, .persistingImport: return "persisting"
             case .connecting, .connectingAws, .connectingLastAttempt: return "connecting"
             case .connectBackoff: return "connectBackoff"
-            case .serving, .servingRecentlyRefreshed: return "serving"
+            case .serving: return "serving"
             case .renewing, .renewingAws: return "renewing"
             case .renewalBackoff: return "renewalBackoff"
             case .lapsed: return "lapsed"
@@ -148,7 +142,7 @@ struct EnrollmentTests {
             case .signingAws, .loggingInAws, .loginBackoffAws, .persistingAws, .connectingAws, .renewingAws: return .aws
             case .idle, .loggingInToken, .loggingInTokenReused, .loggingInTokenLastAttempt, .loginBackoffToken,
                  .persistingToken, .persistingImport, .connecting, .connectingLastAttempt, .connectBackoff, .serving,
-                 .servingRecentlyRefreshed, .renewing, .renewalBackoff, .lapsed, .lapsedBackoff, .failed, .stopped:
+                 .renewing, .renewalBackoff, .lapsed, .lapsedBackoff, .failed, .stopped:
                 return .token
             }
         }
@@ -159,8 +153,8 @@ struct EnrollmentTests {
             case .loggingInTokenLastAttempt, .connectingLastAttempt: return EnrollmentTests.config.maxStartAttempts - 1
             case .loginBackoffToken, .loginBackoffAws, .connectBackoff, .renewalBackoff, .lapsedBackoff: return 1
             case .idle, .signingAws, .loggingInToken, .loggingInTokenReused, .loggingInAws, .persistingToken,
-                 .persistingAws, .persistingImport, .connecting, .connectingAws, .serving, .servingRecentlyRefreshed,
-                 .renewing, .renewingAws, .lapsed, .failed, .stopped:
+                 .persistingAws, .persistingImport, .connecting, .connectingAws, .serving, .renewing, .renewingAws,
+                 .lapsed, .failed, .stopped:
                 return 0
             }
         }
@@ -174,7 +168,6 @@ struct EnrollmentTests {
         case connectSucceeded, connectSucceededShort
         case connectUnauthorized, connectRateLimited, connectUnreachable, connectServerError, connectUnusable, connectNoRelay
         case retryTimerFired, renewalTimerFired, expiryTimerFired, shutdownRequested, listenFailed
-        case relayHostKeyRejected
 
         static let awsDenied = "Access denied: AWS account ID not allowed."
         static let writeError = "No space left on device"
@@ -208,14 +201,10 @@ struct EnrollmentTests {
             case .renewalTimerFired: return .renewalTimerFired(now: n)
             case .expiryTimerFired: return .expiryTimerFired(now: n)
             case .shutdownRequested: return .shutdownRequested(now: n)
-            case .relayHostKeyRejected: return .relayHostKeyRejected(now: n)
             }
         }
 
         var isTimer: Bool { self == .retryTimerFired || self == .renewalTimerFired || self == .expiryTimerFired }
-        /// Ignored without a word where not expected: timers (raced their cancel) and the tunnel's
-        /// host-key report (coalesced, or stale).
-        var isSilentlyIgnored: Bool { isTimer || self == .relayHostKeyRejected }
 
         /// The login failure's problem text, for transient ones.
         var loginProblem: String? {
@@ -276,7 +265,7 @@ struct EnrollmentTests {
                 return Expected(guardText: "token, token presented",
                                 actions: [log(.enrollingWithToken), .sendLogin(request: .token(tokenHash: presented))], state: "loggingIn")
             case .shutdownRequested: return Expected(actions: [log(.shuttingDown), stop], state: "stopped")
-            default: return kind.isSilentlyIgnored ? ignored : unexpected
+            default: return kind.isTimer ? ignored : unexpected
             }
         case "signingAws":
             switch kind {
@@ -284,7 +273,7 @@ struct EnrollmentTests {
             case .awsCredentialsUnavailable:
                 return Expected(actions: [log(.awsCredentialsUnavailable(reason: "no credentials found")), finish(.awsCredentialsUnavailable)], state: "failed")
             case .shutdownRequested: return Expected(actions: [log(.shuttingDown), stop], state: "stopped")
-            default: return kind.isSilentlyIgnored ? ignored : unexpected
+            default: return kind.isTimer ? ignored : unexpected
             }
         case "loggingIn":
             if let problem = kind.loginProblem {
@@ -330,7 +319,7 @@ struct EnrollmentTests {
                 return Expected(guardText: "token", actions: [.persistEnrollment(tokenHash: presented, relayId: relayId, domain: domain, accessToken: .received)],
                                 state: "persisting")
             case .shutdownRequested: return Expected(actions: [log(.shuttingDown), stop], state: "stopped")
-            default: return kind.isSilentlyIgnored ? ignored : unexpected
+            default: return kind.isTimer ? ignored : unexpected
             }
         case "loginBackoff":
             switch kind {
@@ -338,7 +327,7 @@ struct EnrollmentTests {
                 if method == .aws { return Expected(guardText: "aws", actions: [.signAwsLogin(relayId: relayId)], state: "signingAws") }
                 return Expected(guardText: "token", actions: [.sendLogin(request: .token(tokenHash: presented))], state: "loggingIn")
             case .shutdownRequested: return Expected(actions: [log(.shuttingDown), .cancelTimer(timer: .retry), stop], state: "stopped")
-            default: return kind.isSilentlyIgnored ? ignored : unexpected
+            default: return kind.isTimer ? ignored : unexpected
             }
         case "persisting":
             let purpose = target == .persistingImport ? "legacy import" : method == .aws ? "aws login" : "token enrollment"
@@ -353,7 +342,7 @@ struct EnrollmentTests {
                     : method == .aws ? .awsStateNotSaved(statePath: path, reason: w) : .enrollmentNotSaved(statePath: path, reason: w)
                 return Expected(guardText: purpose, actions: [log(warning)] + connect, state: "connecting")
             case .shutdownRequested: return Expected(actions: [log(.shuttingDown), stop], state: "stopped")
-            default: return kind.isSilentlyIgnored ? ignored : unexpected
+            default: return kind.isTimer ? ignored : unexpected
             }
         case "connecting":
             if let problem = kind.connectProblem {
@@ -372,13 +361,13 @@ struct EnrollmentTests {
             case .connectUnauthorized:
                 return Expected(actions: [log(.credentialRejected(method: method)), finish(.credentialRejected)], state: "failed")
             case .shutdownRequested: return Expected(actions: [log(.shuttingDown), stop], state: "stopped")
-            default: return kind.isSilentlyIgnored ? ignored : unexpected
+            default: return kind.isTimer ? ignored : unexpected
             }
         case "connectBackoff":
             switch kind {
             case .retryTimerFired: return Expected(actions: [.requestConnect], state: "connecting")
             case .shutdownRequested: return Expected(actions: [log(.shuttingDown), .cancelTimer(timer: .retry), stop], state: "stopped")
-            default: return kind.isSilentlyIgnored ? ignored : unexpected
+            default: return kind.isTimer ? ignored : unexpected
             }
         case "serving":
             switch kind {
@@ -390,13 +379,7 @@ struct EnrollmentTests {
                                           .cancelTimer(timer: .renewal), .cancelTimer(timer: .expiry), finish(.listenFailed)], state: "failed")
             case .shutdownRequested:
                 return Expected(actions: [log(.shuttingDown), .stopAccepting, .cancelTimer(timer: .renewal), .cancelTimer(timer: .expiry), stop], state: "stopped")
-            case .relayHostKeyRejected where target == .servingRecentlyRefreshed:
-                return Expected(guardText: "refreshed within hostKeyRefreshInterval",
-                                actions: [log(.hostKeyRefreshDeferred(nextIn: .seconds(20)))], state: "serving")
-            case .relayHostKeyRejected:
-                return Expected(guardText: "no refresh within hostKeyRefreshInterval",
-                                actions: [log(.refreshingAfterHostKeyRejection), .cancelTimer(timer: .renewal), .requestConnect], state: "renewing")
-            default: return kind.isSilentlyIgnored ? ignored : unexpected
+            default: return kind.isTimer ? ignored : unexpected
             }
         case "renewing", "lapsed":
             let lapsed = name == "lapsed"
@@ -418,7 +401,7 @@ struct EnrollmentTests {
             case .shutdownRequested:
                 let cleanup: [Action] = lapsed ? [] : [.stopAccepting, .cancelTimer(timer: .expiry)]
                 return Expected(actions: [log(.shuttingDown)] + cleanup + [stop], state: "stopped")
-            default: return kind.isSilentlyIgnored ? ignored : unexpected
+            default: return kind.isTimer ? ignored : unexpected
             }
         case "renewalBackoff", "lapsedBackoff":
             let lapsed = name == "lapsedBackoff"
@@ -430,7 +413,7 @@ struct EnrollmentTests {
             case .shutdownRequested:
                 let cleanup: [Action] = lapsed ? [.cancelTimer(timer: .retry)] : [.stopAccepting, .cancelTimer(timer: .retry), .cancelTimer(timer: .expiry)]
                 return Expected(actions: [log(.shuttingDown)] + cleanup + [stop], state: "stopped")
-            default: return kind.isSilentlyIgnored ? ignored : unexpected
+            default: return kind.isTimer ? ignored : unexpected
             }
         default:
             Issue.record("no expectations for state \(name)")
@@ -723,8 +706,7 @@ struct EnrollmentTests {
         case .loginSucceeded, .loginFailed: return .login
         case .stateWritten, .stateWriteFailed: return .persist
         case .connectSucceeded, .connectFailed: return .connect
-        case .started, .retryTimerFired, .renewalTimerFired, .expiryTimerFired, .shutdownRequested, .listenFailed,
-             .relayHostKeyRejected: return nil
+        case .started, .retryTimerFired, .renewalTimerFired, .expiryTimerFired, .shutdownRequested, .listenFailed: return nil
         }
     }
 
@@ -753,7 +735,6 @@ struct EnrollmentTests {
         var loginAttempts = 0
         var connectAttempts = 0
         var everServed = false
-        var lastHostKeyRefresh: Instant?
 
         mutating func check(_ event: Event, now: Instant, _ actions: [Action], before: M.State, after: M.State) -> [String] {
             var problems: [String] = []
@@ -781,17 +762,6 @@ struct EnrollmentTests {
                 }
             }
             if case .shutdownRequested = event { outstanding = nil }
-            if case .relayHostKeyRejected = event {
-                if actions.contains(.requestConnect) {
-                    require(before.specName == "serving", "a host-key refresh from \(before.specName)")
-                    if let last = lastHostKeyRefresh {
-                        require(now - last >= config.effectiveHostKeyRefreshInterval, "host-key refreshes \((now - last).milliseconds) ms apart")
-                    }
-                    lastHostKeyRefresh = now
-                } else if before.specName != "serving" {
-                    require(actions.isEmpty, "relayHostKeyRejected acted in \(before.specName)")
-                }
-            }
             if case let .loginSucceeded(relayId, _) = event, loginInFlight != nil, !unexpectedOnly {
                 if case .aws = loginInFlight { awsFreshLogin = true }
                 _ = relayId
@@ -891,7 +861,7 @@ struct EnrollmentTests {
     }
 
     static func junk(choice: Int, variant: Int, now: Instant, wall: UnixTime) -> Event {
-        switch (choice + variant) % 16 {
+        switch (choice + variant) % 15 {
         case 0: return randomStart(choice: choice, variant: variant, now: now, wall: wall)
         case 1: return .awsLoginSigned(now: now)
         case 2: return .awsCredentialsUnavailable(reason: "none", now: now)
@@ -906,7 +876,6 @@ struct EnrollmentTests {
         case 11: return .expiryTimerFired(now: now)
         case 12: return .listenFailed(reason: "EADDRINUSE", now: now)
         case 13: return .connectFailed(failure: .unusableCredentials(reason: "bad PEM"), now: now)
-        case 14: return .relayHostKeyRejected(now: now)
         default: return .connectFailed(failure: .unreachable(reason: "x"), now: now)
         }
     }
@@ -939,9 +908,6 @@ struct EnrollmentTests {
                     event = .shutdownRequested(now: now)
                 } else if !obs.begun {
                     event = Self.randomStart(choice: choice, variant: variant, now: now, wall: wall(now))
-                } else if choice < 17 {
-                    // The gateway tunnel's report, at any time (coalesced, deferred or acted on).
-                    event = .relayHostKeyRejected(now: now)
                 } else if let r = obs.outstanding {
                     switch r {
                     case .sign: event = variant == 0 ? .awsCredentialsUnavailable(reason: "no credentials", now: now) : .awsLoginSigned(now: now)
@@ -1126,61 +1092,6 @@ struct EnrollmentTests {
                             config: gw, events: [
                                 (nil, gwStart(.aws, 0)),
                             ])
-        try Fixtures.record(M.self, "gateway-relay-restarted-new-host-key", description: "A gateway serving for an hour sees its relay's host key rejected (the relay restarted with a new key): it renews at once; rejections within 30 s of that refresh are only logged; one 39 s later refreshes again; a rejection while that renewal is in backoff waits for the retry.",
-                            config: gw, events: [
-                                (nil, gwStart(.token, file: .present(state: Self.stored(Self.presented, token: true, relayId: gatewayId)), 0)),
-                                (nil, connected(1)),
-                                (nil, .relayHostKeyRejected(now: at(3600))),
-                                (nil, connected(3601)),
-                                (nil, .relayHostKeyRejected(now: at(3605))),
-                                (nil, .relayHostKeyRejected(now: at(3620))),
-                                (nil, .relayHostKeyRejected(now: at(3640))),
-                                (nil, .connectFailed(failure: .unreachable(reason: "connection refused"), now: at(3641))),
-                                (nil, .relayHostKeyRejected(now: at(3642))),
-                                (nil, .retryTimerFired(now: at(3645))),
-                                (nil, connected(3646)),
-                                (nil, .shutdownRequested(now: at(3700))),
-                            ])
         #expect(Fixtures.files(M.machineName).count >= 5)
-    }
-
-    // MARK: - Host-key refresh rate limit
-
-    @Test("a relay whose host key is rejected every second costs at most one platform request per hostKeyRefreshInterval",
-          arguments: [(Int64(30), Int64(0)), (30, 5_000), (60, 200), (5, 200)])
-    func hostKeyRefreshRateLimit(_ c: (intervalSeconds: Int64, answerAfterMs: Int64)) {
-        let cfg = M.Config(relayName: "gw-edge-1", seed: 3, resource: .gateway, hostKeyRefreshInterval: .seconds(c.intervalSeconds))
-        var m = M(config: cfg)
-        _ = m.handle(.started(method: .token, tokenHash: nil, relayId: nil, domain: Self.domain, accessTokenFromEnvironment: false,
-                              stateFile: .present(state: Self.stored(nil, token: true)), statePath: Self.path,
-                              now: Instant(milliseconds: 0), wallNow: Self.wall0))
-        _ = m.handle(.connectSucceeded(notAfter: Self.wall0 + 86_400, now: Instant(milliseconds: 500), wallNow: Self.wall0))
-        #expect(m.stateName == "serving")
-        var refreshes: [Int64] = []
-        var answerDue: Int64?
-        // Ten minutes of a rejection every second (the tunnel re-dials that often with a 1 s cap).
-        for ms in stride(from: Int64(10_000), through: 610_000, by: 100) {
-            if let due = answerDue, ms >= due {
-                _ = m.handle(.connectSucceeded(notAfter: Self.wall0 + 86_400 + ms / 1000, now: Instant(milliseconds: ms),
-                                               wallNow: Self.wall0 + ms / 1000))
-                answerDue = nil
-            }
-            guard ms % 1000 == 0 else { continue }
-            let actions = m.handle(.relayHostKeyRejected(now: Instant(milliseconds: ms)))
-            if actions.contains(.requestConnect) {
-                refreshes.append(ms)
-                answerDue = ms + max(100, c.answerAfterMs)
-            } else if m.stateName == "serving" {
-                #expect(actions.count == 1 && actions.first?.specName == "log(hostKeyRefreshDeferred)")
-            } else {
-                #expect(actions.isEmpty, "coalesced while the refresh is in flight")
-            }
-        }
-        let interval = c.intervalSeconds * 1000
-        #expect(refreshes.first == 10_000, "the first rejection refreshes at once")
-        #expect(zip(refreshes, refreshes.dropFirst()).allSatisfy { $1 - $0 >= interval })
-        // 600 s of rejections: one refresh per interval, plus the first.
-        #expect(refreshes.count == Int(600_000 / interval) + 1, "\(refreshes.count) refreshes")
-        #expect(m.stateName == "serving" || m.stateName == "renewing")
     }
 }

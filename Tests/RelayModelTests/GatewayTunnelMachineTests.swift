@@ -983,13 +983,13 @@ struct GatewayTunnelMachineTests {
         s.send(.candidatesUpdated(candidates: [Relays.a], now: at(0)))
         s.send(.start(now: at(0)))
         s.connect(at: 10)
-        // The relay restarts: the tunnel is lost and the relay refuses dials while it is down.
+        // The tunnel is lost and the relay refuses dials for a while.
         s.send(.connectionClosed(connection: s.connection, cause: .closedByPeer, now: at(200_000)))
         for _ in 0..<4 {
             s.fire(.backoff)
             s.send(.connectionClosed(connection: s.connection, cause: .refused, now: s.due(.dial)! + .milliseconds(-29_998)))
         }
-        // It is back with a new host key, which the certificate held does not certify.
+        // It answers again, but the D1 check refuses its host certificate.
         s.fire(.backoff)
         let c = s.connection
         let t = s.due(.dial)!.milliseconds - 30_000
@@ -998,7 +998,7 @@ struct GatewayTunnelMachineTests {
         guard case .backoff(let b) = s.m.state else { Issue.record("expected backoff"); return }
         let failures = s.m.failures
         #expect(failures == 6)
-        // The refreshed credentials arrive 300 ms later: dial now instead of at b.until.
+        // Renewed credentials arrive 300 ms later: dial now instead of at b.until.
         let redial = s.send(.credentialsReplaced(now: at(t + 340)))
         #expect(redial == [.cancelTimer(timer: .backoff),
                            .log(message: .connecting(relay: "relay-a", host: "a.relay.test", failingOverFrom: nil)),
@@ -1010,7 +1010,7 @@ struct GatewayTunnelMachineTests {
         #expect(s.m.stateName == "established")
         #expect(s.send(.credentialsReplaced(now: at(t + 60_000))) == [], "a live tunnel keeps its credentials")
         try Fixtures.record(M.self, "redial-on-fresh-credentials",
-                            description: "the relay restarts with a new host key: after a few refused dials the D1 check rejects the new key; the refreshed credentials arrive during the backoff, so the gateway dials at once instead of waiting out the delay, and then connects",
+                            description: "after a few refused dials the D1 check rejects the relay's host certificate; renewed credentials arrive during the backoff, so the gateway dials at once instead of waiting out the delay, and then connects",
                             config: Self.fixtureConfig, events: s.events)
     }
 
@@ -1020,18 +1020,18 @@ struct GatewayTunnelMachineTests {
         s.send(.candidatesUpdated(candidates: [Relays.a], now: at(0)))
         s.send(.start(now: at(0)))
         s.connect(at: 10)
-        // The relay restarts with a new host key; the gateway's backoff timer fires and it dials
-        // while the credentials refresh (answering nothing yet) is still under way.
+        // The tunnel is lost; the gateway's backoff timer fires and it dials while a renewal
+        // (answering nothing yet) is still under way.
         s.send(.connectionClosed(connection: s.connection, cause: .closedByPeer, now: at(200_000)))
         s.fire(.backoff)
         let c = s.connection
         let t = s.due(.dial)!.milliseconds - 30_000
         s.send(.tcpConnected(connection: c, now: at(t + 5)))
-        // The fresh credentials arrive during the handshake: the attempt is only marked.
+        // The renewed credentials arrive during the handshake: the attempt is only marked.
         #expect(s.send(.credentialsReplaced(now: at(t + 20))) == [])
         let failures = s.m.failures
-        // The attempt still checks the new key against the old certificate and is rejected:
-        // redial at once (failure counted) instead of backing off.
+        // The attempt, still on the old credentials, fails the D1 check: redial at once
+        // (failure counted) instead of backing off.
         let detail = "host certificate names a.relay.test:2222 but certifies another key"
         let retry = s.send(.hostKeyRejected(connection: c, detail: detail, now: at(t + 40)))
         #expect(retry == [.cancelTimer(timer: .handshake), .closeConnection(connection: c, reason: .hostKeyRejected),
@@ -1045,7 +1045,7 @@ struct GatewayTunnelMachineTests {
         s.connect(at: t + 60)
         #expect(s.m.stateName == "established")
         try Fixtures.record(M.self, "redial-after-stale-attempt",
-                            description: "the relay restarts with a new host key and the fresh credentials arrive while a dial is already in its handshake: that attempt still fails the D1 check with the old certificate, and the gateway redials at once instead of backing off, then connects",
+                            description: "renewed credentials arrive while a dial is already in its handshake: that attempt, still on the old credentials, fails the D1 check, and the gateway redials at once instead of backing off, then connects",
                             config: Self.fixtureConfig, events: s.events)
     }
 

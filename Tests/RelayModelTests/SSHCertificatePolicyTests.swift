@@ -320,11 +320,11 @@ struct GatewayCertificatePolicyOrderTests {
 
 @Suite("Relay host certificate policy (gateway side, D1)")
 struct RelayHostCertificatePolicyTests {
+    /// The blob the relay presents in the key exchange: here the certificate `cert`.
     static func decide(_ m: SSHTestMaterial, cert: String = "host", ca: String = "ed25519", host: String = "relay.example",
-                       port: UInt16 = 2222, presented: String = "host", at t: UnixTime? = nil) throws -> RelayHostCertificateDecision {
+                       port: UInt16 = 2222, at t: UnixTime? = nil) throws -> RelayHostCertificateDecision {
         let policy = try RelayHostCertificatePolicy(serverCAPublicKey: m.ca(ca))
-        return policy.evaluate(certificateLine: try m.cert(cert), dialledHost: host, dialledPort: port,
-                               presentedHostKey: try SSHAuthorizedKeyLine.parse(m.key(presented)).blob,
+        return policy.evaluate(presentedKeyBlob: try SSHCertificate.parse(line: m.cert(cert)).blob, dialledHost: host, dialledPort: port,
                                now: t ?? now(), verifier: SSHSignatureVerifier())
     }
     static func reason(_ d: RelayHostCertificateDecision) -> RelayHostCertificateRejectionReason? {
@@ -332,63 +332,241 @@ struct RelayHostCertificatePolicyTests {
         return nil
     }
 
-    @Test("accepted: right CA, host type, principal host:port, presented key certified")
+    @Test("accepted: right CA, host type, principal host:port; the identity carries key id, serial and expiry")
     func accepted() throws {
         let m = try SSHTestMaterial.get()
-        #expect(try Self.decide(m) == .accepted(RelayHostIdentity(principal: "relay.example:2222", keyID: "relay-server", serial: 9)))
+        let c = try SSHCertificate.parse(line: m.cert("host"))
+        #expect(try Self.decide(m) == .accepted(RelayHostIdentity(principal: "relay.example:2222", keyID: "relay-server", serial: 9,
+                                                                  validBefore: c.validBefore)))
+        #expect(c.validBefore > UInt64(m.madeAt) && c.validBefore <= UInt64(m.madeAt + 86_400 + 60))
         #expect(Self.reason(try Self.decide(m, cert: "host-rsa", ca: "rsa", host: "127.0.0.1")) == nil)
     }
 
     @Test("rejections", arguments: [
-        ("wrong port", "host", "ed25519", "relay.example", UInt16(2223), "host"),
-        ("wrong host", "host", "ed25519", "relay.other", UInt16(2222), "host"),
-        ("other key presented", "host", "ed25519", "relay.example", UInt16(2222), "other-host"),
-        ("wrong CA", "host", "rsa", "relay.example", UInt16(2222), "host"),
-        ("user certificate", "host-as-user", "ed25519", "gw-id", UInt16(2222), "host"),
+        ("wrong port", "host", "ed25519", "relay.example", UInt16(2223)),
+        ("wrong host", "host", "ed25519", "relay.other", UInt16(2222)),
+        ("wrong CA", "host", "rsa", "relay.example", UInt16(2222)),
+        ("user certificate", "host-as-user", "ed25519", "gw-id", UInt16(2222)),
     ])
-    func rejections(label: String, cert: String, ca: String, host: String, port: UInt16, presented: String) throws {
+    func rejections(label: String, cert: String, ca: String, host: String, port: UInt16) throws {
         let m = try SSHTestMaterial.get()
-        let d = try Self.decide(m, cert: cert, ca: ca, host: host, port: port, presented: presented)
+        let d = try Self.decide(m, cert: cert, ca: ca, host: host, port: port)
         let expected: RelayHostCertificateRejectionReason
         switch label {
         case "wrong port": expected = .principalMismatch(expected: "relay.example:2223", principals: ["relay.example:2222"])
         case "wrong host": expected = .principalMismatch(expected: "relay.other:2222", principals: ["relay.example:2222"])
-        case "other key presented": expected = .hostKeyMismatch
         case "wrong CA": expected = .untrustedAuthority
         default: expected = .notHostCertificate(.user)
         }
         #expect(Self.reason(d) == expected)
     }
 
-    @Test("expired host certificate; plain key instead of a certificate; message shape")
-    func expiredAndPlain() throws {
+    @Test("expired host certificate; a plain key presented instead of a certificate; garbage; message shapes")
+    func expiredPlainAndGarbage() throws {
         let m = try SSHTestMaterial.get()
         let later = UnixTime(seconds: now().seconds + 3 * 86_400)
         guard case .expired? = Self.reason(try Self.decide(m, at: later)) else { Issue.record("expected expired"); return }
         let policy = try RelayHostCertificatePolicy(serverCAPublicKey: m.ca("ed25519"))
-        let d = policy.evaluate(certificateLine: try m.key("host"), dialledHost: "h", dialledPort: 2222, presentedHostKey: [],
-                                now: now(), verifier: SSHSignatureVerifier())
-        #expect(Self.reason(d) == .malformed(.notACertificate(keyType: "ssh-ed25519")))
+        // A plain key blob (what libssh exports for a server without a certificate).
+        let plain = policy.evaluate(presentedKeyBlob: try SSHAuthorizedKeyLine.parse(m.key("host")).blob, dialledHost: "h", dialledPort: 2222,
+                                    now: now(), verifier: SSHSignatureVerifier())
+        #expect(Self.reason(plain) == .rawHostKey(keyType: "ssh-ed25519"))
+        if case .rejected(let r) = plain {
+            #expect(r.message == #"Relay 'h:2222' host certificate check failed: host certificates required, raw host keys not allowed (the server presented a plain "ssh-ed25519" key)"#)
+        }
+        // Garbage and an unknown certificate type are malformed, not raw keys.
+        #expect(Self.reason(policy.evaluate(presentedKeyBlob: [], dialledHost: "h", dialledPort: 2222, now: now(), verifier: SSHSignatureVerifier()))
+                == .malformed(.truncated(field: .keyType)))
+        var dssCert = SSHWireWriter()
+        dssCert.string("ssh-dss-cert-v01@openssh.com")
+        guard case .malformed? = Self.reason(policy.evaluate(presentedKeyBlob: dssCert.bytes, dialledHost: "h", dialledPort: 2222, now: now(),
+                                                             verifier: SSHSignatureVerifier())) else {
+            Issue.record("an unknown certificate type must be malformed"); return
+        }
         if case .rejected(let r) = try Self.decide(m, port: 2223) {
             #expect(r.message == #"Relay 'relay.example:2223' host certificate check failed: ssh: principal "relay.example:2223" not in the set of valid principals for given certificate: ["relay.example:2222"]"#)
         }
     }
 
-    @Test("host certificates with critical options or no principals are refused")
+    @Test("tampering with one byte of the signed data or of the CA signature → signature does not verify")
+    func tampered() throws {
+        let m = try SSHTestMaterial.get()
+        let policy = try RelayHostCertificatePolicy(serverCAPublicKey: m.ca("ed25519"))
+        let blob = try SSHCertificate.parse(line: m.cert("host")).blob
+        for index in [40, blob.count - 1] {
+            var mutated = blob
+            mutated[index] ^= 0x01
+            #expect(Self.reason(policy.evaluate(presentedKeyBlob: mutated, dialledHost: "relay.example", dialledPort: 2222, now: now(),
+                                                verifier: SSHSignatureVerifier())) == .signature(.invalid), "byte \(index)")
+        }
+    }
+
+    @Test("order and single checks on crafted host certificates: CA, signature, type, window, critical options, principals")
     func craftedHost() {
         let ca = try! SSHPublicKey.parse(blob: SSHCertBuilder.ed25519Key(Array(repeating: 9, count: 32)))
         let policy = RelayHostCertificatePolicy(trustedCA: ca)
-        let key = SSHCertBuilder.ed25519Key(Array(repeating: 1, count: 32))
-        func decide(_ b: SSHCertBuilder) -> RelayHostCertificateRejectionReason? {
+        func decide(_ b: SSHCertBuilder, verifier: FixedVerifier = FixedVerifier(), at t: Int64 = 1_500) -> RelayHostCertificateRejectionReason? {
             let c = try! SSHCertificate.parse(blob: b.blob)
-            return Self.reason(policy.evaluate(certificate: c, dialledHost: "h", dialledPort: 2222, presentedHostKey: key,
-                                               now: UnixTime(seconds: 1_500), verifier: FixedVerifier()))
+            return Self.reason(policy.evaluate(certificate: c, dialledHost: "h", dialledPort: 2222, now: UnixTime(seconds: t), verifier: verifier))
         }
         let good = with(SSHCertBuilder()) { $0.kind = 2; $0.principals = [Array("h:2222".utf8)] }
         #expect(decide(good) == nil)
+        #expect(policy.evaluate(certificate: try! SSHCertificate.parse(blob: good.blob), dialledHost: "h", dialledPort: 2222,
+                                now: UnixTime(seconds: 1_500), verifier: FixedVerifier())
+                == .accepted(RelayHostIdentity(principal: "h:2222", keyID: "client-relay1", serial: 5, validBefore: 2_000)))
         #expect(decide(with(good) { $0.critical = [("source-address", Array("10.0.0.0/8".utf8))] }) == .unsupportedCriticalOption("source-address"))
         #expect(decide(with(good) { $0.principals = [] }) == .principalMismatch(expected: "h:2222", principals: []))
-        #expect(decide(with(good) { $0.keyFields = SSHCertBuilder.ed25519Fields(Array(repeating: 2, count: 32)) }) == .hostKeyMismatch)
+        #expect(decide(good, at: 999) == .notYetValid(validAfter: 1_000, now: UnixTime(seconds: 999)))
+        #expect(decide(good, at: 2_000) == .expired(validBefore: 2_000, now: UnixTime(seconds: 2_000)))
+        // Everything wrong at once: each fix reveals the next check.
+        var b = with(good) {
+            $0.signatureKey = SSHCertBuilder.ed25519Key(Array(repeating: 8, count: 32))
+            $0.kind = 1
+            $0.validAfter = 5_000
+            $0.validBefore = 6_000
+            $0.critical = [("verify-required", [])]
+            $0.principals = [Array("other:2222".utf8)]
+        }
+        let bad = FixedVerifier(answer: .invalid)
+        #expect(decide(b, verifier: bad) == .untrustedAuthority)
+        b.signatureKey = SSHCertBuilder.ed25519Key(Array(repeating: 9, count: 32))
+        #expect(decide(b, verifier: bad) == .signature(.invalid))
+        #expect(decide(b) == .notHostCertificate(.user))
+        b.kind = 2
+        #expect(decide(b) == .notYetValid(validAfter: 5_000, now: UnixTime(seconds: 1_500)))
+        b.validAfter = 1_000
+        #expect(decide(b) == .unsupportedCriticalOption("verify-required"))
+        b.critical = []
+        #expect(decide(b) == .principalMismatch(expected: "h:2222", principals: ["other:2222"]))
+        b.principals = [Array("other:2222".utf8), Array("h:2222".utf8)]
+        #expect(decide(b) == nil)
+    }
+}
+
+/// The relay's own check before it serves `ssh.serverCertificate` (D1, Specs/ssh-certificates.md §5.2).
+@Suite("Relay's own host certificate check (relay side, D1)")
+struct RelayOwnHostCertificateTests {
+    static func hostKey(_ m: SSHTestMaterial, _ name: String = "host") throws -> [UInt8] {
+        try SSHAuthorizedKeyLine.parse(m.key(name)).blob
+    }
+    static func refusal(_ r: Result<RelayHostIdentity, RelayHostCertificateRejection>) -> RelayHostCertificateRejectionReason? {
+        if case .failure(let f) = r { return f.reason }
+        return nil
+    }
+    /// A crafted host certificate line certifying the ed25519 key of 32 bytes `1`
+    /// (`SSHCertBuilder`'s default key), for `h:2222`, valid 1000…2000, dummy CA signature.
+    static func crafted(_ adjust: (inout SSHCertBuilder) -> Void = { _ in }) -> (line: String, hostKey: [UInt8]) {
+        var b = with(SSHCertBuilder()) { $0.kind = 2; $0.principals = [Array("h:2222".utf8)]; $0.keyID = Array("relay-server".utf8) }
+        adjust(&b)
+        return ("\(b.typeName) \(Base64.encode(b.blob)) crafted", SSHCertBuilder.ed25519Key(Array(repeating: 1, count: 32)))
+    }
+    static func check(_ c: (line: String, hostKey: [UInt8]), host: String = "h", port: UInt16 = 2222, at t: Int64 = 1_500)
+        -> Result<RelayHostIdentity, RelayHostCertificateRejection> {
+        RelayOwnHostCertificate.check(certificateLine: c.line, hostKey: c.hostKey, host: host, sshPort: port, now: UnixTime(seconds: t))
+    }
+
+    @Test("accepted: the certificate certifies the host key, is a host certificate, valid now, names <host>:<sshPort>")
+    func accepted() throws {
+        let m = try SSHTestMaterial.get()
+        let c = try SSHCertificate.parse(line: m.cert("host"))
+        let r = RelayOwnHostCertificate.check(certificateLine: try m.cert("host"), hostKey: try Self.hostKey(m), host: "relay.example",
+                                              sshPort: 2222, now: now())
+        #expect(r == .success(RelayHostIdentity(principal: "relay.example:2222", keyID: "relay-server", serial: 9, validBefore: c.validBefore)))
+        // The relay does not hold the host CA: a certificate from any CA passes its own check
+        // (gateways check the CA). "host-rsa" is signed by another CA, for 127.0.0.1:2222.
+        #expect(Self.refusal(RelayOwnHostCertificate.check(certificateLine: try m.cert("host-rsa"), hostKey: try Self.hostKey(m), host: "127.0.0.1",
+                                                           sshPort: 2222, now: now())) == nil)
+        // A trailing newline (as read from a file) and the crafted one.
+        #expect(Self.refusal(RelayOwnHostCertificate.check(certificateLine: try m.cert("host") + "\n", hostKey: try Self.hostKey(m),
+                                                           host: "relay.example", sshPort: 2222, now: now())) == nil)
+        #expect(Self.check(Self.crafted()) == .success(RelayHostIdentity(principal: "h:2222", keyID: "relay-server", serial: 5, validBefore: 2_000)))
+    }
+
+    @Test("missing: an empty or blank ssh.serverCertificate", arguments: ["", " ", "\n", " \t\n"])
+    func missing(line: String) {
+        let r = RelayOwnHostCertificate.check(certificateLine: line, hostKey: [1, 2, 3], host: "h", sshPort: 2222, now: UnixTime(seconds: 1))
+        #expect(Self.refusal(r) == .missing)
+        if case .failure(let f) = r {
+            #expect(f.loadMessage == "The relay's SSH host certificate (ssh.serverCertificate) cannot be served for 'h:2222': the connect response has no SSH host certificate; gateways require one (DESIGN D1)")
+        }
+    }
+
+    @Test("malformed: garbage, a plain key line, a truncated certificate")
+    func malformed() throws {
+        let m = try SSHTestMaterial.get()
+        let key = try Self.hostKey(m)
+        func reason(_ line: String) -> RelayHostCertificateRejectionReason? {
+            Self.refusal(RelayOwnHostCertificate.check(certificateLine: line, hostKey: key, host: "relay.example", sshPort: 2222, now: now()))
+        }
+        guard case .malformed? = reason("not a certificate") else { Issue.record("garbage: \(String(describing: reason("not a certificate")))"); return }
+        #expect(reason(try m.key("host")) == .malformed(.notACertificate(keyType: "ssh-ed25519")))
+        let blob = try SSHCertificate.parse(line: m.cert("host")).blob
+        guard case .malformed? = reason("ssh-ed25519-cert-v01@openssh.com \(Base64.encode(Array(blob.prefix(blob.count / 2))))") else {
+            Issue.record("truncated certificate not malformed"); return
+        }
+    }
+
+    @Test("hostKeyMismatch: the certificate certifies another key than ssh.serverPrivateKey's")
+    func hostKeyMismatch() throws {
+        let m = try SSHTestMaterial.get()
+        let r = RelayOwnHostCertificate.check(certificateLine: try m.cert("host"), hostKey: try Self.hostKey(m, "other-host"),
+                                              host: "relay.example", sshPort: 2222, now: now())
+        #expect(Self.refusal(r) == .hostKeyMismatch)
+        if case .failure(let f) = r {
+            #expect(f.loadMessage == "The relay's SSH host certificate (ssh.serverCertificate) cannot be served for 'relay.example:2222': the certificate does not certify the relay's SSH host key (ssh.serverPrivateKey)")
+        }
+        // The key check comes first: a mismatching key with every other fault is still hostKeyMismatch.
+        #expect(Self.refusal(Self.check((Self.crafted { $0.kind = 1; $0.principals = [] }.line, [9, 9]), at: 99_999)) == .hostKeyMismatch)
+    }
+
+    @Test("notHostCertificate: a user certificate for the host key")
+    func notHostCertificate() throws {
+        let m = try SSHTestMaterial.get()
+        let r = RelayOwnHostCertificate.check(certificateLine: try m.cert("host-as-user"), hostKey: try Self.hostKey(m),
+                                              host: "gw-id", sshPort: 2222, now: now())
+        #expect(Self.refusal(r) == .notHostCertificate(.user))
+        #expect(Self.refusal(Self.check(Self.crafted { $0.kind = 1 })) == .notHostCertificate(.user))
+    }
+
+    @Test("expired and not yet valid, at the exact boundaries (no clock skew on the relay side)")
+    func window() throws {
+        let m = try SSHTestMaterial.get()
+        let c = try SSHCertificate.parse(line: m.cert("host"))
+        let later = UnixTime(seconds: Int64(c.validBefore) + 1)
+        let r = RelayOwnHostCertificate.check(certificateLine: try m.cert("host"), hostKey: try Self.hostKey(m), host: "relay.example",
+                                              sshPort: 2222, now: later)
+        #expect(Self.refusal(r) == .expired(validBefore: c.validBefore, now: later))
+        let crafted = Self.crafted()
+        #expect(Self.refusal(Self.check(crafted, at: 999)) == .notYetValid(validAfter: 1_000, now: UnixTime(seconds: 999)))
+        #expect(Self.refusal(Self.check(crafted, at: 1_000)) == nil)
+        #expect(Self.refusal(Self.check(crafted, at: 1_999)) == nil)
+        #expect(Self.refusal(Self.check(crafted, at: 2_000)) == .expired(validBefore: 2_000, now: UnixTime(seconds: 2_000)))
+        if case .failure(let f) = Self.check(crafted, at: 2_000) {
+            #expect(f.loadMessage == "The relay's SSH host certificate (ssh.serverCertificate) cannot be served for 'h:2222': ssh: cert has expired (valid before 1970-01-01T00:33:20Z, now 1970-01-01T00:33:20Z)")
+        }
+    }
+
+    @Test("a critical option of any name is refused (none are defined for host certificates)")
+    func criticalOption() {
+        #expect(Self.refusal(Self.check(Self.crafted { $0.critical = [("source-address", Array("10.0.0.0/8".utf8))] }))
+                == .unsupportedCriticalOption("source-address"))
+        #expect(Self.refusal(Self.check(Self.crafted { $0.critical = [("force-command", Array("/bin/true".utf8))] }))
+                == .unsupportedCriticalOption("force-command"))
+    }
+
+    @Test("principalMismatch: another host, another port (the bound one), no principals, host without port")
+    func principalMismatch() throws {
+        let m = try SSHTestMaterial.get()
+        func reason(host: String, port: UInt16) throws -> RelayHostCertificateRejectionReason? {
+            Self.refusal(RelayOwnHostCertificate.check(certificateLine: try m.cert("host"), hostKey: try Self.hostKey(m), host: host,
+                                                       sshPort: port, now: now()))
+        }
+        #expect(try reason(host: "relay.other", port: 2222) == .principalMismatch(expected: "relay.other:2222", principals: ["relay.example:2222"]))
+        #expect(try reason(host: "relay.example", port: 40_123) == .principalMismatch(expected: "relay.example:40123", principals: ["relay.example:2222"]))
+        #expect(Self.refusal(Self.check(Self.crafted { $0.principals = [] })) == .principalMismatch(expected: "h:2222", principals: []))
+        #expect(Self.refusal(Self.check(Self.crafted { $0.principals = [Array("h".utf8)] })) == .principalMismatch(expected: "h:2222", principals: ["h"]))
+        // One of several principals is enough.
+        #expect(Self.refusal(Self.check(Self.crafted { $0.principals = [Array("h:1".utf8), Array("h:2222".utf8)] })) == nil)
     }
 }
 

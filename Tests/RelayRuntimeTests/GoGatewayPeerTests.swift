@@ -40,7 +40,7 @@ struct GoGatewayPeerTests {
             let cert = try await Keygen.sign(
                 ca: otherCA, publicKey: f.gatewayKey.appendingPathExtension("pub"), as: "other_gw",
                 id: "client-relay", principals: [f.user, "gw-name"])
-            var args = f.gatewayArguments(["-insecure-host-key"])
+            var args = f.gatewayArguments(["-host-ca", f.hostCA.path])
             args[args.firstIndex(of: "-cert")! + 1] = cert.path
             let gw = try await GoGateway.start(args)
             let error = try await gw.waitForLine(prefix: "ERROR ")
@@ -54,7 +54,7 @@ struct GoGatewayPeerTests {
     func keepaliveReplies() async throws {
         try await withSSHD { f in
             let gw = try await GoGateway.start(
-                f.gatewayArguments(["-insecure-host-key", "-keepalive", "300ms", "-keepalive-timeout", "2s"]))
+                f.gatewayArguments(["-host-ca", f.hostCA.path, "-keepalive", "300ms", "-keepalive-timeout", "2s"]))
             _ = try await gw.waitForLine(prefix: "READY")
             _ = try await gw.waitForLine(prefix: "KEEPALIVE ok", timeout: .seconds(5))
             _ = try await gw.waitForLine(prefix: "KEEPALIVE ok", timeout: .seconds(5))
@@ -67,7 +67,7 @@ struct GoGatewayPeerTests {
     func keepaliveTimeout() async throws {
         try await withSSHD { f in
             let gw = try await GoGateway.start(
-                f.gatewayArguments(["-insecure-host-key", "-keepalive", "300ms", "-keepalive-timeout", "600ms"]))
+                f.gatewayArguments(["-host-ca", f.hostCA.path, "-keepalive", "300ms", "-keepalive-timeout", "600ms"]))
             _ = try await gw.waitForLine(prefix: "READY")
             _ = try await gw.waitForLine(prefix: "KEEPALIVE ok", timeout: .seconds(5))
             // Freeze the sshd processes serving this connection: TCP stays up, replies stop.
@@ -85,7 +85,7 @@ struct GoGatewayPeerTests {
     func reconnects() async throws {
         try await withSSHD { f in
             let gw = try await GoGateway.start(
-                f.gatewayArguments(["-insecure-host-key", "-reconnect", "-reconnect-delay", "100ms"]))
+                f.gatewayArguments(["-host-ca", f.hostCA.path, "-reconnect", "-reconnect-delay", "100ms"]))
             _ = try await gw.waitForLine(prefix: "READY")
             for pid in f.sshd.connectionProcesses() { kill(pid, SIGTERM) }
             _ = try await gw.waitForLine(prefix: "DISCONNECTED ")
@@ -95,61 +95,44 @@ struct GoGatewayPeerTests {
     }
 
     enum HostCheck: String, CaseIterable, CustomTestStringConvertible {
-        case caSigned, caOtherCA, caWrongPrincipal, caExpired, caPlainKeyRefused
-        case outOfBandCertificate, outOfBandCertificateOtherKey
-        case pinMatches, pinOtherKey, insecure
+        case signed, otherCA, wrongPrincipal, expired, userCertificate, plainKey
+        /// `-infisical-exact`: x/crypto's CheckCert alone, which checks neither CA nor type.
+        case exactAcceptsOtherCA, exactAcceptsUserCertificate, exactRefusesWrongPrincipal, exactRefusesPlainKey
         var testDescription: String { rawValue }
     }
 
-    @Test("host key checks: -host-ca, -host-ca with -host-cert (DESIGN D1), -host-key-pin, -insecure-host-key",
-          arguments: HostCheck.allCases)
+    @Test("host certificate check (-host-ca; -infisical-exact) against sshd's HostCertificate", arguments: HostCheck.allCases)
     func hostKeyCheck(_ check: HostCheck) async throws {
         var options = SSHDOptions()
         switch check {
-        case .caWrongPrincipal: options.hostCertPrincipal = "127.0.0.1:1"
-        case .caExpired: options.hostCertValidity = "-2d:-1d"
-        case .caPlainKeyRefused, .outOfBandCertificate, .outOfBandCertificateOtherKey: options.presentHostCert = false
-        default: break
+        case .wrongPrincipal, .exactRefusesWrongPrincipal: options.hostCertPrincipal = "127.0.0.1:1"
+        case .expired: options.hostCertValidity = "-2d:-1d"
+        case .userCertificate, .exactAcceptsUserCertificate: options.hostCertIsUser = true
+        case .plainKey, .exactRefusesPlainKey: options.presentHostCert = false
+        case .signed, .otherCA, .exactAcceptsOtherCA: break
         }
         try await withSSHD(options) { f in
-            let flags: [String]
-            let expectedError: String?
+            var flags = ["-host-ca", f.hostCA.path]
             switch check {
-            case .caSigned, .caWrongPrincipal, .caExpired, .caPlainKeyRefused:
-                flags = ["-host-ca", f.hostCA.path]
-                expectedError = [
-                    .caWrongPrincipal: "not in the set of valid principals", .caExpired: "cert has expired",
-                    .caPlainKeyRefused: "host certificates required",
-                ][check]
-            case .caOtherCA:
+            case .otherCA, .exactAcceptsOtherCA:
                 let other = try await Keygen.key(f.dir, "other_host_ca", type: "ed25519")
                 flags = ["-host-ca", other.appendingPathExtension("pub").path]
-                expectedError = "not signed by the relay SSH server CA"
-            case .outOfBandCertificate:
-                flags = ["-host-ca", f.hostCA.path, "-host-cert", f.hostCert.path]
-                expectedError = nil
-            case .outOfBandCertificateOtherKey:
-                let otherKey = try await Keygen.key(f.dir, "other_host_key", type: "rsa")
-                let cert = try await Keygen.sign(
-                    ca: f.hostCAKey, publicKey: otherKey.appendingPathExtension("pub"), as: "other_host_key",
-                    id: "relay", principals: ["127.0.0.1:\(f.sshd.port)"], host: true)
-                flags = ["-host-ca", f.hostCA.path, "-host-cert", cert.path]
-                expectedError = "is not the key certified by -host-cert"
-            case .pinMatches:
-                flags = ["-host-key-pin", f.hostKey.appendingPathExtension("pub").path]
-                expectedError = nil
-            case .pinOtherKey:
-                let other = try await Keygen.key(f.dir, "other_pin", type: "ed25519")
-                flags = ["-host-key-pin", other.appendingPathExtension("pub").path]
-                expectedError = "does not match the pinned key"
-            case .insecure:
-                flags = ["-insecure-host-key"]
-                expectedError = nil
+            default: break
             }
+            if check.rawValue.hasPrefix("exact") { flags.append("-infisical-exact") }
+            let expectedError: String? = [
+                .otherCA: "host certificate check failed: ssh: certificate signed by unrecognized authority",
+                .wrongPrincipal: #"host certificate check failed: ssh: principal "127.0.0.1:\#(f.sshd.port)" not in the set of valid principals"#,
+                .expired: "host certificate check failed: ssh: cert has expired",
+                .userCertificate: "host certificate check failed: ssh: certificate presented as a host key has type 1",
+                .plainKey: "host certificates required, raw host keys not allowed",
+                .exactRefusesWrongPrincipal: "not in the set of valid principals",
+                .exactRefusesPlainKey: "host certificates required, raw host keys not allowed",
+            ][check]
             let gw = try await GoGateway.start(f.gatewayArguments(flags))
             if let expectedError {
                 let line = try await gw.waitForLine(prefix: "ERROR ")
-                #expect(line.contains(expectedError), "\(line)")
+                #expect(line.hasPrefix("ERROR ssh: handshake failed: ") && line.contains(expectedError), "\(line)")
                 #expect(await gw.waitForExit() == .exited(GoGateway.ExitCode.connectFailed))
                 #expect(!gw.lines.contains("READY"))
             } else {
@@ -162,7 +145,7 @@ struct GoGatewayPeerTests {
     @Test("-algorithms default negotiates x/crypto's modern defaults, as sshd logs them")
     func defaultAlgorithms() async throws {
         try await withSSHD { f in
-            let gw = try await GoGateway.start(f.gatewayArguments(["-insecure-host-key", "-algorithms", "default"]))
+            let gw = try await GoGateway.start(f.gatewayArguments(["-host-ca", f.hostCA.path, "-algorithms", "default"]))
             let fields = parseFields(try await gw.waitForLine(prefix: "NEGOTIATED "))
             _ = try await gw.waitForLine(prefix: "READY")
             #expect(fields["kex"] == "curve25519-sha256")
@@ -178,7 +161,7 @@ struct GoGatewayPeerTests {
         var options = SSHDOptions()
         options.extraConfig = ["KexAlgorithms curve25519-sha256"]
         try await withSSHD(options) { f in
-            let gw = try await GoGateway.start(f.gatewayArguments(["-insecure-host-key"]))
+            let gw = try await GoGateway.start(f.gatewayArguments(["-host-ca", f.hostCA.path]))
             let line = try await gw.waitForLine(prefix: "ERROR ")
             #expect(line.contains("no common algorithm for key exchange"), "\(line)")
             #expect(await gw.waitForExit() == .exited(GoGateway.ExitCode.connectFailed))
@@ -199,7 +182,7 @@ struct GoGatewayPeerTests {
         var options = SSHDOptions()
         options.extraConfig = [serverConfig]
         try await withSSHD(options) { f in
-            let gw = try await GoGateway.start(f.gatewayArguments(["-insecure-host-key"]))
+            let gw = try await GoGateway.start(f.gatewayArguments(["-host-ca", f.hostCA.path]))
             let negotiated = parseFields(try await gw.waitForLine(prefix: "NEGOTIATED "))
             #expect(negotiated[field] == algorithm)
             let error = try await gw.waitForLine(prefix: "ERROR ")
@@ -219,7 +202,8 @@ struct GoGatewayPeerTests {
         let cert = try await Keygen.sign(
             ca: ca, publicKey: key.appendingPathExtension("pub"), as: "gw", id: "client-relay", principals: ["gw"])
         let base = [
-            "-relay", "127.0.0.1:\(port)", "-user", "gw", "-key", key.path, "-cert", cert.path, "-insecure-host-key",
+            "-relay", "127.0.0.1:\(port)", "-user", "gw", "-key", key.path, "-cert", cert.path,
+            "-host-ca", ca.appendingPathExtension("pub").path,  // never reached: nothing listens
         ]
         let once = try await GoGateway.start(base)
         #expect(try await once.waitForLine(prefix: "ERROR ").hasPrefix("ERROR dial 127.0.0.1:\(port)"))
@@ -259,6 +243,8 @@ struct GoGatewayPeerTests {
 private struct SSHDOptions {
     /// Present a host certificate (sshd `HostCertificate`); otherwise only the plain host key.
     var presentHostCert = true
+    /// Sign that "host certificate" as a user certificate (ssh-keygen without `-h`).
+    var hostCertIsUser = false
     /// The host certificate's principal; `{port}` is replaced by sshd's port.
     var hostCertPrincipal = "127.0.0.1:{port}"
     var hostCertValidity = "-5m:+1d"
@@ -272,7 +258,6 @@ private struct Fixture {
     let hostCAKey: URL  // private key; `hostCA` is its public half
     var hostCA: URL { hostCAKey.appendingPathExtension("pub") }
     let hostKey: URL
-    let hostCert: URL  // always made, also when sshd does not present it (DESIGN D1 tests)
     let gatewayKey: URL
     let gatewayCert: URL
 
@@ -328,14 +313,13 @@ private func withSSHD(
         let cert = try await Keygen.sign(
             ca: hostCAKey, publicKey: hostKey.appendingPathExtension("pub"), as: "host_key",
             id: "relay-host", principals: [options.hostCertPrincipal.replacingOccurrences(of: "{port}", with: "\(port)")],
-            host: true, validity: options.hostCertValidity)
+            host: !options.hostCertIsUser, validity: options.hostCertValidity)
         return ["HostKey \(hostKey.path)"]
             + (options.presentHostCert ? ["HostCertificate \(cert.path)"] : [])
             + options.extraConfig
     }
     let fixture = Fixture(
-        dir: dir, user: user, sshd: sshd, hostCAKey: hostCAKey, hostKey: hostKey,
-        hostCert: dir.appendingPathComponent("host_key-cert.pub"), gatewayKey: gatewayKey,
+        dir: dir, user: user, sshd: sshd, hostCAKey: hostCAKey, hostKey: hostKey, gatewayKey: gatewayKey,
         gatewayCert: gatewayCert)
     do {
         try await body(fixture)

@@ -37,6 +37,32 @@ struct LinkTests {
         #expect(!ldd.stdout.contains("libssh.so"), "the relay binary links a shared libssh: \(ldd.stdout)")
     }
 
+    @Test("scripts/libssh/build: a source the patch does not fit fails with one line naming the version and the hunks, and changes nothing")
+    func patchMismatch() async throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let tree = TempDir("libssh-mismatch")
+        try FileManager.default.createDirectory(atPath: tree.path("src"), withIntermediateDirectories: true)
+        let bind = try tree.write("src/bind.c", "int ssh_bind_accept_fd(void) { return 0; }\n")
+        let r = try await PeerProcess.run(root.appendingPathComponent("scripts/libssh/build").path, ["--apply-to", tree.url.path, "9.9.9-1"])
+        #expect(r.exit == .exited(1))
+        let lines = r.stderr.split(separator: "\n")
+        #expect(lines.count == 1, "\(r.stderr)")
+        #expect(r.stderr.contains("does not apply exactly to libssh 9.9.9-1"))
+        #expect(r.stderr.contains("src/bind.c Hunk #1 failed"))
+        #expect(r.stderr.contains("Update the patch for 9.9.9-1"))
+        #expect(try String(contentsOfFile: bind, encoding: .utf8) == "int ssh_bind_accept_fd(void) { return 0; }\n")
+    }
+
+    @Test("scripts/libssh/build again: the cached build is used, without the network")
+    func cachedRebuild() async throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let built = try Self.builtLibssh()
+        let r = try await PeerProcess.run(root.appendingPathComponent("scripts/libssh/build").path, [],
+                                          environment: ["LIBSSH_MIRROR": "http://127.0.0.1:9/unreachable"])
+        #expect(r.exit == .exited(0), "\(r.stderr)")
+        #expect(r.stderr.contains("using \(built.debian) (cached"), "\(r.stderr)")
+    }
+
     @Test("OpenSSL is version 3")
     func openssl() { #expect(LinkedLibraries.openssl.hasPrefix("OpenSSL 3.")) }
 

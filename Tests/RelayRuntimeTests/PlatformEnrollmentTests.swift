@@ -249,7 +249,11 @@ struct PlatformEnrollmentTests {
         #expect(listing.contains("user certificate"))
         #expect(listing.contains("Key ID: \"client-hub\""))
         #expect(listing.contains("\(gw)\n") && listing.contains("gw-a"))
-        let hostCert = try #require(r.json["relayHostCertificate"]?.stringValue)
+        // DESIGN D1: no host certificate for the gateway to pin; the relay presents its own, signed
+        // by the CA the gateway gets here (ssh.serverCAPublicKey) for relay.internal:2022.
+        #expect(r.json["relayHostCertificate"] == nil)
+        let relayConnect = try await p.request("POST", "/api/v2/relays/connect", bearer: relayAccess)
+        let hostCert = try #require(relayConnect.json["ssh"]?["serverCertificate"]?.stringValue)
         #expect(try CredentialChecks.sshKeygenList(hostCert, dir: dir).contains("relay.internal:2022"))
         let serverCA = try #require(r.json["ssh"]?["serverCAPublicKey"]?.stringValue)
         #expect(try CredentialChecks.sshKeygenList(hostCert, dir: dir).contains(try CredentialChecks.fingerprint(serverCA, dir: dir)))

@@ -40,10 +40,13 @@ struct PlatformSystemTests {
         let connect = try await p.request("POST", "/api/v3/gateways/connect", body: .object([("relayName", .string("sys-relay"))]), bearer: gatewayAccess)
         #expect(connect.status == 200)
         let gatewayCreds = try GatewayCredentials.parse(json: connect.text)
-        #expect(gatewayCreds.relayHostCertificate != nil)
-        var go = GatewayAgent.Options(credentials: gatewayCreds, relays: [.init(name: "sys-relay", address: "127.0.0.1:\(sshPort)")],
+        // No host certificate in the gateway's credentials (DESIGN D1): the relay presents its own,
+        // issued by the platform for 127.0.0.1:<sshPort>, and the gateway checks it against
+        // ssh.serverCAPublicKey.
+        #expect(connect.json["relayHostCertificate"] == nil)
+        #expect(relay.hostCertificate?.principal == "127.0.0.1:\(sshPort)")
+        let go = GatewayAgent.Options(credentials: gatewayCreds, relays: [.init(name: "sys-relay", address: "127.0.0.1:\(sshPort)")],
                                       tunnel: GatewayTests.quickTunnel())
-        go.insecureHostKey = false
         // The platform issues RSA-2048 gateway keys (Infisical's shape). Seen here: the reference
         // gateway's libssh client sometimes offers ssh-rsa-cert-v01 (SHA-1) before the relay's
         // EXT_INFO (server-sig-algs) is processed and is refused, then succeeds on a retry; hence

@@ -51,15 +51,18 @@ struct RelayAWSTests {
 
     static let relayId = "aaaaaaaa-1111-2222-3333-444444444444"
 
-    func platform(_ moto: Moto, bed: RelayTestbed) async throws -> FakePlatform {
-        try await FakePlatform(config: ["tokens": [String: String](), "credentials": [try bed.credentialsFile()],
-                                        "aws": ["sts": "http://127.0.0.1:\(moto.port)", "relayId": Self.relayId, "allowedAccounts": ["123456789012"]]])
+    /// The fake platform, and the SSH port the relay must bind: the host certificate in the
+    /// credentials it serves names `127.0.0.1:<port>` (DESIGN D1).
+    func platform(_ moto: Moto, bed: RelayTestbed) async throws -> (FakePlatform, sshPort: Int) {
+        let ssh = try unusedPort()
+        return (try await FakePlatform(config: ["tokens": [String: String](), "credentials": [try bed.credentialsFile(sshPort: ssh)],
+                                        "aws": ["sts": "http://127.0.0.1:\(moto.port)", "relayId": Self.relayId, "allowedAccounts": ["123456789012"]]]), ssh)
     }
 
-    func args(_ p: FakePlatform, _ bed: RelayTestbed, relayId: String? = RelayAWSTests.relayId) -> [String] {
+    func args(_ p: FakePlatform, _ bed: RelayTestbed, sshPort: Int, relayId: String? = RelayAWSTests.relayId) -> [String] {
         ["start", "--name=aws-relay", "--enroll-method=aws"] + (relayId.map { ["--relay-id=\($0)"] } ?? [])
             + ["--domain=\(p.domain)", "--ca-file=\(p.caFile)", "--state-dir=\(bed.dir.path("state"))",
-               "--listen-address=127.0.0.1", "--ssh-port=0", "--tls-port=0", "--loops=2", "--retry-base=0.2"]
+               "--listen-address=127.0.0.1", "--ssh-port=\(sshPort)", "--tls-port=0", "--loops=2", "--retry-base=0.2"]
     }
 
     /// No ambient AWS configuration leaks in from the test host.
@@ -75,12 +78,12 @@ struct RelayAWSTests {
     func environmentCredentials() async throws {
         let moto = try await Moto()
         let bed = try RelayTestbed(relayName: "aws-relay")
-        let p = try await platform(moto, bed: bed)
+        let (p, ssh) = try await platform(moto, bed: bed)
         let env = isolated(bed, ["AWS_ACCESS_KEY_ID": moto.accessKey, "AWS_SECRET_ACCESS_KEY": moto.secretKey, "AWS_REGION": "us-east-1"])
         for run in 1...2 {
             // X-Amz-Date has one-second resolution: two starts within a second would sign alike.
             if run == 2 { try await Task.sleep(for: .milliseconds(1100)) }
-            let relay = try RelayCLI.start(args(p, bed, relayId: run == 1 ? Self.relayId : nil), environment: env)
+            let relay = try RelayCLI.start(args(p, bed, sshPort: ssh, relayId: run == 1 ? Self.relayId : nil), environment: env)
             try await relay.waitForLog("Authenticating relay via AWS Auth (STS GetCallerIdentity)...")
             try await relay.waitForLog("Relay authenticated via AWS Auth. State saved to")
             try await relay.waitForLog("Relay server started successfully")
@@ -102,9 +105,9 @@ struct RelayAWSTests {
     func wrongSecret() async throws {
         let moto = try await Moto()
         let bed = try RelayTestbed(relayName: "aws-relay")
-        let p = try await platform(moto, bed: bed)
+        let (p, ssh) = try await platform(moto, bed: bed)
         let env = isolated(bed, ["AWS_ACCESS_KEY_ID": moto.accessKey, "AWS_SECRET_ACCESS_KEY": "not-the-secret", "AWS_REGION": "us-east-1"])
-        let out = try await RelayCLI.run(args(p, bed), environment: env)
+        let out = try await RelayCLI.run(args(p, bed, sshPort: ssh), environment: env)
         #expect(out.exit == .exited(1))
         #expect(out.stderr.contains("AWS authentication was rejected by the platform: STS verification failed"), "\(out.stderr)")
         #expect(p.requests.first { ($0["path"] as? String) == "login" }?["outcome"] as? String == "sts rejected")
@@ -114,13 +117,13 @@ struct RelayAWSTests {
     func containerCredentials() async throws {
         let moto = try await Moto()
         let bed = try RelayTestbed(relayName: "aws-relay")
-        let p = try await platform(moto, bed: bed)
+        let (p, ssh) = try await platform(moto, bed: bed)
         let creds = try bed.dir.write("container.json", #"{"AccessKeyId":"\#(moto.accessKey)","SecretAccessKey":"\#(moto.secretKey)","Expiration":"2099-01-01T00:00:00Z"}"#)
         let server = try PeerProcess("/usr/bin/env", ["python3", Self.metadataScript, "container", creds, "Bearer ecs-token"], stdinPipe: true)
         let port = Int(try await server.stdout.waitForLine(prefix: "LISTENING ").dropFirst(10))!
         let env = isolated(bed, ["AWS_CONTAINER_CREDENTIALS_FULL_URI": "http://127.0.0.1:\(port)/creds",
                                  "AWS_CONTAINER_AUTHORIZATION_TOKEN": "Bearer ecs-token", "AWS_REGION": "us-east-1"])
-        let relay = try RelayCLI.start(args(p, bed), environment: env)
+        let relay = try RelayCLI.start(args(p, bed, sshPort: ssh), environment: env)
         try await relay.waitForLog("Relay server started successfully")
         relay.signal(SIGTERM)
         #expect(await relay.waitForExit() == .exited(0), "\(relay.log)")
@@ -132,12 +135,12 @@ struct RelayAWSTests {
     func instanceMetadata() async throws {
         let moto = try await Moto()
         let bed = try RelayTestbed(relayName: "aws-relay")
-        let p = try await platform(moto, bed: bed)
+        let (p, ssh) = try await platform(moto, bed: bed)
         let creds = try bed.dir.write("imds.json", #"{"AccessKeyId":"\#(moto.accessKey)","SecretAccessKey":"\#(moto.secretKey)","Token":"","Expiration":"2099-01-01T00:00:00Z"}"#)
         let server = try PeerProcess("/usr/bin/env", ["python3", Self.metadataScript, "imds", creds, "us-east-1"], stdinPipe: true)
         let port = Int(try await server.stdout.waitForLine(prefix: "LISTENING ").dropFirst(10))!
         let env = isolated(bed, ["AWS_EC2_METADATA_SERVICE_ENDPOINT": "http://127.0.0.1:\(port)"])
-        let relay = try RelayCLI.start(args(p, bed), environment: env)
+        let relay = try RelayCLI.start(args(p, bed, sshPort: ssh), environment: env)
         try await relay.waitForLog("Relay server started successfully")
         relay.signal(SIGTERM)
         #expect(await relay.waitForExit() == .exited(0), "\(relay.log)")
@@ -151,11 +154,11 @@ struct RelayAWSTests {
     func nothingConfigured() async throws {
         let moto = try await Moto()
         let bed = try RelayTestbed(relayName: "aws-relay")
-        let p = try await platform(moto, bed: bed)
-        let none = try await RelayCLI.run(args(p, bed), environment: isolated(bed, [:]))
+        let (p, ssh) = try await platform(moto, bed: bed)
+        let none = try await RelayCLI.run(args(p, bed, sshPort: ssh), environment: isolated(bed, [:]))
         #expect(none.exit == .exited(1))
         #expect(none.stderr.contains("No usable AWS credentials: no AWS credentials found"), "\(none.stderr)")
-        let noRegion = try await RelayCLI.run(args(p, bed), environment: isolated(bed, ["AWS_ACCESS_KEY_ID": moto.accessKey, "AWS_SECRET_ACCESS_KEY": moto.secretKey]))
+        let noRegion = try await RelayCLI.run(args(p, bed, sshPort: ssh), environment: isolated(bed, ["AWS_ACCESS_KEY_ID": moto.accessKey, "AWS_SECRET_ACCESS_KEY": moto.secretKey]))
         #expect(noRegion.exit == .exited(1))
         #expect(noRegion.stderr.contains("no AWS region configured"), "\(noRegion.stderr)")
         #expect(p.count("login") == 0)

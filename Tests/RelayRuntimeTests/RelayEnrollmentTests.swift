@@ -15,7 +15,8 @@ import Testing
 struct RelayEnrollmentTests {
     static let token = "gwe_Zm9yLXRlc3RzLW9ubHktMTIzNDU2Nzg5MGFiY2RlZg"
 
-    /// A relay name, a state directory, the testbed credentials and a fake platform.
+    /// A relay name, a state directory, the testbed credentials (with a host certificate for
+    /// `sshPort`) and a fake platform.
     final class Setup: @unchecked Sendable {
         let bed: RelayTestbed
         let platform: FakePlatform
@@ -23,14 +24,14 @@ struct RelayEnrollmentTests {
         let tlsPort: Int
         let sshPort: Int
 
-        init(tokens: [String: String] = [RelayEnrollmentTests.token: "valid"], credentials: ((RelayTestbed) throws -> [String])? = nil,
+        init(tokens: [String: String] = [RelayEnrollmentTests.token: "valid"], credentials: ((RelayTestbed, _ sshPort: Int) throws -> [String])? = nil,
              extra: [String: Any] = [:], probe: Bool = false) async throws {
             bed = try RelayTestbed(relayName: "edge-1")
             stateDir = bed.dir.path("state")
             tlsPort = try unusedPort()
             sshPort = try unusedPort()
             var config: [String: Any] = ["tokens": tokens, "relayId": "relay-uuid-1",
-                                         "credentials": try credentials?(bed) ?? [bed.credentialsFile()]]
+                                         "credentials": try credentials?(bed, sshPort) ?? [bed.credentialsFile(sshPort: sshPort)]]
             if probe {
                 let hb = try bed.heartbeatProbeFiles()
                 config["heartbeatProbe"] = ["host": "127.0.0.1", "port": tlsPort, "cert": hb.cert, "key": hb.key, "ca": hb.ca]
@@ -244,13 +245,13 @@ struct RelayEnrollmentTests {
 
     @Test("T-13: renewal with short certificates: new handshakes get the new certificate, a connected gateway keeps its tunnel")
     func renewal() async throws {
-        let s2 = try await Setup(credentials: { bed in try (1...4).map { try bed.credentialsFile(named: "c\($0).json", lifetime: 3600 * Int64($0)) } })
+        let s2 = try await Setup(credentials: { bed, ssh in try (1...4).map { try bed.credentialsFile(named: "c\($0).json", lifetime: 3600 * Int64($0), sshPort: ssh) } })
         let relay = try RelayCLI.start(s2.args(["--renewal-interval=2"]))
         try await relay.waitForLog("Relay server started successfully")
         let before = try #require(try? ServerCertificateProbe.probe(host: "127.0.0.1", port: s2.tlsPort, timeoutMilliseconds: 3000).get())
         let ident = try s2.bed.gatewayIdentity("gw-r")
         let gw = try await GoGateway.start(["-relay", "127.0.0.1:\(s2.sshPort)", "-user", "gw-r", "-key", ident.key, "-cert", ident.cert,
-                                            "-insecure-host-key", "-mode", "echo"])
+                                            "-host-ca", s2.bed.hostCAPublicKeyFile, "-mode", "echo"])
         _ = try await gw.waitForLine(prefix: "READY")
         try await relay.waitForLog("Certificates renewed successfully", timeout: .seconds(15))
         try await Task.sleep(for: .milliseconds(300))
@@ -271,8 +272,9 @@ struct RelayEnrollmentTests {
 
     @Test("L-05: renewal keeps failing → stop accepting before expiry (/ready 503, port closed); a later success serves again")
     func lapseAndRecover() async throws {
-        let s = try await Setup(credentials: { bed in
-            [try bed.credentialsFile(named: "short.json", lifetime: 8), try bed.credentialsFile(named: "long.json", lifetime: 86_400)]
+        let s = try await Setup(credentials: { bed, ssh in
+            [try bed.credentialsFile(named: "short.json", lifetime: 8, sshPort: ssh),
+             try bed.credentialsFile(named: "long.json", lifetime: 86_400, sshPort: ssh)]
         })
         let metrics = try unusedPort()
         let relay = try RelayCLI.start(s.args(["--renewal-interval=60", "--expiry-margin=4", "--metrics-listen=127.0.0.1:\(metrics)"]))
@@ -359,7 +361,7 @@ struct RelayEnrollmentTests {
             relay.signal(SIGTERM)
             #expect(await relay.waitForExit() == .exited(0))
             let access = try #require(try s.stored()?.accessToken)
-            let creds = try JSONText.decode(RelayCredentials.self, from: String(contentsOfFile: try s.bed.credentialsFile(), encoding: .utf8))
+            let creds = try JSONText.decode(RelayCredentials.self, from: String(contentsOfFile: try s.bed.credentialsFile(sshPort: s.sshPort), encoding: .utf8))
             let keyLines = (creds.pki.serverPrivateKey + creds.ssh.serverPrivateKey).split(separator: "\n").filter { !$0.hasPrefix("-----") }.map(String.init)
             let haystacks = [relay.log, try String(contentsOfFile: trace, encoding: .utf8)]
             for h in haystacks {

@@ -12,7 +12,16 @@ import Testing
 /// bind failures, SIGTERM drain and the second signal (issue 3 "standalone", issue 5 "Running").
 @Suite("relay start (CLI): validation, standalone serving, readiness, signals", .serialized)
 struct RelayStartCLITests {
+    /// Loopback listeners on ports the kernel chooses (for runs that fail before serving).
     static let loopback = ["--listen-address", "127.0.0.1", "--ssh-port", "0", "--tls-port", "0", "--loops", "2"]
+
+    /// `relay start --credentials-file` on loopback: the SSH port is chosen beforehand because the
+    /// host certificate in the file must name it (DESIGN D1); the TLS port is the kernel's choice.
+    static func standalone(_ bed: RelayTestbed, _ more: [String] = []) throws -> [String] {
+        let ssh = try unusedPort()
+        return ["start", "--name", "relay1", "--credentials-file", try bed.credentialsFile(sshPort: ssh)] + more
+            + ["--listen-address", "127.0.0.1", "--ssh-port", "\(ssh)", "--tls-port", "0", "--loops", "2"]
+    }
 
     // MARK: Validation
 
@@ -68,8 +77,7 @@ struct RelayStartCLITests {
     @Test("standalone: serves a credentials file; a gateway and a platform client splice through it; SIGTERM drains and exits 0")
     func standaloneServesAndDrains() async throws {
         let bed = try RelayTestbed(relayName: "relay1")
-        let file = try bed.credentialsFile()
-        let relay = try RelayCLI.start(["start", "--name", "relay1", "--credentials-file", file] + Self.loopback)
+        let relay = try RelayCLI.start(try Self.standalone(bed))
         let started = try await relay.waitForLog("Relay server started successfully")
         let (ssh, tls) = try await relay.ports()
         // The two listening lines come after the started line.
@@ -79,7 +87,7 @@ struct RelayStartCLITests {
 
         let ident = try bed.gatewayIdentity("gw-1")
         let gw = try await GoGateway.start(["-relay", "127.0.0.1:\(ssh)", "-user", "gw-1", "-key", ident.key, "-cert", ident.cert,
-                                            "-insecure-host-key", "-algorithms", "infisical", "-mode", "echo"])
+                                            "-host-ca", bed.hostCAPublicKeyFile, "-algorithms", "infisical", "-mode", "echo"])
         _ = try await gw.waitForLine(prefix: "READY")
         try await relay.waitForLog("SSH handshake successful for gateway: gw (gw-1)")
         let ctx = try bed.platformClientContext(gatewayId: "gw-1")
@@ -103,8 +111,7 @@ struct RelayStartCLITests {
     func notifiesSystemd(abstract: Bool) async throws {
         let bed = try RelayTestbed(relayName: "relay1")
         let sock = try NotifySocket(abstract: abstract, dir: bed.dir)
-        let relay = try RelayCLI.start(["start", "--name", "relay1", "--credentials-file", try bed.credentialsFile()] + Self.loopback,
-                                       environment: ["NOTIFY_SOCKET": sock.name])
+        let relay = try RelayCLI.start(try Self.standalone(bed), environment: ["NOTIFY_SOCKET": sock.name])
         let datagrams = await sock.waitFor("READY=1")
         #expect(datagrams.last?.contains("READY=1") == true, "no READY=1; log:\n\(relay.log)")
         // READY=1 is sent after the started line was written (our reader may see it a moment later)
@@ -122,10 +129,11 @@ struct RelayStartCLITests {
     func bindFailure() async throws {
         let bed = try RelayTestbed(relayName: "relay1")
         let busy = try OccupiedPort()
-        let out = try await RelayCLI.run(["start", "--name", "relay1", "--credentials-file", try bed.credentialsFile(),
+        let out = try await RelayCLI.run(["start", "--name", "relay1", "--credentials-file", try bed.credentialsFile(sshPort: busy.port),
                                           "--listen-address", "127.0.0.1", "--ssh-port", "\(busy.port)", "--tls-port", "0"])
         #expect(out.exit == .exited(1))
-        #expect(out.stderr.contains("Cannot listen for gateways and the platform"), "\(out.stderr)")
+        #expect(out.stderr.contains("Cannot serve gateways and the platform: cannot listen on"), "\(out.stderr)")
+        #expect(out.stderr.contains("may hold the port"), "\(out.stderr)")
         #expect(out.stderr.contains("Address already in use"))
         #expect(!out.stderr.contains("Relay server started successfully"))
     }
@@ -133,11 +141,11 @@ struct RelayStartCLITests {
     @Test("SIGTERM with an open splice waits for the drain timeout, then exits 0")
     func drainTimeout() async throws {
         let bed = try RelayTestbed(relayName: "relay1")
-        let relay = try RelayCLI.start(["start", "--name", "relay1", "--credentials-file", try bed.credentialsFile(), "--drain-timeout", "2"] + Self.loopback)
+        let relay = try RelayCLI.start(try Self.standalone(bed, ["--drain-timeout", "2"]))
         let (ssh, tls) = try await relay.ports()
         let ident = try bed.gatewayIdentity("gw-d")
         let gw = try await GoGateway.start(["-relay", "127.0.0.1:\(ssh)", "-user", "gw-d", "-key", ident.key, "-cert", ident.cert,
-                                            "-insecure-host-key", "-mode", "echo"])
+                                            "-host-ca", bed.hostCAPublicKeyFile, "-mode", "echo"])
         _ = try await gw.waitForLine(prefix: "READY")
         try await relay.waitForLog("SSH handshake successful for gateway: gw (gw-d)")
         let client = try BlockingTLSClient(host: "127.0.0.1", port: tls, context: try bed.platformClientContext(gatewayId: "gw-d"),
@@ -157,11 +165,11 @@ struct RelayStartCLITests {
     @Test("a second signal exits at once, without waiting for the drain")
     func secondSignal() async throws {
         let bed = try RelayTestbed(relayName: "relay1")
-        let relay = try RelayCLI.start(["start", "--name", "relay1", "--credentials-file", try bed.credentialsFile(), "--drain-timeout", "60"] + Self.loopback)
+        let relay = try RelayCLI.start(try Self.standalone(bed, ["--drain-timeout", "60"]))
         let (ssh, tls) = try await relay.ports()
         let ident = try bed.gatewayIdentity("gw-s")
         let gw = try await GoGateway.start(["-relay", "127.0.0.1:\(ssh)", "-user", "gw-s", "-key", ident.key, "-cert", ident.cert,
-                                            "-insecure-host-key", "-mode", "echo"])
+                                            "-host-ca", bed.hostCAPublicKeyFile, "-mode", "echo"])
         _ = try await gw.waitForLine(prefix: "READY")
         try await relay.waitForLog("SSH handshake successful for gateway: gw (gw-s)")
         let client = try BlockingTLSClient(host: "127.0.0.1", port: tls, context: try bed.platformClientContext(gatewayId: "gw-s"),
@@ -183,8 +191,7 @@ struct RelayStartCLITests {
     @Test("--metrics-listen: /metrics in Prometheus text, /healthz, /ready (200 while serving, 503 while draining)")
     func metricsEndpoint() async throws {
         let bed = try RelayTestbed(relayName: "relay1")
-        let relay = try RelayCLI.start(["start", "--name", "relay1", "--credentials-file", try bed.credentialsFile(),
-                                        "--metrics-listen", "127.0.0.1:0", "--drain-timeout", "3"] + Self.loopback)
+        let relay = try RelayCLI.start(try Self.standalone(bed, ["--metrics-listen", "127.0.0.1:0", "--drain-timeout", "3"]))
         let mport = try await relay.metricsPort()
         let (ssh, tls) = try await relay.ports()
         #expect(try httpGet(port: mport, path: "/healthz") == (200, "ok\n"))
@@ -192,7 +199,7 @@ struct RelayStartCLITests {
         // Traffic shows up in the counters.
         let ident = try bed.gatewayIdentity("gw-m")
         let gw = try await GoGateway.start(["-relay", "127.0.0.1:\(ssh)", "-user", "gw-m", "-key", ident.key, "-cert", ident.cert,
-                                            "-insecure-host-key", "-mode", "echo"])
+                                            "-host-ca", bed.hostCAPublicKeyFile, "-mode", "echo"])
         _ = try await gw.waitForLine(prefix: "READY")
         try await relay.waitForLog("SSH handshake successful for gateway: gw (gw-m)")
         let client = try BlockingTLSClient(host: "127.0.0.1", port: tls, context: try bed.platformClientContext(gatewayId: "gw-m"),

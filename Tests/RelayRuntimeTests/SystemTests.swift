@@ -7,7 +7,7 @@ import Testing
 @Suite("System: platform side → relay → gateway → target", .serialized)
 struct SystemTests {
     func agent(_ bed: RelayTestbed, _ id: String, relays: [GatewayAgent.Relay]? = nil, tunnel: GatewayTunnelMachine.Config? = nil) throws -> GatewayAgent {
-        let o = GatewayAgent.Options(credentials: try bed.ourGatewayCredentials(id, hostCertificate: try bed.hostCertificate()),
+        let o = GatewayAgent.Options(credentials: try bed.ourGatewayCredentials(id),
                                      relays: relays ?? [.init(name: bed.relayName, address: "127.0.0.1:\(bed.server.boundSSHPort)")],
                                      tunnel: tunnel ?? GatewayTests.quickTunnel())
         return try GatewayAgent(options: o)
@@ -117,23 +117,17 @@ struct SystemTests {
 
     @Test("two relays: the gateway fails over when its relay dies and traffic resumes through the other")
     func failover() async throws {
-        let bedA = try RelayTestbed(), bedB = try RelayTestbed()
+        let bedA = try RelayTestbed()
         try bedA.startRelay()
-        // Relay B shares A's CAs so one gateway identity is valid on both.
-        let b = try RelayServer(options: {
-            var o = RelayServer.Options(relayName: bedA.relayName)
-            o.listenAddress = "127.0.0.1"; o.sshPort = 0; o.tlsPort = 0; o.loops = 1
-            return o
-        }(), credentials: bedA.credentials)
-        try b.start()
+        // Relay B shares A's CAs so one gateway identity is valid on both; each presents a host
+        // certificate for its own port, which the gateway checks on every dial.
+        let b = try bedA.startSecondRelay()
         defer { b.stop() }
-        _ = bedB
         let target = try EchoServer()
-        let creds = try bedA.ourGatewayCredentials("gw-fo", hostCertificate: nil)
-        var o = GatewayAgent.Options(credentials: creds, relays: [
+        let creds = try bedA.ourGatewayCredentials("gw-fo")
+        let o = GatewayAgent.Options(credentials: creds, relays: [
             .init(name: "relay-a", address: "127.0.0.1:\(bedA.server.boundSSHPort)"),
             .init(name: "relay-b", address: "127.0.0.1:\(b.boundSSHPort)")], tunnel: GatewayTests.quickTunnel())
-        o.insecureHostKey = true
         let gw = try GatewayAgent(options: o)
         gw.start()
         #expect(GatewayTests.waitConnected(gw))
@@ -159,14 +153,16 @@ struct SystemTests {
         let fwd = try PeerProcess("/usr/bin/env", ["python3", fwdScript, "0", "127.0.0.1:\(bed.server.boundSSHPort)"])
         let line = try await fwd.stdout.waitForLine(prefix: "LISTENING", timeout: .seconds(10))
         let fwdPort = Int(line.split(separator: " ")[1])!
+        // The old path dials the forwarder's address, so the relay's host certificate names it too.
+        try bed.presentHostCertificate(try bed.hostCertificate(principal: "127.0.0.1:\(bed.server.boundSSHPort),127.0.0.1:\(fwdPort)"))
         let ident = try bed.gatewayIdentity("gw-half")
         let old = try await GoGateway.start(["-relay", "127.0.0.1:\(fwdPort)", "-user", "gw-half", "-key", ident.key, "-cert", ident.cert,
-                                             "-insecure-host-key", "-mode", "echo", "-keepalive", "1h"])
+                                             "-host-ca", bed.hostCAPublicKeyFile, "-mode", "echo", "-keepalive", "1h"])
         _ = try await old.waitForLine(prefix: "READY")
         fwd.signal(SIGSTOP)   // the old path now drops everything silently, both ways
         defer { fwd.signal(SIGCONT); Task { _ = await fwd.stop(); await old.stop() } }
         let fresh = try await GoGateway.start(["-relay", "127.0.0.1:\(bed.server.boundSSHPort)", "-user", "gw-half", "-key", ident.key, "-cert", ident.cert,
-                                               "-insecure-host-key", "-mode", "echo"])
+                                               "-host-ca", bed.hostCAPublicKeyFile, "-mode", "echo"])
         _ = try await fresh.waitForLine(prefix: "READY")
         let payload = randomBytes(64 * 1024)
         let c = try bed.connectPlatform(try bed.platformClientContext(gatewayId: "gw-half"))

@@ -24,7 +24,7 @@
 ///                                                                       │   └──── transient ────▶ ┘
 ///                                                      connectSucceeded │
 ///                                                                       ▼
-///         ┌──── renewal timer / relayHostKeyRejected ──────────────── serving ◀─────── success ───────┐
+///         ┌──── renewal timer ─────────────────────────────────────── serving ◀─────── success ───────┐
 ///         ▼                                                             ▲  │ expiry timer              │
 ///      renewing ───────────────────── success ──────────────────────────┘  ▼ (stopAccepting)          │
 ///       │  ▲  └── expiry timer (stopAccepting) ───────────────────────▶ lapsed ───────────────────────┘
@@ -39,9 +39,7 @@
 /// Invariants: terminal states absorb every event; the pending timers are exactly those the state
 /// implies (none in a terminal state); timers are never scheduled in the past; the relay accepts
 /// connections exactly in `serving`, `renewing`, `renewalBackoff`; with aws a credential is never
-/// reused nor an access token persisted; nothing is persisted before a login succeeds; a
-/// `relayHostKeyRejected` (gateway kind) renews at once from `serving`, at most once per
-/// `hostKeyRefreshInterval`, and is ignored everywhere else.
+/// reused nor an access token persisted; nothing is persisted before a login succeeds.
 ///
 /// Spec: Specs/enrollment.md §2, §4, §8 (the gateway kind)
 public struct EnrollmentMachine: StateMachine {
@@ -65,25 +63,15 @@ public struct EnrollmentMachine: StateMachine {
         public var seed: UInt64
         /// Relay or gateway (Specs/enrollment.md §8): the same decisions, other paths and words.
         public var resource: Resource
-        /// At most one refresh prompted by `relayHostKeyRejected` per this span (gateway kind,
-        /// Specs/enrollment.md §3, §4). Optional only so configs recorded before it existed
-        /// (fixtures, traces) still decode: absent means `defaultHostKeyRefreshInterval`.
-        public var hostKeyRefreshInterval: TimeSpan?
-
-        /// 30 s (ours; Infisical's gateway calls connect before every dial).
-        public static let defaultHostKeyRefreshInterval = TimeSpan.seconds(30)
-
-        /// `hostKeyRefreshInterval`, or its default when a recorded config has none.
-        public var effectiveHostKeyRefreshInterval: TimeSpan { hostKeyRefreshInterval ?? Config.defaultHostKeyRefreshInterval }
 
         public init(
             relayName: String, renewalInterval: TimeSpan = .hours(6), retryBase: TimeSpan = .seconds(2),
             retryCap: TimeSpan = .minutes(5), maxStartAttempts: Int = 8, expiryMargin: TimeSpan = .minutes(5),
-            seed: UInt64 = 0, resource: Resource = .relay, hostKeyRefreshInterval: TimeSpan = Config.defaultHostKeyRefreshInterval
+            seed: UInt64 = 0, resource: Resource = .relay
         ) {
             self.relayName = relayName; self.renewalInterval = renewalInterval; self.retryBase = retryBase
             self.retryCap = retryCap; self.maxStartAttempts = maxStartAttempts; self.expiryMargin = expiryMargin
-            self.seed = seed; self.resource = resource; self.hostKeyRefreshInterval = hostKeyRefreshInterval
+            self.seed = seed; self.resource = resource
         }
     }
 
@@ -189,9 +177,6 @@ public struct EnrollmentMachine: StateMachine {
         case shutdownRequested(now: Instant)
         /// `startServing` could not bind a listener (port in use, address not local, permission).
         case listenFailed(reason: String, now: Instant)
-        /// Gateway kind: the tunnel refused the relay's SSH host key because the relay host
-        /// certificate held does not certify it (the relay restarted and got a new key).
-        case relayHostKeyRejected(now: Instant)
 
         public var specName: String {
             switch self {
@@ -199,7 +184,7 @@ public struct EnrollmentMachine: StateMachine {
             case .connectFailed(let f, _): return "connectFailed(\(f.caseName))"
             case .started, .awsLoginSigned, .awsCredentialsUnavailable, .loginSucceeded, .stateWritten,
                  .stateWriteFailed, .connectSucceeded, .retryTimerFired, .renewalTimerFired, .expiryTimerFired,
-                 .shutdownRequested, .listenFailed, .relayHostKeyRejected:
+                 .shutdownRequested, .listenFailed:
                 return caseName
             }
         }
@@ -274,7 +259,6 @@ public struct EnrollmentMachine: StateMachine {
         case let .expiryTimerFired(now): return onExpiryTimerFired(now)
         case .shutdownRequested: return onShutdownRequested()
         case let .listenFailed(reason, _): return onListenFailed(event, reason)
-        case let .relayHostKeyRejected(now): return onRelayHostKeyRejected(now)
         }
     }
 
@@ -492,15 +476,13 @@ public struct EnrollmentMachine: StateMachine {
             guard let expiry else {
                 return renewalAttemptFailed(&sv, problem: tooSoon, now: now, lapsed: false)
             }
-            state = .serving(ServingContext(method: sv.method, domain: sv.domain, notAfter: notAfter, failures: 0,
-                                            lastHostKeyRefresh: sv.lastHostKeyRefresh))
+            state = .serving(ServingContext(method: sv.method, domain: sv.domain, notAfter: notAfter, failures: 0))
             return [.log(message: .certificatesRenewed), .applyCertificates] + serveTimers(now: now, expiry: expiry)
         case .lapsed(var sv):
             guard let expiry else {
                 return renewalAttemptFailed(&sv, problem: tooSoon, now: now, lapsed: true)
             }
-            state = .serving(ServingContext(method: sv.method, domain: sv.domain, notAfter: notAfter, failures: 0,
-                                            lastHostKeyRefresh: sv.lastHostKeyRefresh))
+            state = .serving(ServingContext(method: sv.method, domain: sv.domain, notAfter: notAfter, failures: 0))
             return [.log(message: .certificatesRenewed), .startServing] + serveTimers(now: now, expiry: expiry)
         case .idle, .signingAws, .loggingIn, .loginBackoff, .persisting, .connectBackoff, .serving, .renewalBackoff,
              .lapsedBackoff, .failed, .stopped:
@@ -625,28 +607,6 @@ public struct EnrollmentMachine: StateMachine {
         case .idle, .signingAws, .loggingIn, .loginBackoff, .persisting, .connecting, .connectBackoff, .renewing,
              .renewalBackoff, .lapsed, .lapsedBackoff, .failed, .stopped:
             return unexpected(event)
-        }
-    }
-
-    // MARK: - Relay host key rejected (gateway kind)
-
-    /// Renew now, at most once per `hostKeyRefreshInterval`; anywhere but `serving` a connect is
-    /// in flight or pending (coalesced, and the renewal backoff is not bypassed) or there is no
-    /// tunnel (a stale report): ignored. Specs/enrollment.md §4.
-    private mutating func onRelayHostKeyRejected(_ now: Instant) -> [Action] {
-        switch state {
-        case .serving(var sv):
-            let interval = config.effectiveHostKeyRefreshInterval
-            if let last = sv.lastHostKeyRefresh, now - last < interval {
-                let nextIn = TimeSpan(milliseconds: min(interval.milliseconds, interval.milliseconds - (now - last).milliseconds))
-                return [.log(message: .hostKeyRefreshDeferred(nextIn: nextIn))]
-            }
-            sv.lastHostKeyRefresh = now
-            state = .renewing(sv)
-            return [.log(message: .refreshingAfterHostKeyRejection), .cancelTimer(timer: .renewal), .requestConnect]
-        case .idle, .signingAws, .loggingIn, .loginBackoff, .persisting, .connecting, .connectBackoff, .renewing,
-             .renewalBackoff, .lapsed, .lapsedBackoff, .failed, .stopped:
-            return []
         }
     }
 

@@ -72,10 +72,6 @@ public enum EnrollmentMessage: Codable, Equatable, Sendable, CaseNamed {
     case renewalFailed(problem: String, retryIn: TimeSpan)
     /// The certificates are about to expire without a renewal: not accepting connections.
     case certificatesLapsed(notAfter: UnixTime)
-    /// Gateway: the relay's host key is not the one the relay host certificate certifies; renewing now.
-    case refreshingAfterHostKeyRejection
-    /// Gateway: rejected again, but the last such refresh was too recent; the next is allowed after `nextIn`.
-    case hostKeyRefreshDeferred(nextIn: TimeSpan)
     /// Infisical: an orderly stop begins.
     case shuttingDown
     /// The listeners could not be bound after `startServing`.
@@ -89,8 +85,7 @@ public enum EnrollmentMessage: Codable, Equatable, Sendable, CaseNamed {
         switch self {
         case .tokenMatchesStored, .usingStoredAccessToken, .usingAccessTokenFromEnvironment, .legacyStateImported,
              .enrollingWithToken, .authenticatingViaAws, .relayEnrolled, .awsAuthenticated, .startingRelay,
-             .connected, .renewingCertificates, .certificatesRenewed, .shuttingDown, .refreshingAfterHostKeyRejection,
-             .hostKeyRefreshDeferred:
+             .connected, .renewingCertificates, .certificatesRenewed, .shuttingDown:
             return .info
         case .accessTokenFromEnvironmentIgnored, .loginRetrying, .enrollmentNotSaved, .awsStateNotSaved,
              .legacyStateNotSaved, .connectRetrying, .renewalFailed, .unexpectedEvent:
@@ -182,10 +177,6 @@ public enum EnrollmentMessage: Codable, Equatable, Sendable, CaseNamed {
             return "Failed to renew certificates: \(problem); retrying in \(EnrollmentFormat.span(retryIn))"
         case let .certificatesLapsed(notAfter):
             return "The \(r)'s certificates expire at \(EnrollmentFormat.date(notAfter)) and could not be renewed: \(resource == .relay ? "no longer accepting connections" : "tunnel closed, not dialling relays") until a renewal succeeds"
-        case .refreshingAfterHostKeyRejection:
-            return "The relay presented an SSH host key that the relay host certificate held by this \(r) does not certify (a relay gets a new host key each time it restarts); fetching fresh credentials from the platform now instead of at the next renewal..."
-        case let .hostKeyRefreshDeferred(nextIn):
-            return "The relay's SSH host key is still rejected after a recent credential refresh; the next refresh is allowed in \(EnrollmentFormat.span(nextIn)) (rate limited: a relay whose key the platform did not certify may be an impersonator)"
         case .shuttingDown:
             // The relay's `Shutting down relay server...` is the tunnel registry's, logged when
             // the data plane drains; saying it here too printed it twice.
@@ -193,7 +184,9 @@ public enum EnrollmentMessage: Codable, Equatable, Sendable, CaseNamed {
         case let .listenFailed(reason) where resource == .gateway:
             return "Cannot start the gateway's tunnel agent: \(reason)"
         case let .listenFailed(reason):
-            return "Cannot listen for gateways and the platform: \(reason). Another process (perhaps another relay) may hold the port: stop it, or choose free ports with --ssh-port and --tls-port."
+            // The runtime's reason says what failed: a port it could not bind (with what to do),
+            // or a host certificate it will not serve (DESIGN D1).
+            return "Cannot serve gateways and the platform: \(reason)"
         case let .unexpectedEvent(event, state):
             return "Ignoring unexpected event \(event) in state \(state)"
         }

@@ -209,7 +209,5 @@ extension EnrollmentMachine {
         public var notAfter: UnixTime
         /// Consecutive failed renewal attempts.
         public var failures: Int
-        /// When the last refresh prompted by `relayHostKeyRejected` started (the rate limit).
-        public var lastHostKeyRefresh: Instant? = nil
     }
 }

@@ -238,9 +238,7 @@ public struct GatewayTunnelMachine: StateMachine {
         case connected(relay: String)
         /// The tunnel to this relay is down.
         case disconnected(relay: String)
-        /// The D1 check refused this relay's host key: the relay host certificate held is stale
-        /// (the relay restarted with a new key) or the relay is not who it claims; an enrolled
-        /// gateway fetches fresh credentials (Specs/enrollment.md `relayHostKeyRejected`).
+        /// The D1 check refused this relay's host certificate (counted per relay in the metrics).
         case hostKeyRejected(relay: String)
     }
 
@@ -357,8 +355,8 @@ public struct GatewayTunnelMachine: StateMachine {
         case timerFired(timer: TimerKind, now: Instant)
         /// Shut down: stop reconnecting and close cleanly.
         case drainRequested(now: Instant)
-        /// The runtime now holds fresh credentials (renewal, or the refresh after a rejected host
-        /// key): in `backoff` the machine dials now instead of waiting out the delay.
+        /// The runtime now holds fresh credentials (a renewal): in `backoff` the machine dials now
+        /// instead of waiting out the delay.
         case credentialsReplaced(now: Instant)
 
         public var specName: String {
@@ -639,9 +637,9 @@ public struct GatewayTunnelMachine: StateMachine {
         }
     }
 
-    /// Fresh credentials: a backoff was waiting out a failure they may cure (a relay restarted
-    /// with a new host key), so dial now, as the backoff timer would; the failure count stays, so
-    /// a relay that is really down still backs off. Spec §3 "Fresh credentials dial at once".
+    /// Fresh credentials: a backoff may be waiting out a failure they cure, so dial now, as the
+    /// backoff timer would; the failure count stays, so a relay that is really down still backs
+    /// off. Spec §3 "Fresh credentials dial at once".
     private mutating func onCredentialsReplaced(_ now: Instant) -> [Action] {
         switch state {
         case .backoff:

@@ -13,7 +13,7 @@ public enum CredentialCheck {
 
     public static func check(_ c: RelayCredentials, relayName: String, now: UnixTime, skewSeconds: Int64 = 300) -> Result<Verdict, RuntimeError> {
         do {
-            _ = try RelayServer.load(c, relayName: relayName, skew: 0)
+            _ = try RelayServer.load(c, relayName: relayName, skew: 0, host: nil)
             guard let leaf = try X509Box.parseAll(pem: c.pki.serverCertificate).first else { return .failure(.invalidInput("no TLS server certificate")) }
             guard let notAfter = leaf.notAfter, let notBefore = leaf.notBefore else {
                 return .failure(.invalidInput("the TLS server certificate has no readable validity period"))

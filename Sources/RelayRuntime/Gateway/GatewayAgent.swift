@@ -27,16 +27,9 @@ public final class GatewayAgent: @unchecked Sendable {
         public var credentials: GatewayCredentials
         public var relays: [Relay]
         public var algorithms: GatewayAlgorithms = .modern
-        /// Skip the D1 host check when no relay host certificate is available (development).
-        public var insecureHostKey = false
         public var tunnel: Machine.Config
         /// Where to count dials, connections and channels (`relay gateway start --metrics-listen`).
         public var metrics: MetricsRegistry?
-        /// The tunnel machine's `report(hostKeyRejected)`: the relay host certificate held does not
-        /// certify the key this relay presented. `GatewayProcess` turns it into the enrollment
-        /// machine's `relayHostKeyRejected` (fresh credentials) or, standalone, an instruction.
-        /// Called on the agent's loop thread; must not block.
-        public var onHostKeyRejected: (@Sendable (_ relay: String) -> Void)?
         public init(credentials: GatewayCredentials, relays: [Relay], tunnel: Machine.Config = Machine.Config()) {
             self.credentials = credentials; self.relays = relays; self.tunnel = tunnel
         }
@@ -47,7 +40,7 @@ public final class GatewayAgent: @unchecked Sendable {
     let loop: EventLoop
     private let worker = DispatchQueue(label: "relay.gateway.connect")
     /// The credentials for the next dial and the inner-TLS context built from them; replaced by
-    /// `replaceCredentials` (renewal or refresh). A live tunnel keeps what it was built with.
+    /// `replaceCredentials` (renewal). A live tunnel keeps what it was built with.
     private let current: Mutex<(credentials: GatewayCredentials, inner: TLSContext)>
     private var connectors: [Int: RelayConnector] = [:]   // worker queue only
     private var link: GatewayLink?                         // loop only
@@ -78,8 +71,8 @@ public final class GatewayAgent: @unchecked Sendable {
     }
 
     /// Renewed credentials (same gateway id): the next dial and every later channel use them.
-    /// The machine hears `credentialsReplaced`: waiting in backoff (say after the D1 check
-    /// rejected a restarted relay's new host key), it dials now with them instead of sitting out
+    /// The machine hears `credentialsReplaced`: waiting in backoff (say after the relay refused an
+    /// expired user certificate), it dials now with them instead of sitting out
     /// the rest of its delay; during a dial it marks the attempt, which, if the old credentials
     /// get it refused, is redialed at once (Specs/gatewayTunnel.md §3).
     public func replaceCredentials(_ c: GatewayCredentials) throws(RuntimeError) {
@@ -173,8 +166,7 @@ public final class GatewayAgent: @unchecked Sendable {
             worker.async { [self] in
                 guard let conn = connectors[c] else { return }
                 switch conn.handshake(user: creds.gatewayId, timeout: o.tunnel.handshakeTimeout,
-                                      hostCertificate: creds.relayHostCertificate, serverCA: creds.ssh.serverCAPublicKey,
-                                      insecureHostKey: o.insecureHostKey, algorithms: o.algorithms) {
+                                      serverCA: creds.ssh.serverCAPublicKey, algorithms: o.algorithms) {
                 case .ok: feed(.handshakeCompleted(connection: c, now: Clock.now()))
                 case .hostKeyRejected(let why):
                     conn.abandon(); connectors[c] = nil
@@ -272,7 +264,6 @@ public final class GatewayAgent: @unchecked Sendable {
                     m.add("gateway_relay_host_key_rejections_total", labels: [("relay", relay)])
                 }
             }
-            if case .hostKeyRejected(let relay) = r { options.onHostKeyRejected?(relay) }
         }
     }
 }

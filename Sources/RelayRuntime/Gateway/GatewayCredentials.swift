@@ -1,8 +1,9 @@
 import RelayModel
 
 /// What a gateway receives from `POST /api/v3/gateways/connect` (infisical-protocol.md §3), plus
-/// our additive fields: the relay's name and SSH port, and the relay's SSH host certificate for
-/// the D1 host check. Holds private keys: never logged, never passed to the model.
+/// our additive fields: the relay's name and SSH port. The relay's identity is checked against
+/// `ssh.serverCAPublicKey` (DESIGN D1: the relay presents its host certificate). Holds private
+/// keys: never logged, never passed to the model.
 public struct GatewayCredentials: Codable, Equatable, Sendable {
     public struct PKI: Codable, Equatable, Sendable {
         /// Inner TLS server certificate (SAN localhost, 127.0.0.1, ::1) and its key.
@@ -24,7 +25,6 @@ public struct GatewayCredentials: Codable, Equatable, Sendable {
     public var relaySshPort: Int?
     public var pki: PKI
     public var ssh: SSH
-    public var relayHostCertificate: String?
 
     public static func parse(json text: String) throws -> GatewayCredentials {
         try JSONText.decode(GatewayCredentials.self, from: text)

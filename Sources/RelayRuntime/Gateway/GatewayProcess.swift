@@ -18,7 +18,6 @@ public struct GatewayStartOptions: Sendable {
     public var targetRelayName: String?
     /// `--relay NAME=HOST[:PORT]` overrides; empty: the relay the credentials name.
     public var relays: [GatewayAgent.Relay] = []
-    public var insecureHostKey = false
     public var algorithms: GatewayAlgorithms = .modern
 
     public init(name: String) {
@@ -79,9 +78,6 @@ public final class GatewayProcess: @unchecked Sendable {
     /// The relay the first connect gave: later connects (renewals) ask for it, because the SSH
     /// certificate's KeyId `client-<relayName>` binds the gateway to that relay.
     private let pinnedRelay = Mutex<String?>(nil)
-    /// Where the agent's host-key rejections go: the enrollment machine's `relayHostKeyRejected`
-    /// (enrolled: fresh credentials now, rate limited) or an instruction to the operator (standalone).
-    private let hostKeyRejectedHandler = Mutex<(@Sendable (_ relay: String) -> Void)?>(nil)
 
     public init(options: GatewayStartOptions) throws(RuntimeError) {
         self.options = options
@@ -104,7 +100,7 @@ public final class GatewayProcess: @unchecked Sendable {
         r.describe("gateway_certificate_not_after_seconds", .gauge, "Earliest expiry of the credentials in use (Unix seconds)")
         r.describe("gateway_enrollment_state", .gauge, "1 for the enrollment machine's current state")
         r.describe("gateway_relay_host_key_rejections_total", .counter,
-                   "Relay SSH host keys the relay host certificate did not certify (D1), by relay")
+                   "Relay SSH host certificates the D1 check refused, by relay")
         r.set("gateway_tunnel_dials_total", 0)
         r.set("gateway_tunnel_reconnect_attempts_total", 0)
         r.set("gateway_tunnel_connects_total", 0)
@@ -162,12 +158,8 @@ public final class GatewayProcess: @unchecked Sendable {
             candidates = [GatewayAgent.Relay(name: creds.relayName ?? creds.relayHost, address: "\(creds.relayHost):\(port)")]
         }
         var o = GatewayAgent.Options(credentials: creds, relays: candidates, tunnel: options.tunnel)
-        o.insecureHostKey = options.insecureHostKey
         o.algorithms = options.algorithms
         o.metrics = metrics
-        o.onHostKeyRejected = { [weak self] relay in
-            self?.hostKeyRejectedHandler.withLock { $0 }?(relay)
-        }
         let a: GatewayAgent
         do { a = try GatewayAgent(options: o, trace: trace) } catch { return "\(error)" }
         agent.withLock { $0 = a }
@@ -204,13 +196,7 @@ public final class GatewayProcess: @unchecked Sendable {
     // MARK: Standalone
 
     /// `relay gateway start --credentials-file FILE`: the tunnel from a connect-shaped file, no platform.
-    /// A rejected relay host key cannot be fixed from here: the operator is told to refresh `source`.
-    public func runStandalone(credentials creds: GatewayCredentials, source: String = "the credentials file") -> Int32 {
-        hostKeyRejectedHandler.withLock {
-            $0 = { relay in
-                RelayLog.gateway.error("\(GatewayProcess.standaloneHostKeyAdvice(relay: relay, source: source))")
-            }
-        }
+    public func runStandalone(credentials creds: GatewayCredentials) -> Int32 {
         control.start(name: "gateway-control")
         guard startMetrics(enrollmentState: { nil }) else { return 1 }
         ShutdownSignals.install(onFirst: { [gate] sig in
@@ -226,14 +212,6 @@ public final class GatewayProcess: @unchecked Sendable {
         RelayLog.gateway.info("Shutting down gateway...")
         shutDown()
         return code
-    }
-
-    /// What a standalone gateway says when the D1 check rejects a relay's host key.
-    public static func standaloneHostKeyAdvice(relay: String, source: String) -> String {
-        "Relay \(relay) presented an SSH host key that the relayHostCertificate in \(source) does not certify "
-            + "(a relay gets a new host key from the platform each time it restarts). A gateway started with "
-            + "--credentials-file cannot fetch fresh credentials: replace \(source) with a new "
-            + "/api/v3/gateways/connect response and restart the gateway (an enrolled gateway refreshes by itself)."
     }
 
     private func shutDown() {
@@ -310,11 +288,6 @@ public final class GatewayProcess: @unchecked Sendable {
             })
         heartbeatRef.withLock { $0 = heartbeat }
         machineRef.withLock { $0 = driver.machine }
-        // The tunnel refused the relay's host key: the enrollment machine decides whether to fetch
-        // fresh credentials now (Specs/enrollment.md §4, rate limited by hostKeyRefreshInterval).
-        hostKeyRejectedHandler.withLock {
-            $0 = { _ in driver.post(.relayHostKeyRejected(now: Clock.now())) }
-        }
 
         ShutdownSignals.install(onFirst: { sig in
             RelayLog.gateway.info("Received \(ShutdownSignals.name(sig)), shutting down (a second signal exits at once)")
@@ -326,7 +299,6 @@ public final class GatewayProcess: @unchecked Sendable {
                              accessTokenFromEnvironment: fromEnvironment != nil, stateFile: reading.model, statePath: store.path,
                              now: Clock.now(), wallNow: Clock.wallNow()))
         let code = gate.wait()
-        hostKeyRejectedHandler.withLock { $0 = nil }
         driver.waitForWrites(timeout: .seconds(10))
         heartbeat.stop()
         shutDown()

@@ -5,7 +5,7 @@ import CLibSSH
 import RelayModel
 
 /// The gateway's outbound SSH connection, built step by step as the gateway tunnel machine asks:
-/// `dial` (TCP), `startHandshake` (key exchange + the D1 host check), `authenticate` (user
+/// `dial` (TCP), `startHandshake` (key exchange + the D1 host certificate check), `authenticate` (user
 /// certificate). Each step blocks on the caller's worker thread with its own timeout; the
 /// finished session is then handed to an event loop (`GatewayLink`).
 final class RelayConnector: @unchecked Sendable {
@@ -55,11 +55,10 @@ final class RelayConnector: @unchecked Sendable {
 
     enum HandshakeResult { case ok, hostKeyRejected(String), failed(TransportCloseCause) }
 
-    /// Key exchange, then the relay's host key must be the one its CA-signed host certificate
-    /// certifies for `<host>:<port>` (DESIGN D1). With `hostCertificate == nil` and
-    /// `insecureHostKey` the check is skipped (development only; logged loudly by the caller).
-    func handshake(user: String, timeout: TimeSpan, hostCertificate: String?, serverCA: String,
-                   insecureHostKey: Bool, algorithms: GatewayAlgorithms) -> HandshakeResult {
+    /// Key exchange, then the relay must have presented a host certificate that the relay SSH
+    /// host CA (`ssh.serverCAPublicKey`) signed for `<host>:<port>`, valid now (DESIGN D1,
+    /// Specs/ssh-certificates.md §5). A plain host key is refused, as Infisical's gateway does.
+    func handshake(user: String, timeout: TimeSpan, serverCA: String, algorithms: GatewayAlgorithms) -> HandshakeResult {
         LibSSH.initialize()
         guard let s = ssh_new() else { return .failed(.io(detail: "ssh_new failed")) }
         session = s
@@ -72,23 +71,16 @@ final class RelayConnector: @unchecked Sendable {
         }
         var key: ssh_key?
         guard ssh_get_server_publickey(s, &key) == SSH_OK, let key else {
-            return .hostKeyRejected("the relay presented no host key")
+            return .hostKeyRejected("the relay presented no readable host key")
         }
         defer { ssh_key_free(key) }
-        var b64: UnsafeMutablePointer<CChar>?
-        guard ssh_pki_export_pubkey_base64(key, &b64) == SSH_OK, let b64 else { return .hostKeyRejected("cannot read the relay's host key") }
-        let presented = String(cString: b64)
-        ssh_string_free_char(b64)
-        guard let hostCertificate else {
-            return insecureHostKey ? .ok : .hostKeyRejected("no relay host certificate to check the host key against (D1)")
-        }
+        guard let blob = LibSSH.presentedBlob(of: key) else { return .hostKeyRejected("cannot read the relay's host key") }
         let policy: RelayHostCertificatePolicy
         do { policy = try RelayHostCertificatePolicy(serverCAPublicKey: serverCA) } catch {
-            return .hostKeyRejected("relay SSH server CA unreadable: \(error)")
+            return .hostKeyRejected("relay SSH server CA (ssh.serverCAPublicKey) unreadable: \(error)")
         }
-        guard let blob = try? Base64.decode(presented) else { return .hostKeyRejected("cannot decode the relay's host key") }
-        switch policy.evaluate(certificateLine: hostCertificate, dialledHost: target.host, dialledPort: UInt16(target.port),
-                               presentedHostKey: blob, now: Clock.wallNow(), verifier: SSHSignatureVerifier()) {
+        switch policy.evaluate(presentedKeyBlob: blob, dialledHost: target.host, dialledPort: UInt16(target.port),
+                               now: Clock.wallNow(), verifier: SSHSignatureVerifier()) {
         case .accepted: return .ok
         case .rejected(let r): return .hostKeyRejected(r.message)
         }

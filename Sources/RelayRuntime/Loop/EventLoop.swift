@@ -81,6 +81,7 @@ final class EventLoop: @unchecked Sendable {
 
     /// Starts the loop thread.
     func start(name: String) {
+        started.store(true, ordering: .releasing)
         let box = Unmanaged.passRetained(self)
         var attr = pthread_attr_t()
         pthread_attr_init(&attr)
@@ -102,8 +103,11 @@ final class EventLoop: @unchecked Sendable {
     }
 
     private let exited = Mutex<Bool>(false)
+    /// `start` ran: there is a thread to join (a relay whose start failed has none).
+    private let started = Atomic<Bool>(false)
 
     func join(timeoutMilliseconds: Int64 = 10_000) {
+        guard started.load(ordering: .acquiring) else { return }
         let deadline = Clock.now() + .milliseconds(timeoutMilliseconds)
         while !exited.withLock({ $0 }) && Clock.now() < deadline { usleep(2000) }
     }

@@ -176,7 +176,7 @@ struct PlatformAPI: Sendable {
         let record = ResourceRecord(
             id: try UUID4.make(), type: kind, name: name, host: host, sshPort: kind == .relay ? sshPort : nil,
             tlsPort: kind == .relay ? tlsPort : nil, authMethod: auth, tokenVersion: 0, createdAt: now, updatedAt: now,
-            heartbeat: nil, healthAlertedAt: nil, lastFailureAt: nil, lastFailureReason: nil, sshHostCertificate: nil, relayId: nil)
+            heartbeat: nil, healthAlertedAt: nil, lastFailureAt: nil, lastFailureReason: nil, relayId: nil)
         let created = try await store.write { db -> Bool in
             if try PlatformStore.resource(db, type: kind, name: name) != nil { return false }
             try PlatformStore.insert(db, record)
@@ -392,7 +392,7 @@ struct PlatformAPI: Sendable {
         let r = try await authenticate(.relay, req)
         let host = r.host ?? ""
         let ca = self.ca
-        let creds = try await PlatformService.blocking { () throws -> (RelayCredentials, String) in
+        let creds = try await PlatformService.blocking { () throws -> RelayCredentials in
             let tls = try ca.relayServerCertificate(host: host)
             let sshKey = try KeyPair.generate(.rsa2048)
             let hostCert = try SSHCertificateSigner.sign(
@@ -403,14 +403,13 @@ struct PlatformAPI: Sendable {
                 pki: .init(serverCertificate: tls.certificatePEM, serverPrivateKey: tls.privateKeyPEM, clientCertificateChain: ca.relayClientChainPEM),
                 ssh: .init(serverCertificate: hostCert, serverPrivateKey: sshKey.privateKeyPEM,
                            clientCAPublicKey: try SSHCertificateSigner.publicKeyLine(ca.relaySSHClient)))
-            return (creds, hostCert)
+            return creds
         }
-        try await store.write { db in try PlatformStore.setHostCertificate(db, id: r.id, creds.1) }
         log.info("Relay connected: credentials issued", metadata: ["id": "\(r.id)", "name": "\(r.name)", "host": "\(host)"])
         var headers = HTTPFields()
         headers[.contentType] = "application/json; charset=utf-8"
         headers[.cacheControl] = "no-store"
-        return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(string: try JSONText.encode(creds.0))))
+        return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(string: try JSONText.encode(creds))))
     }
 
     func relayHeartbeat(_ req: Request) async throws -> Response {
@@ -481,7 +480,6 @@ struct PlatformAPI: Sendable {
                                  ("clientCertificateChain", .string(ca.gatewayClientChainPEM))])),
                 ("ssh", .object([("clientCertificate", .string(userCert)), ("clientPrivateKey", .string(sshKey.privateKeyPEM)),
                                  ("serverCAPublicKey", .string(try SSHCertificateSigner.publicKeyLine(ca.relaySSHServer)))])),
-                ("relayHostCertificate", relay.sshHostCertificate.map { .string($0) } ?? .null),
             ])
         }
         try await store.write { db in try PlatformStore.setGatewayRelay(db, id: gatewayId, relayId: relay.id) }

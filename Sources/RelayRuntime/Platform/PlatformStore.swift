@@ -80,6 +80,11 @@ public final class PlatformStore: Sendable {
                 CREATE INDEX ledger_events_resource ON ledger_events(resource_id, seq);
                 """)
         }
+        // DESIGN D1: relays present their host certificates, so the platform no longer keeps a
+        // copy to hand to gateways (the old pinned-host-key path).
+        m.registerMigration("v2-no-pinned-host-certificate") { db in
+            try db.execute(sql: "ALTER TABLE resources DROP COLUMN ssh_host_certificate")
+        }
         return m
     }
 
@@ -131,7 +136,7 @@ public final class PlatformStore: Sendable {
     static let resourceColumns = """
         id, type, name, host, ssh_port, tls_port, auth_method, sts_endpoint, allowed_principal_arns,
         allowed_account_ids, token_version, created_at, updated_at, heartbeat, health_alerted_at,
-        last_failure_at, last_failure_reason, ssh_host_certificate, relay_id
+        last_failure_at, last_failure_reason, relay_id
         """
 
     static func resource(_ row: Row) -> ResourceRecord {
@@ -150,8 +155,7 @@ public final class PlatformStore: Sendable {
             sshPort: row["ssh_port"], tlsPort: row["tls_port"], authMethod: auth, tokenVersion: row["token_version"],
             createdAt: row["created_at"], updatedAt: row["updated_at"], heartbeat: row["heartbeat"],
             healthAlertedAt: row["health_alerted_at"], lastFailureAt: row["last_failure_at"],
-            lastFailureReason: row["last_failure_reason"], sshHostCertificate: row["ssh_host_certificate"],
-            relayId: row["relay_id"])
+            lastFailureReason: row["last_failure_reason"], relayId: row["relay_id"])
     }
 
     static func resource(_ db: Database, id: String) throws -> ResourceRecord? {
@@ -188,10 +192,6 @@ public final class PlatformStore: Sendable {
 
     static func setTokenVersion(_ db: Database, id: String, _ version: Int) throws {
         try db.execute(sql: "UPDATE resources SET token_version = ? WHERE id = ?", arguments: [version, id])
-    }
-
-    static func setHostCertificate(_ db: Database, id: String, _ cert: String) throws {
-        try db.execute(sql: "UPDATE resources SET ssh_host_certificate = ? WHERE id = ?", arguments: [cert, id])
     }
 
     static func setGatewayRelay(_ db: Database, id: String, relayId: String) throws {
@@ -302,7 +302,6 @@ public struct ResourceRecord: Sendable, Equatable {
     public var healthAlertedAt: Int64?
     public var lastFailureAt: Int64?
     public var lastFailureReason: String?
-    public var sshHostCertificate: String?
     public var relayId: String?
 
     public var effectiveSSHPort: Int { sshPort ?? 2222 }

@@ -14,6 +14,10 @@ public final class RelayServer: @unchecked Sendable {
     public struct Options: Sendable {
         public var relayName: String
         public var listenAddress: String = ""
+        /// The address gateways dial, which the SSH host certificate must name as
+        /// `<host>:<sshPort>`. Nil: the CN of `pki.serverCertificate` (Infisical issues
+        /// `CN=<host>` for the relay's host).
+        public var host: String?
         public var sshPort: Int = 2222
         public var tlsPort: Int = 8443
         public var loops: Int = max(1, min(8, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))))
@@ -39,6 +43,9 @@ public final class RelayServer: @unchecked Sendable {
         public var maxPendingTLSPerSource = 256
         /// Time for the gateway to confirm a channel.
         public var channelOpenTimeout: TimeSpan = .seconds(10)
+        /// Tests only: serve `ssh.serverCertificate` without the relay's own D1 check, so
+        /// gateways can be shown refusing an expired, user or foreign-host certificate.
+        var presentUncheckedHostCertificate = false
         /// Certificate clock-skew allowance for gateway SSH certificates.
         public var certificateSkew: Int64 = 0
         public var registry: TunnelRegistryMachine.Config
@@ -67,6 +74,12 @@ public final class RelayServer: @unchecked Sendable {
         var tls: TLSContext
         var bind: SSHBind
         var policy: GatewayCertificatePolicy
+        /// `ssh.serverCertificate`, checked against the bound port before it is served.
+        var hostCertificateLine: String
+        /// The host gateways dial (`Options.host`, else the TLS certificate's CN).
+        var host: String?
+        /// Set once the host certificate passed `RelayOwnHostCertificate.check`.
+        var hostIdentity: RelayHostIdentity?
     }
 
     public let metrics: RelayMetrics
@@ -74,7 +87,7 @@ public final class RelayServer: @unchecked Sendable {
     public init(options: Options, credentials: RelayCredentials, trace: TraceRecorder? = nil,
                 metrics: RelayMetrics = RelayMetrics()) throws(RuntimeError) {
         self.options = options
-        self.credentials = Mutex(try RelayServer.load(credentials, relayName: options.relayName, skew: options.certificateSkew))
+        self.credentials = Mutex(try RelayServer.load(credentials, relayName: options.relayName, skew: options.certificateSkew, host: options.host))
         var ls: [EventLoop] = []
         for i in 0..<options.loops { ls.append(try EventLoop(index: i)) }
         loops = ls
@@ -83,23 +96,50 @@ public final class RelayServer: @unchecked Sendable {
         registry.server = self
     }
 
-    static func load(_ c: RelayCredentials, relayName: String, skew: Int64) throws(RuntimeError) -> ActiveCredentials {
+    static func load(_ c: RelayCredentials, relayName: String, skew: Int64, host: String?) throws(RuntimeError) -> ActiveCredentials {
         let tls = try TLSContext.mutualServer(
             certificatePEM: c.pki.serverCertificate, keyPEM: c.pki.serverPrivateKey,
             clientCAsPEM: c.pki.clientCertificateChain)
-        let bind = try SSHBind(hostKeyPEM: c.ssh.serverPrivateKey)
+        let bind = try SSHBind(hostKeyPEM: c.ssh.serverPrivateKey, hostCertificate: c.ssh.serverCertificate)
         let policy: GatewayCertificatePolicy
         do { policy = try GatewayCertificatePolicy(relayName: relayName, clientCAPublicKey: c.ssh.clientCAPublicKey, clockSkewSeconds: skew) } catch {
             throw .invalidInput("ssh.clientCAPublicKey: \(error)")
         }
-        return ActiveCredentials(tls: tls, bind: bind, policy: policy)
+        let cn = (try? X509Box.parseAll(pem: c.pki.serverCertificate))?.first?.subject(nid: NID_commonName)
+        return ActiveCredentials(tls: tls, bind: bind, policy: policy, hostCertificateLine: c.ssh.serverCertificate,
+                                 host: host ?? cn, hostIdentity: nil)
+    }
+
+    /// DESIGN D1: the host certificate must certify the host key, be a host certificate, be
+    /// valid now and name `<host>:<bound SSH port>` — otherwise the relay does not serve it
+    /// (Specs/ssh-certificates.md §5.2).
+    static func checkHostCertificate(_ a: inout ActiveCredentials, sshPort: Int, unchecked: Bool = false) throws(RuntimeError) {
+        if unchecked { return }
+        guard let host = a.host, !host.isEmpty else {
+            throw .invalidInput("cannot tell which host the SSH host certificate must name: pki.serverCertificate has no CN; pass --host")
+        }
+        switch RelayOwnHostCertificate.check(certificateLine: a.hostCertificateLine, hostKey: a.bind.hostKeyBlob, host: host,
+                                             sshPort: UInt16(clamping: sshPort), now: Clock.wallNow()) {
+        case .success(let identity): a.hostIdentity = identity
+        case .failure(let refusal): throw .invalidInput(refusal.loadMessage)
+        }
     }
 
     /// Swaps in renewed credentials: new handshakes use them, live tunnels and splices continue.
+    /// Once the relay has served, a host certificate that fails the D1 check is refused and the
+    /// credentials in use stay; before `start` they are only stored (`start` checks them).
     public func replaceCredentials(_ c: RelayCredentials) throws(RuntimeError) {
-        let fresh = try RelayServer.load(c, relayName: options.relayName, skew: options.certificateSkew)
+        var fresh = try RelayServer.load(c, relayName: options.relayName, skew: options.certificateSkew, host: options.host)
+        if served.load(ordering: .acquiring) {
+            try RelayServer.checkHostCertificate(&fresh, sshPort: boundSSHPort, unchecked: options.presentUncheckedHostCertificate)
+        }
         credentials.withLock { $0 = fresh }
     }
+    /// `start` succeeded once (the bound SSH port is final).
+    private let served = Atomic<Bool>(false)
+
+    /// The host certificate being served (after `start`), for `relay doctor` and metrics.
+    public var hostCertificate: RelayHostIdentity? { credentials.withLock { $0.hostIdentity } }
 
     public var certificateNotAfter: Int64? { credentials.withLock { $0.tls.certificateNotAfter } }
 
@@ -107,17 +147,39 @@ public final class RelayServer: @unchecked Sendable {
 
     // MARK: Start and stop
 
-    /// Binds both listeners and starts the loops. Throws (and binds nothing) on failure.
+    /// Binds both listeners without accepting yet, so the bound ports are known (tests with
+    /// `--ssh-port 0` issue the host certificate for the bound port, then `start`).
+    public func bind() throws(RuntimeError) {
+        if prebound == nil { prebound = try bindListeners() }
+    }
+    private var prebound: (ssh: (fd: Int32, port: Int), tls: (fd: Int32, port: Int))?
+
+    /// Binds both listeners (unless `bind` did), checks the SSH host certificate against the
+    /// bound port (DESIGN D1), and starts the loops. Throws (and leaves nothing bound) on failure.
     public func start() throws(RuntimeError) {
         // OpenSSL writes to sockets with write(2): a platform client that reset its connection
         // would otherwise kill the whole process with SIGPIPE on the relay's next write.
         signal(SIGPIPE, SIG_IGN)
-        let (ssh, tls) = try bindListeners()
+        let (ssh, tls): (ssh: (fd: Int32, port: Int), tls: (fd: Int32, port: Int))
+        if let p = prebound { (ssh, tls) = p } else { (ssh, tls) = try bindListeners() }
+        prebound = nil
+        do {
+            var active = credentials.withLock { $0 }
+            try RelayServer.checkHostCertificate(&active, sshPort: ssh.port, unchecked: options.presentUncheckedHostCertificate)
+            credentials.withLock { $0 = active }
+        } catch {
+            close(ssh.fd); close(tls.fd)
+            throw error
+        }
+        served.store(true, ordering: .releasing)
         for (i, loop) in loops.enumerated() { loop.start(name: "relay-loop-\(i)") }
         registerListeners(ssh: ssh.fd, tls: tls.fd)
         registry.start(on: loops[0])
         RelayLog.relay.info("Relay server started successfully")
         RelayLog.relay.info("SSH server listening on \(options.listenAddress):\(ssh.port) for gateways")
+        if let id = hostCertificate {
+            RelayLog.relay.info("Presenting SSH host certificate for \(SSHText.printable(id.principal)) (key id \(SSHText.quoted(id.keyID)), serial \(id.serial), valid until \(UTCText.format(id.validBefore)))")
+        }
         RelayLog.relay.info("TLS server listening on \(options.listenAddress):\(tls.port) for clients")
     }
 
@@ -136,10 +198,15 @@ public final class RelayServer: @unchecked Sendable {
     private let accepting = Atomic<Bool>(false)
 
     private func bindListeners(sshPort: Int? = nil, tlsPort: Int? = nil) throws(RuntimeError) -> (ssh: (fd: Int32, port: Int), tls: (fd: Int32, port: Int)) {
-        let ssh = try Net.listen(host: options.listenAddress, port: sshPort ?? options.sshPort)
+        func cannotListen(_ port: Int, _ e: RuntimeError) -> RuntimeError {
+            .resource("cannot listen on \(options.listenAddress.isEmpty ? "*" : options.listenAddress):\(port) (\(e)). Another process (perhaps another relay) may hold the port: stop it, or choose free ports with --ssh-port and --tls-port")
+        }
+        let wantSSH = sshPort ?? options.sshPort, wantTLS = tlsPort ?? options.tlsPort
+        let ssh: (fd: Int32, port: Int)
+        do { ssh = try Net.listen(host: options.listenAddress, port: wantSSH) } catch { throw cannotListen(wantSSH, error) }
         let tls: (fd: Int32, port: Int)
-        do { tls = try Net.listen(host: options.listenAddress, port: tlsPort ?? options.tlsPort) } catch {
-            close(ssh.fd); throw error
+        do { tls = try Net.listen(host: options.listenAddress, port: wantTLS) } catch {
+            close(ssh.fd); throw cannotListen(wantTLS, error)
         }
         boundSSHPort = ssh.port
         boundTLSPort = tls.port
@@ -190,6 +257,7 @@ public final class RelayServer: @unchecked Sendable {
 
     /// Immediate stop: close everything.
     public func stop() {
+        if let p = prebound { close(p.ssh.fd); close(p.tls.fd); prebound = nil }
         stopAccepting()
         stopLoops()
     }

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import CLibSSH
+import RelayModel
 
 /// The relay's SSH listener settings: host key and algorithm lists (DESIGN §2: Infisical's
 /// gateway set plus modern defaults), shared by every session through one `ssh_bind`.
@@ -21,18 +22,52 @@ final class SSHBind: @unchecked Sendable {
         "hmac-sha2-256-etm@openssh.com", "hmac-sha2-512-etm@openssh.com", "hmac-sha2-256", "hmac-sha2-512",
     ].joined(separator: ",")
 
+    /// The plain public key blob of the host key (what `ssh.serverCertificate` must certify).
+    let hostKeyBlob: [UInt8]
+    /// Whether a host certificate is attached (and so offered first; DESIGN D1).
+    let presentsCertificate: Bool
+
     /// `hostKeyPEM`: the relay's SSH host private key (OpenSSH or PEM format), as delivered in
-    /// `ssh.serverPrivateKey`.
-    init(hostKeyPEM: String) throws(RuntimeError) {
+    /// `ssh.serverPrivateKey`. `hostCertificate`: its OpenSSH host certificate line
+    /// (`ssh.serverCertificate`); attached to the key, so our libssh offers
+    /// `rsa-sha2-512/256-cert-v01@openssh.com` or `ssh-ed25519-cert-v01@openssh.com` first
+    /// and presents the certificate. Empty: the plain key only (the relay refuses to serve that;
+    /// `RelayServer.start`).
+    init(hostKeyPEM: String, hostCertificate: String) throws(RuntimeError) {
         LibSSH.initialize()
         guard let b = ssh_bind_new() else { throw .ssh("ssh_bind_new failed") }
         ptr = b
         var key: ssh_key?
         guard ssh_pki_import_privkey_base64(hostKeyPEM, nil, nil, nil, &key) == SSH_OK, let key else {
             ssh_bind_free(b)
-            throw .ssh("cannot read the SSH host private key")
+            throw .ssh("cannot read the SSH host private key (ssh.serverPrivateKey)")
         }
-        // The bind takes ownership of the imported key.
+        guard let blob = LibSSH.publicKeyBlob(of: key) else {
+            ssh_key_free(key); ssh_bind_free(b)
+            throw .ssh("cannot read the public half of the SSH host key")
+        }
+        hostKeyBlob = blob
+        let parts = hostCertificate.split(whereSeparator: { $0 == " " || $0 == "\n" || $0 == "\r" || $0 == "\t" })
+        if parts.isEmpty {
+            presentsCertificate = false
+        } else {
+            // ssh_pki_copy_cert_to_privkey checks that the certificate certifies this key.
+            var cert: ssh_key?
+            guard parts.count >= 2,
+                  ssh_pki_import_cert_base64(String(parts[1]), ssh_key_type_from_name(String(parts[0])), &cert) == SSH_OK,
+                  let cert else {
+                ssh_key_free(key); ssh_bind_free(b)
+                throw .ssh("cannot read the SSH host certificate (ssh.serverCertificate)")
+            }
+            let attached = ssh_pki_copy_cert_to_privkey(cert, key)
+            ssh_key_free(cert)
+            guard attached == SSH_OK else {
+                ssh_key_free(key); ssh_bind_free(b)
+                throw .ssh("the SSH host certificate (ssh.serverCertificate) does not certify the host key (ssh.serverPrivateKey)")
+            }
+            presentsCertificate = true
+        }
+        // The bind takes ownership of the imported key (and the certificate attached to it).
         guard ssh_bind_options_set(b, SSH_BIND_OPTIONS_IMPORT_KEY, UnsafeRawPointer(key)) == SSH_OK else {
             ssh_key_free(key); ssh_bind_free(b)
             throw .ssh("cannot use the SSH host key")
@@ -61,6 +96,32 @@ enum LibSSH {
     /// `ssh_init()` exactly once per process.
     static func initialize() { _ = once }
 
+    /// The public key blob libssh exports for `key`: for a key with a certificate (a server's
+    /// presented certificate, or a host key with one attached) the certificate blob.
+    static func presentedBlob(of key: ssh_key) -> [UInt8]? {
+        var b64: UnsafeMutablePointer<CChar>?
+        guard ssh_pki_export_pubkey_base64(key, &b64) == SSH_OK, let b64 else { return nil }
+        defer { ssh_string_free_char(b64) }
+        return try? Base64.decode(String(cString: b64))
+    }
+
+    /// The plain public key blob of a private key (no certificate).
+    static func publicKeyBlob(of privateKey: ssh_key) -> [UInt8]? {
+        var pub: ssh_key?
+        guard ssh_pki_export_privkey_to_pubkey(privateKey, &pub) == SSH_OK, let pub else { return nil }
+        defer { ssh_key_free(pub) }
+        return presentedBlob(of: pub)
+    }
+
+    /// Host key algorithms a gateway offers: the certificate algorithms first (DESIGN D1: only a
+    /// certificate is accepted), then the plain ones, so a relay presenting a plain key is
+    /// refused by the host certificate check with a clear reason rather than by the key exchange.
+    static let gatewayHostKeyAlgorithms = [
+        "ssh-ed25519-cert-v01@openssh.com", "rsa-sha2-512-cert-v01@openssh.com", "rsa-sha2-256-cert-v01@openssh.com",
+        "ecdsa-sha2-nistp256-cert-v01@openssh.com", "ecdsa-sha2-nistp384-cert-v01@openssh.com", "ecdsa-sha2-nistp521-cert-v01@openssh.com",
+        "ssh-ed25519", "rsa-sha2-512", "rsa-sha2-256", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
+    ].joined(separator: ",")
+
     /// Client options for a session to `host:port` as `user`: connect timeout, no ~/.ssh/config,
     /// and exactly `algorithms` both ways (the gateway's dial and the bench probe).
     static func configureClient(_ s: OpaquePointer, host: String, port: Int, user: String, timeoutSeconds: Int,
@@ -78,5 +139,11 @@ enum LibSSH {
         ssh_options_set(s, SSH_OPTIONS_CIPHERS_S_C, algorithms.ciphers)
         ssh_options_set(s, SSH_OPTIONS_HMAC_C_S, algorithms.macs)
         ssh_options_set(s, SSH_OPTIONS_HMAC_S_C, algorithms.macs)
+        ssh_options_set(s, SSH_OPTIONS_HOSTKEYS, gatewayHostKeyAlgorithms)
+        // No known_hosts: libssh would reorder the offer by what those files hold (a plain key
+        // remembered for this address would then be negotiated first), and the relay's identity
+        // is its host certificate, judged by RelayHostCertificatePolicy, not a remembered key.
+        ssh_options_set(s, SSH_OPTIONS_KNOWNHOSTS, "/dev/null")
+        ssh_options_set(s, SSH_OPTIONS_GLOBAL_KNOWNHOSTS, "/dev/null")
     }
 }

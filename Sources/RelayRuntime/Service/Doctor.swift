@@ -12,7 +12,8 @@ public import RelayModel
 /// Checks, in order: state directory; state file (permissions, content, credential); relay
 /// process (the state lock is held); platform reachable (HTTPS `GET {domain}/status`); clock skew
 /// against the platform's `Date`; TLS listener (a real handshake on 8443: certificate validity,
-/// time left, client certificate required); SSH listener (the `SSH-2.0` banner on 2222); last
+/// time left, client certificate required); SSH listener (the `SSH-2.0` banner on 2222, then a
+/// key exchange: the host certificate it presents, its principal and expiry — DESIGN D1); last
 /// heartbeat (from the status file the running relay keeps).
 public struct Doctor: Sendable {
     public enum Verdict: String, Sendable { case ok = "OK", warn = "WARN", fail = "FAIL", skip = "SKIP" }
@@ -126,10 +127,12 @@ public struct Doctor: Sendable {
 
         // 6. TLS listener.
         let tlsPort = self.tlsPort ?? status?.tlsPort ?? 8443
+        var relayHost: String? // the host the platform issued the relay's certificates for (TLS CN)
         switch ServerCertificateProbe.probe(host: host, port: tlsPort, timeoutMilliseconds: 5000) {
         case .failure(let e):
             add(.fail, "TLS listener", "\(host):\(tlsPort): \(e). The platform cannot reach the relay: is it running, and is TCP \(tlsPort) open from the platform?")
         case .success(let p):
+            relayHost = p.commonName
             guard let notAfter = p.notAfter else { add(.fail, "TLS listener", "\(host):\(tlsPort) presented no certificate"); break }
             let left = notAfter - now.seconds
             let required = p.clientCertificateRequired ? ", client certificate required" : ", WARNING: a client without a certificate was not refused"
@@ -147,7 +150,9 @@ public struct Doctor: Sendable {
         let sshPort = self.sshPort ?? status?.sshPort ?? 2222
         switch SSHBannerProbe.banner(host: host, port: sshPort, timeoutMilliseconds: 5000) {
         case .success(let banner) where banner.hasPrefix("SSH-2.0-"):
-            add(.ok, "SSH listener", "\(host):\(sshPort) answers \(banner)")
+            add(.ok, "SSH listener", "\(host):\(sshPort) answers \(SSHText.printable(banner))")
+            let (verdict, detail) = Doctor.hostCertificate(host: host, sshPort: sshPort, relayHost: relayHost ?? host, now: now)
+            add(verdict, "SSH host certificate", detail)
         case .success(let banner):
             add(.fail, "SSH listener", "\(host):\(sshPort) answered \"\(banner.prefix(40))\", not an SSH server: another program holds the port")
         case .failure(let e):
@@ -260,6 +265,29 @@ enum ServerCertificateProbe {
         let version = String(cString: SSL_get_version(ssl))
         return .success(Result_(version: version, commonName: cert.subject(nid: NID_commonName), notBefore: cert.notBefore,
                                 notAfter: cert.notAfter, clientCertificateRequired: required))
+    }
+}
+
+extension Doctor {
+    /// A key exchange with the relay (the gateway's own algorithm offer): the host certificate
+    /// it presents must be a host certificate naming `<relayHost>:<sshPort>` and valid now
+    /// (DESIGN D1; Infisical's gateways refuse anything else). The CA is the gateways' to check.
+    static func hostCertificate(host: String, sshPort: Int, relayHost: String, now: UnixTime) -> (Verdict, String) {
+        let negotiated: SSHNegotiationProbe.Negotiated
+        do { negotiated = try SSHNegotiationProbe.run(host: host, port: sshPort, timeoutSeconds: 5) } catch {
+            return (.fail, "\(host):\(sshPort): no key exchange (\(error))")
+        }
+        switch RelayOwnHostCertificate.inspect(presentedKeyBlob: negotiated.presentedKey, host: relayHost,
+                                               sshPort: UInt16(clamping: sshPort), now: now) {
+        case .success(let id):
+            let left = Int64(clamping: id.validBefore) - now.seconds
+            return (left < 86_400 ? .warn : .ok,
+                    "presents \(negotiated.hostKey) for \(SSHText.printable(id.principal)) (key id \(SSHText.quoted(id.keyID))), "
+                        + "valid until \(UTCText.format(id.validBefore)) (\(EnrollmentFormat.span(.seconds(max(0, left))))); gateways check its CA")
+        case .failure(let refusal):
+            return (.fail, "\(refusal.reason.detail). Gateways dialling \(SSHText.printable(refusal.expectedPrincipal)) refuse this relay: "
+                        + "restart it so it fetches fresh certificates, and check that the platform has its host and SSH port right")
+        }
     }
 }
 

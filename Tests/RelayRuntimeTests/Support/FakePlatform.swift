@@ -72,8 +72,9 @@ final class FakePlatform: @unchecked Sendable {
 
 extension RelayTestbed {
     /// Credentials like `credentials` but with a TLS server certificate expiring `lifetime` seconds from now
-    /// (valid from `notBeforeOffset` seconds from now), written as a `/connect` JSON file.
-    func credentialsFile(named name: String, lifetime: Int64, notBeforeOffset: Int64 = -60) throws -> String {
+    /// (valid from `notBeforeOffset` seconds from now) and an SSH host certificate for
+    /// `127.0.0.1:<sshPort>`, written as a `/connect` JSON file.
+    func credentialsFile(named name: String, lifetime: Int64, notBeforeOffset: Int64 = -60, sshPort: Int) throws -> String {
         let key = try KeyPair.generate(.rsa2048)
         var sb = CertificateBuilder(subject: [("CN", "127.0.0.1"), ("O", "Infisical"), ("OU", "Relay")])
         sb.serial = UInt64.random(in: 100...UInt64(1 << 40))
@@ -85,6 +86,7 @@ extension RelayTestbed {
         var c = credentials
         c.pki.serverCertificate = cert.pem
         c.pki.serverPrivateKey = key.privateKeyPEM
+        c.ssh.serverCertificate = try hostCertificate(principal: "127.0.0.1:\(sshPort)")
         return try dir.write(name, try JSONText.encode(c, pretty: true))
     }
 

@@ -190,8 +190,12 @@ final class NotifySocket: @unchecked Sendable {
 }
 
 extension RelayTestbed {
-    /// The credentials as a `/connect`-shaped JSON file (mode 0600).
-    func credentialsFile() throws -> String {
-        try dir.write("connect.json", try JSONText.encode(credentials, pretty: true))
+    /// The credentials as a `/connect`-shaped JSON file (mode 0600), with an SSH host certificate
+    /// for `127.0.0.1:<sshPort>` (DESIGN D1: the relay serves only a certificate naming the port
+    /// it binds, so a CLI relay gets a port chosen beforehand: `--ssh-port <sshPort>`).
+    func credentialsFile(sshPort: Int) throws -> String {
+        var c = credentials
+        c.ssh.serverCertificate = try hostCertificate(principal: "127.0.0.1:\(sshPort)")
+        return try dir.write("connect.json", try JSONText.encode(c, pretty: true))
     }
 }

@@ -12,13 +12,15 @@ final class RelayTestbed: @unchecked Sendable {
     let rootCA: (Certificate, KeyPair)
     let clientCA: (Certificate, KeyPair)
     let serverCA: (Certificate, KeyPair)
-    let credentials: RelayCredentials
+    /// The relay's credentials; `startRelay` fills in `ssh.serverCertificate` for the bound port.
+    private(set) var credentials: RelayCredentials
     let keygen: SSHKeygen
     let gatewayServerCA: (Certificate, KeyPair)
     let gatewayClientCA: (Certificate, KeyPair)
     var server: RelayServer!
 
-    init(relayName: String = "relay1") throws {
+    /// `hostKeyType`: the relay's SSH host key, `rsa` (RSA-2048, as Infisical issues it) or `ed25519`.
+    init(relayName: String = "relay1", hostKeyType: String = "rsa") throws {
         self.relayName = relayName
         let rootKey = try KeyPair.generate(.ecdsaP256)
         var root = CertificateBuilder(subject: [("CN", "Infisical Instance Root Relay CA")])
@@ -47,7 +49,7 @@ final class RelayTestbed: @unchecked Sendable {
         keygen = try SSHKeygen()
         _ = try keygen.key("user-ca", type: "ed25519")
         _ = try keygen.key("host-ca", type: "ed25519")
-        _ = try keygen.key("host", type: "rsa")
+        _ = try keygen.key("host", type: hostKeyType)
         gatewayServerCA = try intermediate("Infisical Gateway Server CA", serial: 4)
         gatewayClientCA = try intermediate("Infisical Gateway Client CA", serial: 5)
         credentials = RelayCredentials(
@@ -63,17 +65,64 @@ final class RelayTestbed: @unchecked Sendable {
     /// Everything the relay spliced (after removing the outer TLS), when tapped.
     let tapped = LockedBox<[UInt8]>([])
 
+    /// Starts the relay on ephemeral ports and makes it present a host certificate signed by
+    /// `host-ca` for `127.0.0.1:<bound SSH port>`.
     @discardableResult
     func startRelay(_ configure: (inout RelayServer.Options) -> Void = { _ in }) throws -> RelayServer {
+        try startRelay(presenting: nil, unchecked: false, configure)
+    }
+
+    /// Starts the relay presenting `hostCertificate(boundSSHPort)` instead (for refusal tests;
+    /// with `uncheckedHostCertificate` the relay serves it without its own D1 check, as a
+    /// misconfigured or hostile relay would; an empty line then presents the plain key).
+    /// (A separate overload: with an optional closure first, `startRelay { o in … }` would bind
+    /// its trailing closure to the certificate maker.)
+    @discardableResult
+    func startRelay(hostCertificate make: @escaping (Int) throws -> String, uncheckedHostCertificate: Bool = false,
+                    _ configure: (inout RelayServer.Options) -> Void = { _ in }) throws -> RelayServer {
+        try startRelay(presenting: make, unchecked: uncheckedHostCertificate, configure)
+    }
+
+    private func startRelay(presenting make: ((Int) throws -> String)?, unchecked: Bool,
+                            _ configure: (inout RelayServer.Options) -> Void) throws -> RelayServer {
         var o = RelayServer.Options(relayName: relayName)
         o.listenAddress = "127.0.0.1"
         o.sshPort = 0
         o.tlsPort = 0
         o.loops = 2
+        o.presentUncheckedHostCertificate = unchecked
         configure(&o)
         let s = try RelayServer(options: o, credentials: credentials)
-        try s.start()
+        try s.bind()
         server = s
+        credentials.ssh.serverCertificate = try make?(s.boundSSHPort) ?? hostCertificate()
+        try s.replaceCredentials(credentials)
+        try s.start()
+        return s
+    }
+
+    /// Makes the running relay present `certificateLine` from its next handshake on (through
+    /// `replaceCredentials`, so the relay's own D1 check applies).
+    func presentHostCertificate(_ certificateLine: String) throws {
+        credentials.ssh.serverCertificate = certificateLine
+        try server.replaceCredentials(credentials)
+    }
+
+    /// The relay SSH host CA's public key file (`ssh.serverCAPublicKey`), for `-host-ca` and known_hosts.
+    var hostCAPublicKeyFile: String { keygen.dir.appendingPathComponent("host-ca.pub").path }
+
+    /// A second relay with this bed's credentials (same CAs), presenting a host certificate for
+    /// its own bound port.
+    func startSecondRelay(_ configure: (inout RelayServer.Options) -> Void = { _ in }) throws -> RelayServer {
+        var o = RelayServer.Options(relayName: relayName)
+        o.listenAddress = "127.0.0.1"; o.sshPort = 0; o.tlsPort = 0; o.loops = 1
+        configure(&o)
+        let s = try RelayServer(options: o, credentials: credentials)
+        try s.bind()
+        var c = credentials
+        c.ssh.serverCertificate = try hostCertificate(principal: "127.0.0.1:\(s.boundSSHPort)")
+        try s.replaceCredentials(c)
+        try s.start()
         return s
     }
 
@@ -88,13 +137,13 @@ final class RelayTestbed: @unchecked Sendable {
     }
 
     /// The relay's SSH host certificate for the bound port (D1 principal `<host>:<port>`).
-    func hostCertificate(principal: String? = nil, ca: String = "host-ca") throws -> String {
+    func hostCertificate(principal: String? = nil, ca: String = "host-ca", validity: String = "-5m:+30d", host: Bool = true) throws -> String {
         try keygen.sign(ca: ca, key: "host", identity: "relay-server", principals: principal ?? "127.0.0.1:\(server.boundSSHPort)",
-                        validity: "-5m:+30d", host: true)
+                        validity: validity, host: host)
     }
 
     /// Credentials for our own gateway (`GatewayAgent`), shaped like `/api/v3/gateways/connect`.
-    func ourGatewayCredentials(_ id: String, name: String = "gw", hostCertificate: String? = nil) throws -> GatewayCredentials {
+    func ourGatewayCredentials(_ id: String, name: String = "gw") throws -> GatewayCredentials {
         let ident = try gatewayIdentity(id, name: name)
         let key = try KeyPair.generate(.ecdsaP256)
         var b = CertificateBuilder(subject: [("O", "org-1"), ("CN", "Gateway")])
@@ -108,8 +157,7 @@ final class RelayTestbed: @unchecked Sendable {
                        clientCertificateChain: gatewayClientCA.0.pem + rootCA.0.pem),
             ssh: .init(clientCertificate: try String(contentsOfFile: ident.cert, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines),
                        clientPrivateKey: try String(contentsOfFile: ident.key, encoding: .utf8),
-                       serverCAPublicKey: try keygen.read("host-ca.pub")),
-            relayHostCertificate: hostCertificate)
+                       serverCAPublicKey: try keygen.read("host-ca.pub")))
     }
 
     /// The platform's inner-TLS client context for a target (routing + actor extensions).
@@ -126,12 +174,13 @@ final class RelayTestbed: @unchecked Sendable {
         return try TLSContext.mutualClient(certificatePEM: cert.pem, keyPEM: key.privateKeyPEM, serverCAsPEM: gatewayServerCA.0.pem + rootCA.0.pem)
     }
 
-    /// Starts a Go x/crypto gateway for `id` and waits for READY.
+    /// Starts a Go x/crypto gateway for `id` (Infisical's algorithms, the strict host certificate
+    /// check against `host-ca`) and waits for READY.
     func startGateway(_ id: String, mode: String = "echo", extra: [String] = [], waitReady: Bool = true) async throws -> GoGateway {
         let ident = try gatewayIdentity(id)
         let gw = try await GoGateway.start([
             "-relay", "127.0.0.1:\(server.boundSSHPort)", "-user", id, "-key", ident.key, "-cert", ident.cert,
-            "-insecure-host-key", "-algorithms", "infisical", "-mode", mode,
+            "-host-ca", hostCAPublicKeyFile, "-algorithms", "infisical", "-mode", mode,
         ] + extra)
         if waitReady { _ = try await gw.waitForLine(prefix: "READY") }
         return gw

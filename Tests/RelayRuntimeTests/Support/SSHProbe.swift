@@ -65,16 +65,22 @@ enum SSHProbe {
 enum OpenSSH {
     static let executable = "/usr/bin/ssh"
 
-    static func baseArguments(port: Int) -> [String] {
-        ["-v", "-F", "/dev/null", "-o", "UserKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=no",
-         "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o", "LogLevel=DEBUG1",
-         "-p", String(port)]
+    /// Without `knownHosts` the host key is not checked; with it, only that file is consulted and
+    /// checking is strict (`ssh` takes the first value of an option, so these cannot be overridden
+    /// by later `-o` arguments).
+    static func baseArguments(port: Int, knownHosts: String? = nil) -> [String] {
+        let hostKeys = knownHosts.map {
+            ["-o", "UserKnownHostsFile=\($0)", "-o", "GlobalKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=yes",
+             "-o", "UpdateHostKeys=no"]
+        } ?? ["-o", "UserKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=no"]
+        return ["-v", "-F", "/dev/null"] + hostKeys
+            + ["-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o", "LogLevel=DEBUG1", "-p", String(port)]
     }
 
     /// Runs `ssh` to completion (bounded by coreutils `timeout`) and returns its exit and stderr.
-    static func run(port: Int, _ arguments: [String], timeout: Int = 20) async throws -> (exit: PeerProcess.Exit, stderr: String) {
+    static func run(port: Int, knownHosts: String? = nil, _ arguments: [String], timeout: Int = 20) async throws -> (exit: PeerProcess.Exit, stderr: String) {
         let r = try await PeerProcess.run("/usr/bin/timeout", ["-k", "2", String(timeout), executable]
-                                              + baseArguments(port: port) + arguments)
+                                              + baseArguments(port: port, knownHosts: knownHosts) + arguments)
         return (r.exit, r.stderr)
     }
 

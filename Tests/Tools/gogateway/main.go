@@ -56,9 +56,7 @@ type options struct {
 	keyFile          string
 	certFile         string
 	hostCAFile       string
-	hostCertFile     string
-	hostKeyPinFile   string
-	insecureHostKey  bool
+	infisicalExact   bool
 	algorithms       string
 	keepalive        time.Duration
 	keepaliveTimeout time.Duration
@@ -141,10 +139,8 @@ func parseFlags() options {
 	fs.StringVar(&o.user, "user", "", "SSH user name: the gateway id (required)")
 	fs.StringVar(&o.keyFile, "key", "", "private key file (required)")
 	fs.StringVar(&o.certFile, "cert", "", "OpenSSH user certificate for -key (…-cert.pub) (required)")
-	fs.StringVar(&o.hostCAFile, "host-ca", "", "relay SSH server CA public key: require a host certificate signed by it naming host:port")
-	fs.StringVar(&o.hostCertFile, "host-cert", "", "with -host-ca: the relay's host certificate obtained out of band (DESIGN D1); the server's plain key must be the certified key")
-	fs.StringVar(&o.hostKeyPinFile, "host-key-pin", "", "authorized_keys-format public key: require exactly this host key")
-	fs.BoolVar(&o.insecureHostKey, "insecure-host-key", false, "accept any host key")
+	fs.StringVar(&o.hostCAFile, "host-ca", "", "relay SSH server CA public key (ssh.serverCAPublicKey): require a host certificate it signed for host:port (required)")
+	fs.BoolVar(&o.infisicalExact, "infisical-exact", false, "check the host certificate exactly as Infisical's gateway does: skip the explicit CA, type and non-empty-principals checks that x/crypto's CheckCert leaves out")
 	fs.StringVar(&o.algorithms, "algorithms", "infisical", "infisical (the gateway's restricted set) or default (x/crypto defaults)")
 	fs.DurationVar(&o.keepalive, "keepalive", 30*time.Second, "interval between keepalive@openssh.com requests (0 disables)")
 	fs.DurationVar(&o.keepaliveTimeout, "keepalive-timeout", 15*time.Second, "time to wait for a keepalive reply")
@@ -166,23 +162,11 @@ func parseFlags() options {
 	if fs.NArg() != 0 {
 		usage("unexpected arguments: " + strings.Join(fs.Args(), " "))
 	}
-	if o.relay == "" || o.user == "" || o.keyFile == "" || o.certFile == "" {
-		usage("-relay, -user, -key and -cert are required")
+	if o.relay == "" || o.user == "" || o.keyFile == "" || o.certFile == "" || o.hostCAFile == "" {
+		usage("-relay, -user, -key, -cert and -host-ca are required")
 	}
 	if _, _, err := net.SplitHostPort(o.relay); err != nil {
 		usage("-relay: " + err.Error())
-	}
-	checks := 0
-	for _, set := range []bool{o.hostCAFile != "", o.hostKeyPinFile != "", o.insecureHostKey} {
-		if set {
-			checks++
-		}
-	}
-	if checks != 1 {
-		usage("exactly one of -host-ca, -host-key-pin, -insecure-host-key is required")
-	}
-	if o.hostCertFile != "" && o.hostCAFile == "" {
-		usage("-host-cert needs -host-ca")
 	}
 	switch o.mode {
 	case "echo", "discard", "source":
@@ -266,85 +250,70 @@ func readCertificate(path string) (*ssh.Certificate, error) {
 	return cert, nil
 }
 
-// validateHostCertificate is what Infisical's gateway means to check (validateHostCertificate in
-// gateway.go), with the checks that x/crypto's CheckCert leaves out made explicit: the certificate
-// type and the signing CA. The principal must equal the dial address "host:port" literally.
-func validateHostCertificate(cert *ssh.Certificate, ca ssh.PublicKey, dialAddress string) error {
-	if cert.CertType != ssh.HostCert {
-		return fmt.Errorf("host certificate has type %d, not a host certificate", cert.CertType)
+// hostKeyCheck is the host key callback of Infisical's gateway (createSSHConfig and
+// validateHostCertificate in packages/gateway-v2/gateway.go, infisical-protocol.md §4.1):
+//
+//   - the key must be an *ssh.Certificate, otherwise "host certificates required, raw host keys
+//     not allowed" (Infisical: in every mode);
+//   - ssh.CertChecker{IsHostAuthority: <signing key == ssh.serverCAPublicKey>}.CheckCert(hostname, cert)
+//     with hostname the dial address "host:port" exactly as dialled, errors wrapped as
+//     "host certificate check failed: …". CheckCert checks critical options, the principal (an
+//     empty list means any host), the validity window and the signature by the key embedded in
+//     the certificate; it calls neither IsHostAuthority nor looks at the certificate type.
+//
+// By default (strict, what our gateway does, DESIGN D1) three checks come first that CheckCert
+// leaves out: the certificate type is host, it is signed by the CA, and it names at least one
+// principal. -infisical-exact skips them, to behave byte for byte like Infisical's gateway.
+func hostKeyCheck(o options) (ssh.HostKeyCallback, error) {
+	ca, err := readPublicKey(o.hostCAFile)
+	if err != nil {
+		return nil, fmt.Errorf("-host-ca: %v", err)
 	}
-	if !bytes.Equal(cert.SignatureKey.Marshal(), ca.Marshal()) {
-		return errors.New("host certificate is not signed by the relay SSH server CA")
+	if _, isCert := ca.(*ssh.Certificate); isCert {
+		return nil, fmt.Errorf("-host-ca: %s is a certificate, not a CA public key", o.hostCAFile)
 	}
-	checker := ssh.CertChecker{}
-	if err := checker.CheckCert(dialAddress, cert); err != nil {
-		return fmt.Errorf("host certificate: %v", err)
-	}
-	return nil
+	return newHostKeyCallback(ca, !o.infisicalExact, time.Now), nil
 }
 
-func hostKeyCheck(o options) (ssh.HostKeyCallback, error) {
-	switch {
-	case o.insecureHostKey:
-		return ssh.InsecureIgnoreHostKey(), nil
-
-	case o.hostKeyPinFile != "":
-		pin, err := readPublicKey(o.hostKeyPinFile)
-		if err != nil {
-			return nil, fmt.Errorf("-host-key-pin: %v", err)
+func newHostKeyCallback(ca ssh.PublicKey, strict bool, clock func() time.Time) ssh.HostKeyCallback {
+	// x/crypto hands the callback the address exactly as dialled ("host:port").
+	return func(hostname string, _ net.Addr, key ssh.PublicKey) error {
+		cert, ok := key.(*ssh.Certificate)
+		if !ok {
+			return errors.New("host certificates required, raw host keys not allowed")
 		}
-		if c, ok := pin.(*ssh.Certificate); ok {
-			pin = c.Key
-		}
-		return func(_ string, _ net.Addr, key ssh.PublicKey) error {
-			if c, ok := key.(*ssh.Certificate); ok {
-				key = c.Key
-			}
-			if !bytes.Equal(key.Marshal(), pin.Marshal()) {
-				return fmt.Errorf("host key %s does not match the pinned key %s",
-					ssh.FingerprintSHA256(key), ssh.FingerprintSHA256(pin))
-			}
-			return nil
-		}, nil
-
-	default: // -host-ca, optionally with -host-cert
-		ca, err := readPublicKey(o.hostCAFile)
-		if err != nil {
-			return nil, fmt.Errorf("-host-ca: %v", err)
-		}
-		var outOfBand *ssh.Certificate
-		if o.hostCertFile != "" {
-			if outOfBand, err = readCertificate(o.hostCertFile); err != nil {
-				return nil, fmt.Errorf("-host-cert: %v", err)
+		if strict {
+			if err := strictHostChecks(cert, ca); err != nil {
+				return fmt.Errorf("host certificate check failed: %v", err)
 			}
 		}
-		// x/crypto hands the callback the address exactly as dialled ("host:port").
-		return func(dialAddress string, _ net.Addr, key ssh.PublicKey) error {
-			presented, isCert := key.(*ssh.Certificate)
-			if outOfBand == nil {
-				if !isCert {
-					return errors.New("host certificates required, raw host keys not allowed")
-				}
-				return validateHostCertificate(presented, ca, dialAddress)
-			}
-			// DESIGN D1: the server presents a plain key; the certificate came out of band.
-			if err := validateHostCertificate(outOfBand, ca, dialAddress); err != nil {
-				return err
-			}
-			plain := key
-			if isCert {
-				if err := validateHostCertificate(presented, ca, dialAddress); err != nil {
-					return err
-				}
-				plain = presented.Key
-			}
-			if !bytes.Equal(plain.Marshal(), outOfBand.Key.Marshal()) {
-				return fmt.Errorf("host key %s is not the key certified by -host-cert (%s)",
-					ssh.FingerprintSHA256(plain), ssh.FingerprintSHA256(outOfBand.Key))
-			}
-			return nil
-		}, nil
+		checker := &ssh.CertChecker{
+			IsHostAuthority: func(auth ssh.PublicKey, _ string) bool {
+				return bytes.Equal(auth.Marshal(), ca.Marshal())
+			},
+			Clock: clock,
+		}
+		if err := checker.CheckCert(hostname, cert); err != nil {
+			return fmt.Errorf("host certificate check failed: %v", err)
+		}
+		return nil
 	}
+}
+
+// strictHostChecks are what Infisical's gateway configures or implies but x/crypto's CheckCert
+// never enforces (infisical-protocol.md §4.1). Wording as x/crypto's CheckHostKey and
+// Authenticate, and as our gateway's RelayHostCertificateRejectionReason.
+func strictHostChecks(cert *ssh.Certificate, ca ssh.PublicKey) error {
+	if cert.CertType != ssh.HostCert {
+		return fmt.Errorf("ssh: certificate presented as a host key has type %d", cert.CertType)
+	}
+	if !bytes.Equal(cert.SignatureKey.Marshal(), ca.Marshal()) {
+		return errors.New("ssh: certificate signed by unrecognized authority")
+	}
+	if len(cert.ValidPrincipals) == 0 {
+		return errors.New("ssh: host certificate names no principals (x/crypto would accept it for any host)")
+	}
+	return nil
 }
 
 // ---------------------------------------------------------------------------------------------

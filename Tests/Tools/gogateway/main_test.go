@@ -42,28 +42,25 @@ func TestMain(m *testing.M) {
 }
 
 // fakeRelay is a minimal relay: certificate login against one user CA, keepalive replies, and
-// a way to open direct-tcpip channels on the gateway's connection.
+// a way to open direct-tcpip channels on the gateway's connection. It presents the host key
+// that hostKey makes for its listening address: a host certificate signer, as a relay presents
+// it, or a plain key for the refusal test.
 type fakeRelay struct {
 	t        *testing.T
 	listener net.Listener
 	conns    chan *ssh.ServerConn
 }
 
-func newFakeRelay(t *testing.T, userCA ssh.PublicKey) *fakeRelay {
-	_, hostPriv, _ := ed25519.GenerateKey(rand.Reader)
-	hostSigner, err := ssh.NewSignerFromKey(hostPriv)
-	if err != nil {
-		t.Fatal(err)
-	}
+func newFakeRelay(t *testing.T, userCA ssh.PublicKey, hostKey func(addr string) ssh.Signer) *fakeRelay {
 	checker := &ssh.CertChecker{
 		IsUserAuthority: func(auth ssh.PublicKey) bool { return bytes.Equal(auth.Marshal(), userCA.Marshal()) },
 	}
 	cfg := &ssh.ServerConfig{PublicKeyCallback: checker.Authenticate}
-	cfg.AddHostKey(hostSigner)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
+	cfg.AddHostKey(hostKey(l.Addr().String()))
 	r := &fakeRelay{t: t, listener: l, conns: make(chan *ssh.ServerConn, 4)}
 	go func() {
 		for {
@@ -204,12 +201,66 @@ func makeCredentials(t *testing.T, dir, user string) (credentials, ssh.PublicKey
 	return credentials{keyFile, certFile}, ca.PublicKey()
 }
 
+// newSigner makes a fresh ed25519 key (host keys, CAs).
+func newSigner(t *testing.T) ssh.Signer {
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := ssh.NewSignerFromKey(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// hostCertificate certifies key as a host for principal, signed by ca, valid from a minute ago
+// for a day; mutate adjusts the fields before signing.
+func hostCertificate(t *testing.T, key ssh.PublicKey, ca ssh.Signer, principal string, mutate func(*ssh.Certificate)) *ssh.Certificate {
+	c := &ssh.Certificate{
+		Key: key, CertType: ssh.HostCert, KeyId: "relay-server", ValidPrincipals: []string{principal},
+		ValidAfter: uint64(time.Now().Add(-time.Minute).Unix()), ValidBefore: uint64(time.Now().Add(24 * time.Hour).Unix()),
+	}
+	if mutate != nil {
+		mutate(c)
+	}
+	if err := c.SignCert(rand.Reader, ca); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// certifiedHostKey presents a host certificate from ca for the relay's own address, as our
+// relay presents ssh.serverCertificate.
+func certifiedHostKey(t *testing.T, ca ssh.Signer) func(addr string) ssh.Signer {
+	return func(addr string) ssh.Signer {
+		key := newSigner(t)
+		s, err := ssh.NewCertSigner(hostCertificate(t, key.PublicKey(), ca, addr, nil), key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+}
+
+func writeAuthorizedKey(t *testing.T, dir, name string, key ssh.PublicKey) string {
+	path := filepath.Join(dir, name)
+	if err := os.WriteFile(path, ssh.MarshalAuthorizedKey(key), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// setup starts a fake relay presenting a host certificate from a fresh host CA and the gateway
+// under test with -host-ca (the default, strict check), and waits for READY.
 func setup(t *testing.T, extra ...string) (*fakeRelay, *ssh.ServerConn, *gatewayProcess) {
-	creds, ca := makeCredentials(t, t.TempDir(), "gw-1")
-	relay := newFakeRelay(t, ca)
+	dir := t.TempDir()
+	creds, ca := makeCredentials(t, dir, "gw-1")
+	hostCA := newSigner(t)
+	relay := newFakeRelay(t, ca, certifiedHostKey(t, hostCA))
 	t.Cleanup(func() { relay.listener.Close() })
 	args := append([]string{"-relay", relay.addr(), "-user", "gw-1", "-key", creds.key, "-cert", creds.cert,
-		"-insecure-host-key"}, extra...)
+		"-host-ca", writeAuthorizedKey(t, dir, "host-ca.pub", hostCA.PublicKey())}, extra...)
 	g := startGateway(t, args...)
 	g.expect(t, "READY")
 	return relay, relay.waitConn(), g
@@ -369,5 +420,86 @@ func TestOtherChannelTypesRejectedAndKeepalive(t *testing.T) {
 	conn.Close()
 	if l := g.expect(t, "DISCONNECTED"); l != "DISCONNECTED closed" {
 		t.Errorf("got %q", l)
+	}
+}
+
+// The host key check, in process: every certificate shape against the strict default and
+// against -infisical-exact (x/crypto's CheckCert alone, as Infisical's gateway calls it).
+func TestHostKeyCheck(t *testing.T) {
+	ca, otherCA := newSigner(t), newSigner(t)
+	key := newSigner(t).PublicKey()
+	const addr = "127.0.0.1:2222"
+	cert := func(mutate func(*ssh.Certificate)) ssh.PublicKey { return hostCertificate(t, key, ca, addr, mutate) }
+	tampered := hostCertificate(t, key, ca, addr, nil)
+	tampered.Signature.Blob[len(tampered.Signature.Blob)-1] ^= 1
+	now := time.Now()
+	cases := []struct {
+		name          string
+		key           ssh.PublicKey
+		strict, exact string // "" = accepted, else a substring of the error
+	}{
+		{"good", cert(nil), "", ""},
+		{"plain key", key, "host certificates required, raw host keys not allowed", "host certificates required, raw host keys not allowed"},
+		{"other CA", hostCertificate(t, key, otherCA, addr, nil), "ssh: certificate signed by unrecognized authority", ""},
+		{"user certificate", cert(func(c *ssh.Certificate) { c.CertType = ssh.UserCert }),
+			"ssh: certificate presented as a host key has type 1", ""},
+		{"no principals", cert(func(c *ssh.Certificate) { c.ValidPrincipals = nil }), "names no principals", ""},
+		{"expired", cert(func(c *ssh.Certificate) { c.ValidBefore = uint64(now.Add(-time.Second).Unix()) }),
+			"ssh: cert has expired", "ssh: cert has expired"},
+		{"not yet valid", cert(func(c *ssh.Certificate) { c.ValidAfter = uint64(now.Add(time.Hour).Unix()) }),
+			"ssh: cert is not yet valid", "ssh: cert is not yet valid"},
+		{"other host", hostCertificate(t, key, ca, "10.9.9.9:2222", nil),
+			`ssh: principal "127.0.0.1:2222" not in the set of valid principals`, `ssh: principal "127.0.0.1:2222" not in the set`},
+		{"other port", hostCertificate(t, key, ca, "127.0.0.1:2223", nil),
+			`["127.0.0.1:2223"]`, `["127.0.0.1:2223"]`},
+		{"host name only", hostCertificate(t, key, ca, "127.0.0.1", nil), "not in the set of valid principals", "not in the set of valid principals"},
+		{"critical option", cert(func(c *ssh.Certificate) { c.CriticalOptions = map[string]string{"force-command": "/bin/true"} }),
+			`ssh: unsupported critical option "force-command"`, `ssh: unsupported critical option "force-command"`},
+		{"tampered signature", tampered, "ssh: certificate signature does not verify", "ssh: certificate signature does not verify"},
+	}
+	for _, c := range cases {
+		for _, mode := range []struct {
+			strict bool
+			want   string
+		}{{true, c.strict}, {false, c.exact}} {
+			err := newHostKeyCallback(ca.PublicKey(), mode.strict, time.Now)(addr, nil, c.key)
+			switch {
+			case mode.want == "" && err != nil:
+				t.Errorf("%s (strict=%v): refused: %v", c.name, mode.strict, err)
+			case mode.want != "" && err == nil:
+				t.Errorf("%s (strict=%v): accepted, want %q", c.name, mode.strict, mode.want)
+			case err != nil && !strings.Contains(err.Error(), mode.want):
+				t.Errorf("%s (strict=%v): %v, want %q", c.name, mode.strict, err, mode.want)
+			case err != nil && c.name != "plain key" && !strings.HasPrefix(err.Error(), "host certificate check failed: "):
+				t.Errorf("%s (strict=%v): %v lacks Infisical's wrapper", c.name, mode.strict, err)
+			}
+		}
+	}
+}
+
+// A relay presenting a plain host key is refused before authentication, with Infisical's text,
+// and the tool exits 1 without READY.
+func TestPlainHostKeyRefused(t *testing.T) {
+	dir := t.TempDir()
+	creds, ca := makeCredentials(t, dir, "gw-1")
+	relay := newFakeRelay(t, ca, func(string) ssh.Signer { return newSigner(t) })
+	t.Cleanup(func() { relay.listener.Close() })
+	g := startGateway(t, "-relay", relay.addr(), "-user", "gw-1", "-key", creds.key, "-cert", creds.cert,
+		"-host-ca", writeAuthorizedKey(t, dir, "host-ca.pub", newSigner(t).PublicKey()))
+	want := "ERROR ssh: handshake failed: host certificates required, raw host keys not allowed"
+	if l := g.expect(t, "ERROR"); l != want {
+		t.Errorf("got %q, want %q", l, want)
+	}
+	err := g.cmd.Wait()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != exitConnectFailed {
+		t.Errorf("exit: %v, want %d", err, exitConnectFailed)
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, l := range g.all {
+		if l == "READY" {
+			t.Error("READY after a plain host key")
+		}
 	}
 }
