@@ -482,7 +482,7 @@ struct RelayOwnHostCertificateTests {
         #expect(Self.check(Self.crafted()) == .success(RelayHostIdentity(principal: "h:2222", keyID: "relay-server", serial: 5, validBefore: 2_000)))
     }
 
-    @Test("missing: an empty or blank ssh.serverCertificate", arguments: ["", " ", "\n", " \t\n"])
+    @Test("missing: an empty or blank ssh.serverCertificate", arguments: ["", " ", "\n", " \t\n", "\r\n", " \r\n\r\n"])
     func missing(line: String) {
         let r = RelayOwnHostCertificate.check(certificateLine: line, hostKey: [1, 2, 3], host: "h", sshPort: 2222, now: UnixTime(seconds: 1))
         #expect(Self.refusal(r) == .missing)

@@ -6,12 +6,14 @@ import Testing
 @Suite("C libraries link and answer")
 struct LinkTests {
     /// The stamp scripts/libssh/build wrote next to the library it built.
-    static func builtLibssh() throws -> (debian: String, upstream: String) {
+    static func builtLibssh() throws -> (debian: String, upstream: String, readSize: String) {
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         let stamp = try String(contentsOf: root.appendingPathComponent(".build-libssh/current/relay-libssh.stamp"), encoding: .utf8)
-        let line = try #require(stamp.split(separator: "\n").first { $0.hasPrefix("version=") })
-        let debian = String(line.dropFirst("version=".count))
-        return (debian, String(debian.split(separator: "-").first ?? ""))
+        func field(_ name: String) throws -> String {
+            String(try #require(stamp.split(separator: "\n").first { $0.hasPrefix(name + "=") }).dropFirst(name.count + 1))
+        }
+        let debian = try field("version")
+        return (debian, String(debian.split(separator: "-").first ?? ""), try field("max_buf_size"))
     }
 
     @Test("libssh is the one scripts/libssh/build built: its version, the OpenSSL backend, our patch")
@@ -24,6 +26,7 @@ struct LinkTests {
         #expect(LinkedLibraries.libssh.contains("openssl"))
         #expect(LinkedLibraries.libsshDebianVersion == built.debian)
         #expect(LinkedLibraries.libsshHostCertificates)
+        #expect(String(LinkedLibraries.libsshReadSize) == built.readSize)
     }
 
     @Test("relay version prints the linked libssh, with host certificates, and the binary needs no libssh.so")
@@ -57,8 +60,10 @@ struct LinkTests {
     func cachedRebuild() async throws {
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         let built = try Self.builtLibssh()
+        // The flags of the build in use, so the run finds that very build and changes nothing.
         let r = try await PeerProcess.run(root.appendingPathComponent("scripts/libssh/build").path, [],
-                                          environment: ["LIBSSH_MIRROR": "http://127.0.0.1:9/unreachable"])
+                                          environment: ["LIBSSH_MIRROR": "http://127.0.0.1:9/unreachable",
+                                                        "LIBSSH_MAX_BUF_SIZE": built.readSize, "LIBSSH_UPDATE": ""])
         #expect(r.exit == .exited(0), "\(r.stderr)")
         #expect(r.stderr.contains("using \(built.debian) (cached"), "\(r.stderr)")
     }

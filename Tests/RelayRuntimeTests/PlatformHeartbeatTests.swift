@@ -8,24 +8,31 @@ import Testing
 /// relay here is the real `RelayServer` running the credentials the platform issued.
 @Suite("Platform: heartbeat probe and health", .serialized)
 struct PlatformHeartbeatTests {
-    /// Enrolls `name`, fetches its credentials and starts a real relay with them on ephemeral
-    /// ports, then records those ports on the platform (PATCH).
+    /// Enrolls `name`, binds a real relay on ephemeral ports, records those ports on the platform
+    /// (PATCH), fetches the credentials the platform then issues (its SSH host certificate names
+    /// `127.0.0.1:<bound SSH port>`, which the relay checks before serving: DESIGN D1) and starts
+    /// the relay with them.
     func startRelay(_ p: PlatformHarness, _ name: String) async throws -> (id: String, access: String, server: RelayServer) {
         let id = try await p.createRelay(name, host: "127.0.0.1")
         let access = try await p.enroll(id)
-        let c = try await p.request("POST", "/api/v2/relays/connect", bearer: access)
-        #expect(c.status == 200)
+        let first = try await p.request("POST", "/api/v2/relays/connect", bearer: access)
+        #expect(first.status == 200)
         var o = RelayServer.Options(relayName: name)
         o.listenAddress = "127.0.0.1"
         o.sshPort = 0
         o.tlsPort = 0
         o.loops = 1
-        let server = try RelayServer(options: o, credentials: try RelayCredentials.parse(json: c.text))
-        try server.start()
+        let server = try RelayServer(options: o, credentials: try RelayCredentials.parse(json: first.text))
+        try server.bind()
         let patch = try await p.admin("PATCH", "/api/v2/relays/\(id)", .object([
             ("sshPort", .integer(Int64(server.boundSSHPort))), ("tlsPort", .integer(Int64(server.boundTLSPort)))]))
         #expect(patch.status == 200)
         #expect(patch.json["tlsPort"]?.intValue == Int64(server.boundTLSPort))
+        let c = try await p.request("POST", "/api/v2/relays/connect", bearer: access)
+        #expect(c.status == 200)
+        try server.replaceCredentials(try RelayCredentials.parse(json: c.text))
+        try server.start()
+        #expect(server.hostCertificate?.principal == "127.0.0.1:\(server.boundSSHPort)")
         return (id, access, server)
     }
 

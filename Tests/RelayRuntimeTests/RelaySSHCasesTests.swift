@@ -282,7 +282,7 @@ struct RelaySSHCasesTests {
         for script in scripts {
             let lines = try #require(runs[script])
             #expect(lines.contains("KEX-DONE"), "\(script): \(lines)")
-            // libssh 0.10.6 stops processing the session without disconnecting; the relay closes
+            // libssh stops processing the session without disconnecting; the relay closes
             // it at the login grace time.
             #expect(Self.closedAfter(lines).map { $0 < 3.5 } == true, "\(script): the relay closed the connection: \(lines)")
             for forbidden in ["RECV 52", "RECV 60", "RECV 81", "RECV 91"] {

@@ -111,7 +111,7 @@ public enum RelayOwnHostCertificate {
         func refuse(_ reason: RelayHostCertificateRejectionReason) -> Result<RelayHostIdentity, RelayHostCertificateRejection> {
             .failure(RelayHostCertificateRejection(expectedPrincipal: principal, reason: reason))
         }
-        guard !certificateLine.allSatisfy({ $0 == " " || $0 == "\n" || $0 == "\r" || $0 == "\t" }) else { return refuse(.missing) }
+        guard !certificateLine.allSatisfy(\.isWhitespace) else { return refuse(.missing) }
         let c: SSHCertificate
         do { c = try SSHCertificate.parse(line: certificateLine) } catch { return refuse(.malformed(error)) }
         guard c.publicKey.blob == hostKey else { return refuse(.hostKeyMismatch) }

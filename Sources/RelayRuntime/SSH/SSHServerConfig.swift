@@ -47,7 +47,7 @@ final class SSHBind: @unchecked Sendable {
             throw .ssh("cannot read the public half of the SSH host key")
         }
         hostKeyBlob = blob
-        let parts = hostCertificate.split(whereSeparator: { $0 == " " || $0 == "\n" || $0 == "\r" || $0 == "\t" })
+        let parts = hostCertificate.split(whereSeparator: \.isWhitespace)
         if parts.isEmpty {
             presentsCertificate = false
         } else {
