@@ -242,4 +242,20 @@ struct RelayStartCLITests {
         let missing = try await RelayCLI.run(["start", "--name", "relay1", "--credentials-file", bed.dir.path("nope.json")] + Self.loopback)
         #expect(missing.exit == .exited(1) && missing.stderr.contains("Cannot read the credentials file"))
     }
+
+    @Test("standalone refuses a host certificate for another SSH port with one line naming the check (D1), and leaves nothing listening")
+    func hostCertificateForAnotherPort() async throws {
+        let bed = try RelayTestbed(relayName: "relay1")
+        let ssh = try unusedPort(), tls = try unusedPort()
+        let file = try bed.credentialsFile(sshPort: ssh + 1)
+        let out = try await RelayCLI.run(["start", "--name", "relay1", "--credentials-file", file, "--listen-address", "127.0.0.1",
+                                          "--ssh-port", "\(ssh)", "--tls-port", "\(tls)"])
+        #expect(out.exit == .exited(1), "\(out.stderr)")
+        let lines = out.stderr.split(separator: "\n").filter { $0.contains("host certificate") }
+        #expect(lines.count == 1, "\(out.stderr)")
+        #expect(lines.first?.contains("The relay's SSH host certificate (ssh.serverCertificate) cannot be served for '127.0.0.1:\(ssh)'") == true, "\(out.stderr)")
+        #expect(lines.first?.contains("ssh: principal \"127.0.0.1:\(ssh)\" not in the set of valid principals") == true, "\(out.stderr)")
+        #expect(!out.stderr.contains("Relay server started successfully"))
+        #expect(throws: (any Error).self) { close(try Net.connect(host: "127.0.0.1", port: ssh, timeoutMilliseconds: 500)) }
+    }
 }
