@@ -336,6 +336,10 @@ struct RelayEnrollmentTests {
             #expect(healthy.stdout.contains("OK   \(check):"), "\(check) not OK:\n\(healthy.stdout)")
         }
         #expect(healthy.stdout.contains("client certificate required"))
+        // The key exchange shows the host certificate the relay presents (DESIGN D1).
+        let certLine = healthy.stdout.split(separator: "\n").first { $0.hasPrefix("OK   SSH host certificate: presents ") }
+        #expect(certLine?.contains("-cert-v01@openssh.com for 127.0.0.1:") == true && certLine?.contains("valid until") == true,
+                "\(healthy.stdout)")
         relay.signal(SIGTERM)
         #expect(await relay.waitForExit() == .exited(0))
         // Broken: the relay is down and its state file is readable by others.

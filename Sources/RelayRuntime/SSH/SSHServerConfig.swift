@@ -24,8 +24,6 @@ final class SSHBind: @unchecked Sendable {
 
     /// The plain public key blob of the host key (what `ssh.serverCertificate` must certify).
     let hostKeyBlob: [UInt8]
-    /// Whether a host certificate is attached (and so offered first; DESIGN D1).
-    let presentsCertificate: Bool
 
     /// `hostKeyPEM`: the relay's SSH host private key (OpenSSH or PEM format), as delivered in
     /// `ssh.serverPrivateKey`. `hostCertificate`: its OpenSSH host certificate line
@@ -46,11 +44,8 @@ final class SSHBind: @unchecked Sendable {
             ssh_key_free(key); ssh_bind_free(b)
             throw .ssh("cannot read the public half of the SSH host key")
         }
-        hostKeyBlob = blob
         let parts = hostCertificate.split(whereSeparator: \.isWhitespace)
-        if parts.isEmpty {
-            presentsCertificate = false
-        } else {
+        if !parts.isEmpty {
             // ssh_pki_copy_cert_to_privkey checks that the certificate certifies this key.
             var cert: ssh_key?
             guard parts.count >= 2,
@@ -65,7 +60,6 @@ final class SSHBind: @unchecked Sendable {
                 ssh_key_free(key); ssh_bind_free(b)
                 throw .ssh("the SSH host certificate (ssh.serverCertificate) does not certify the host key (ssh.serverPrivateKey)")
             }
-            presentsCertificate = true
         }
         // The bind takes ownership of the imported key (and the certificate attached to it).
         guard ssh_bind_options_set(b, SSH_BIND_OPTIONS_IMPORT_KEY, UnsafeRawPointer(key)) == SSH_OK else {
@@ -86,6 +80,9 @@ final class SSHBind: @unchecked Sendable {
         ssh_bind_options_set(b, SSH_BIND_OPTIONS_PROCESS_CONFIG, &no)
         var quiet: Int32 = 0
         ssh_bind_options_set(b, SSH_BIND_OPTIONS_LOG_VERBOSITY, &quiet)
+        // Last: once every stored property is set a throw would run deinit, which frees `ptr`
+        // a second time after the error paths above freed it.
+        hostKeyBlob = blob
     }
 
     deinit { ssh_bind_free(ptr) }
