@@ -178,11 +178,13 @@ public enum SSHPresentedKey: Hashable, Sendable {
     case certificate(SSHCertificate)
 
     /// Parses a key blob (what libssh's `ssh_pki_export_pubkey_base64` encodes), deciding by
-    /// its type string.
+    /// its type string: any `*-cert-v01@openssh.com` name is parsed as a certificate (an
+    /// unknown one is `unsupportedKeyType`, as in `GatewayCertificatePolicy`), anything else as
+    /// a plain key.
     public static func parse(blob: [UInt8]) throws(SSHParseError) -> SSHPresentedKey {
         var r = SSHWireReader(blob)
         let typeName = try r.name(.keyType)
-        if SSHKeyType(certificateTypeName: typeName) != nil {
+        if typeName.hasSuffix("-cert-v01@openssh.com") {
             return .certificate(try SSHCertificate.parse(blob: blob))
         }
         return .plain(try SSHPublicKey.parse(blob: blob))
