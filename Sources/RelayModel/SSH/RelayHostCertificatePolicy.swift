@@ -50,13 +50,11 @@ public struct RelayHostCertificatePolicy: Hashable, Sendable {
         presentedKeyBlob: [UInt8], dialledHost: String, dialledPort: UInt16,
         now: UnixTime, verifier: some SSHSignatureVerifying
     ) -> RelayHostCertificateDecision {
-        let principal = Self.expectedPrincipal(host: dialledHost, port: dialledPort)
-        switch Result(catching: { () throws(SSHParseError) in try SSHPresentedKey.parse(blob: presentedKeyBlob) }) {
-        case .failure(let error):
-            return .rejected(RelayHostCertificateRejection(expectedPrincipal: principal, reason: .malformed(error)))
-        case .success(.plain(let key)):
-            return .rejected(RelayHostCertificateRejection(expectedPrincipal: principal, reason: .rawHostKey(keyType: key.type.rawValue)))
-        case .success(.certificate(let certificate)):
+        switch RelayHostCertificateChecks.presentedCertificate(presentedKeyBlob) {
+        case .failure(let reason):
+            let principal = Self.expectedPrincipal(host: dialledHost, port: dialledPort)
+            return .rejected(RelayHostCertificateRejection(expectedPrincipal: principal, reason: reason))
+        case .success(let certificate):
             return evaluate(certificate: certificate, dialledHost: dialledHost, dialledPort: dialledPort, now: now, verifier: verifier)
         }
     }
@@ -131,18 +129,30 @@ public enum RelayOwnHostCertificate {
         func refuse(_ reason: RelayHostCertificateRejectionReason) -> Result<RelayHostIdentity, RelayHostCertificateRejection> {
             .failure(RelayHostCertificateRejection(expectedPrincipal: principal, reason: reason))
         }
-        switch Result(catching: { () throws(SSHParseError) in try SSHPresentedKey.parse(blob: presentedKeyBlob) }) {
-        case .failure(let error): return refuse(.malformed(error))
-        case .success(.plain(let key)): return refuse(.rawHostKey(keyType: key.type.rawValue))
-        case .success(.certificate(let c)):
+        switch RelayHostCertificateChecks.presentedCertificate(presentedKeyBlob) {
+        case .failure(let reason): return refuse(reason)
+        case .success(let c):
             if let reason = RelayHostCertificateChecks.hostFacts(c, principal: principal, now: now, skewSeconds: 0) { return refuse(reason) }
             return .success(RelayHostIdentity(principal: principal, keyID: c.keyID, serial: c.serial, validBefore: c.validBefore))
         }
     }
 }
 
-/// Steps both sides share: type host, validity window, no critical options, the principal.
+/// Steps both sides share: the presented key is a certificate; type host, validity window, no
+/// critical options, the principal.
 enum RelayHostCertificateChecks {
+    /// The key a server presented: a certificate, or why not (a plain key is `rawHostKey`).
+    static func presentedCertificate(_ blob: [UInt8]) -> Result<SSHCertificate, RelayHostCertificateRejectionReason> {
+        do {
+            switch try SSHPresentedKey.parse(blob: blob) {
+            case .plain(let key): return .failure(.rawHostKey(keyType: key.type.rawValue))
+            case .certificate(let c): return .success(c)
+            }
+        } catch {
+            return .failure(.malformed(error))
+        }
+    }
+
     static func hostFacts(_ c: SSHCertificate, principal: String, now: UnixTime, skewSeconds: Int64) -> RelayHostCertificateRejectionReason? {
         guard c.kind == .host else { return .notHostCertificate(c.kind) }
         switch CertificateWindow.check(validAfter: c.validAfter, validBefore: c.validBefore, now: now, skewSeconds: skewSeconds) {
@@ -207,7 +217,7 @@ public struct RelayHostCertificateRejection: Error, Hashable, Codable, Sendable 
 }
 
 /// Every reason a relay host certificate is refused.
-public enum RelayHostCertificateRejectionReason: Hashable, Codable, Sendable, CaseNamed {
+public enum RelayHostCertificateRejectionReason: Error, Hashable, Codable, Sendable, CaseNamed {
     /// The relay has no host certificate to present (an empty `ssh.serverCertificate`).
     case missing
     /// Not a well-formed supported certificate (a plain key line is `notACertificate`).

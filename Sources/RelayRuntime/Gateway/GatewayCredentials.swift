@@ -35,7 +35,8 @@ extension GatewayCredentials: CustomStringConvertible {
     public var description: String { "GatewayCredentials(gatewayId: \(gatewayId), relayHost: \(relayHost), keys: <redacted>)" }
 }
 
-/// `host[:port]` as the gateway dials it and as the D1 principal names it.
+/// `host[:port]` as the gateway dials it (the D1 principal is
+/// `RelayHostCertificatePolicy.expectedPrincipal(host:port:)`).
 struct HostPort: Equatable, Sendable {
     var host: String
     var port: Int
@@ -62,7 +63,4 @@ struct HostPort: Equatable, Sendable {
         }
         if host.isEmpty { return nil }
     }
-
-    /// The principal the relay's host certificate must carry: `<host>:<port>`.
-    var principal: String { "\(host):\(port)" }
 }

@@ -92,11 +92,22 @@ final class RelayTestbed: @unchecked Sendable {
         o.loops = 2
         o.presentUncheckedHostCertificate = unchecked
         configure(&o)
+        var c = credentials
+        let s = try launch(o) { relay, port in
+            self.server = relay
+            c.ssh.serverCertificate = try make?(port) ?? self.hostCertificate()
+            return c
+        }
+        credentials = c
+        return s
+    }
+
+    /// Binds a relay, gives it `credentials(boundSSHPort)` (its host certificate must name the
+    /// bound port) and starts it.
+    private func launch(_ o: RelayServer.Options, _ credentialsFor: (RelayServer, Int) throws -> RelayCredentials) throws -> RelayServer {
         let s = try RelayServer(options: o, credentials: credentials)
         try s.bind()
-        server = s
-        credentials.ssh.serverCertificate = try make?(s.boundSSHPort) ?? hostCertificate()
-        try s.replaceCredentials(credentials)
+        try s.replaceCredentials(try credentialsFor(s, s.boundSSHPort))
         try s.start()
         return s
     }
@@ -117,13 +128,11 @@ final class RelayTestbed: @unchecked Sendable {
         var o = RelayServer.Options(relayName: relayName)
         o.listenAddress = "127.0.0.1"; o.sshPort = 0; o.tlsPort = 0; o.loops = 1
         configure(&o)
-        let s = try RelayServer(options: o, credentials: credentials)
-        try s.bind()
-        var c = credentials
-        c.ssh.serverCertificate = try hostCertificate(principal: "127.0.0.1:\(s.boundSSHPort)")
-        try s.replaceCredentials(c)
-        try s.start()
-        return s
+        return try launch(o) { _, port in
+            var c = self.credentials
+            c.ssh.serverCertificate = try self.hostCertificate(principal: "127.0.0.1:\(port)")
+            return c
+        }
     }
 
     /// A gateway key and user certificate (KeyId `client-<relayName>`, principals id,name).
