@@ -42,6 +42,13 @@ struct Replay: ParsableCommand {
     }
 }
 
+/// `error: <message>` on stderr (Infisical's `util.HandleError` line), then exit with `status`
+/// (README "Exit status": usage errors are 64, permanent failures have their own codes).
+func fail(_ message: String, status: ExitStatus = .failure) -> Never {
+    printError("error: \(message)")
+    Glibc.exit(status.rawValue)
+}
+
 func printError(_ s: String) {
     var e = StandardError()
     print(s, to: &e)

@@ -87,11 +87,6 @@ struct SystemdUninstall: ParsableCommand {
     }
 }
 
-/// `error: <message>` on stderr, exit 1 (Infisical's `util.HandleError`).
-func fail(_ message: String) -> Never {
-    printError("error: \(message)")
-    Glibc.exit(1)
-}
 
 /// Runs `systemctl ARGS`, inheriting stdio; returns its exit status.
 func runSystemctl(_ args: [String]) -> Int32 {
