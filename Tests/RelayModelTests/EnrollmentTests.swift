@@ -163,14 +163,15 @@ struct EnrollmentTests {
     /// Every event kind, with the payload variants that drive guards.
     enum EventKind: String, CaseIterable {
         case started, awsLoginSigned, awsCredentialsUnavailable, loginSucceeded
-        case loginInvalid, loginExpired, loginAlreadyUsed, loginRejected, loginRateLimited, loginUnreachable, loginServerError
+        case loginInvalid, loginExpired, loginAlreadyUsed, loginRejected, loginRateLimited, loginUnreachable, loginMisconfigured, loginServerError
         case stateWritten, stateWriteFailed
         case connectSucceeded, connectSucceededShort
-        case connectUnauthorized, connectRateLimited, connectUnreachable, connectServerError, connectUnusable, connectNoRelay
+        case connectUnauthorized, connectRateLimited, connectUnreachable, connectMisconfigured, connectServerError, connectUnusable, connectNoRelay
         case retryTimerFired, renewalTimerFired, expiryTimerFired, shutdownRequested, listenFailed
 
         static let awsDenied = "Access denied: AWS account ID not allowed."
         static let writeError = "No space left on device"
+        static let misconfigured = "the platform's certificate does not verify against --ca-file /etc/ca.pem: pass the CA that issued it"
 
         var event: Event {
             let n = tg
@@ -186,6 +187,8 @@ struct EnrollmentTests {
             case .loginRateLimited: return .loginFailed(failure: .rateLimited, now: n)
             case .loginUnreachable: return .loginFailed(failure: .unreachable(reason: "connection refused"), now: n)
             case .loginServerError: return .loginFailed(failure: .serverError(status: 503), now: n)
+            case .loginMisconfigured: return .loginFailed(failure: .misconfigured(problem: EventKind.misconfigured), now: n)
+            case .connectMisconfigured: return .connectFailed(failure: .misconfigured(problem: EventKind.misconfigured), now: n)
             case .stateWritten: return .stateWritten(now: n)
             case .stateWriteFailed: return .stateWriteFailed(reason: EventKind.writeError, now: n)
             case .connectSucceeded: return .connectSucceeded(notAfter: usableNotAfter, now: n, wallNow: wallG)
@@ -276,6 +279,10 @@ struct EnrollmentTests {
             default: return kind.isTimer ? ignored : unexpected
             }
         case "loggingIn":
+            if kind == .loginMisconfigured {
+                return Expected(actions: [log(.platformMisconfigured(domain: domain, problem: EventKind.misconfigured)), finish(.platformMisconfigured)],
+                                state: "failed")
+            }
             if let problem = kind.loginProblem {
                 if exhausted {
                     return Expected(guardText: "attempts exhausted",
@@ -345,6 +352,10 @@ struct EnrollmentTests {
             default: return kind.isTimer ? ignored : unexpected
             }
         case "connecting":
+            if kind == .connectMisconfigured {
+                return Expected(actions: [log(.platformMisconfigured(domain: domain, problem: EventKind.misconfigured)), finish(.platformMisconfigured)],
+                                state: "failed")
+            }
             if let problem = kind.connectProblem {
                 let certs = kind == .connectSucceededShort ? "certificates expire within margin, " : ""
                 if exhausted {
@@ -384,7 +395,8 @@ struct EnrollmentTests {
         case "renewing", "lapsed":
             let lapsed = name == "lapsed"
             let backoff = lapsed ? "lapsedBackoff" : "renewalBackoff"
-            if let problem = kind.connectProblem {
+            // While serving, a misconfiguration is retried like an unreachable platform (§4).
+            if let problem = kind.connectProblem ?? (kind == .connectMisconfigured ? EventKind.misconfigured : nil) {
                 return Expected(guardText: kind == .connectSucceededShort ? "certificates expire within margin" : "",
                                 actions: [log(.renewalFailed(problem: problem, retryIn: delay)), .scheduleTimer(timer: .retry, at: retryAt)],
                                 state: backoff)
@@ -1034,13 +1046,22 @@ struct EnrollmentTests {
         try Fixtures.record(M.self, "login-retry-with-backoff", description: "The platform is unreachable twice, then answers: full-jitter retries (seeded), then enrollment proceeds.",
                             config: cfg, events: [
                                 (nil, start(.token, token: Self.presented, 0)),
-                                (nil, .loginFailed(failure: .unreachable(reason: "Could not resolve host: app.infisical.com"), now: at(1))),
+                                (nil, .loginFailed(failure: .unreachable(reason: "Couldn't connect to server"), now: at(1))),
                                 (nil, .retryTimerFired(now: at(3))),
                                 (nil, .loginFailed(failure: .serverError(status: 502), now: at(4))),
                                 (nil, .retryTimerFired(now: at(7))),
                                 (nil, .loginSucceeded(relayId: Self.relayId, now: at(8))),
                                 (nil, .stateWritten(now: at(8))),
                                 (nil, connected(9)),
+                            ])
+        try Fixtures.record(M.self, "misconfigured-platform-fails-at-once", description: "The platform's certificate does not verify against the CA bundle: the first login fails the run at once (exit 78), no retry; the same answer while serving is retried.",
+                            config: cfg, events: [
+                                (nil, start(.token, token: Self.presented, 0)),
+                                (nil, .loginFailed(failure: .misconfigured(problem: "the platform's certificate does not verify against --ca-file ./ca.pem (SSL peer certificate or SSH remote key was not OK): pass the CA that issued it with --ca-file"), now: at(1))),
+                                ("serving", start(.token, file: .present(state: enrolled), 10)),
+                                ("serving", connected(11)),
+                                ("serving", .renewalTimerFired(now: at(11 + sixHours))),
+                                ("serving", .connectFailed(failure: .misconfigured(problem: "cannot resolve platform.example.com: check --domain"), now: at(12 + sixHours))),
                             ])
         try Fixtures.record(M.self, "persist-failure-keeps-serving", description: "Login succeeded but the state file could not be written: serve with the in-memory credential and warn that a restart needs a new token.",
                             config: cfg, events: [

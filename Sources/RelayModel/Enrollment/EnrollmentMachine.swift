@@ -390,6 +390,8 @@ public struct EnrollmentMachine: StateMachine {
         switch state {
         case .loggingIn(var login):
             switch (failure, login.method) {
+            case (.misconfigured(let problem), _):
+                return fail(.platformMisconfigured, [.log(message: .platformMisconfigured(domain: login.domain, problem: problem))])
             case (.rateLimited, _), (.unreachable, _), (.serverError, _):
                 login.failures += 1
                 let problem = failure.problem(domain: login.domain)
@@ -491,14 +493,18 @@ public struct EnrollmentMachine: StateMachine {
     }
 
     private mutating func onConnectFailed(_ event: Event, _ failure: ConnectFailure, _ now: Instant) -> [Action] {
-        let unauthorized: Bool
+        let unauthorized: Bool, misconfigured: String?
         switch failure {
-        case .unauthorized: unauthorized = true
-        case .rateLimited, .unreachable, .serverError, .unusableCredentials, .noRelay: unauthorized = false
+        case .unauthorized: unauthorized = true; misconfigured = nil
+        case .misconfigured(let p): unauthorized = false; misconfigured = p
+        case .rateLimited, .unreachable, .serverError, .unusableCredentials, .noRelay: unauthorized = false; misconfigured = nil
         }
         switch state {
         case .connecting(var c):
             if unauthorized { return fail(.credentialRejected, [.log(message: .credentialRejected(method: c.method))]) }
+            if let problem = misconfigured {
+                return fail(.platformMisconfigured, [.log(message: .platformMisconfigured(domain: c.domain, problem: problem))])
+            }
             c.failures += 1
             return connectAttemptFailed(c, problem: failure.problem(domain: c.domain), now: now)
         case .renewing(var sv):

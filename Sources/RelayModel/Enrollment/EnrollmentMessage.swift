@@ -44,6 +44,8 @@ public enum EnrollmentMessage: Codable, Equatable, Sendable, CaseNamed {
     case loginRetrying(problem: String, attempt: Int, retryIn: TimeSpan)
     /// Login attempts are exhausted.
     case loginGaveUp(problem: String, attempts: Int)
+    /// The platform cannot be used as configured (name, CA); no retry.
+    case platformMisconfigured(domain: String, problem: String)
     /// Infisical: the token login's result was saved.
     case relayEnrolled(statePath: String)
     /// Infisical: the AWS login's result was saved.
@@ -92,7 +94,7 @@ public enum EnrollmentMessage: Codable, Equatable, Sendable, CaseNamed {
             return .warning
         case .stateFileCorrupt, .stateFileRefused, .tokenRequired, .relayIdRequired, .awsCredentialsUnavailable,
              .tokenInvalid, .tokenProbablyUsed, .tokenExpired, .tokenAlreadyUsed, .loginRejected, .awsLoginRejected,
-             .loginGaveUp, .connectGaveUp, .credentialRejected, .certificatesLapsed, .listenFailed:
+             .loginGaveUp, .connectGaveUp, .credentialRejected, .certificatesLapsed, .listenFailed, .platformMisconfigured:
             return .error
         }
     }
@@ -147,6 +149,8 @@ public enum EnrollmentMessage: Codable, Equatable, Sendable, CaseNamed {
             return "Login attempt \(attempt) failed: \(problem); retrying in \(EnrollmentFormat.span(retryIn))"
         case let .loginGaveUp(problem, attempts):
             return "Giving up after \(attempts) login attempts: \(problem)"
+        case let .platformMisconfigured(domain, problem):
+            return "Cannot use the platform at \(domain): \(problem). Not retrying: fix this and start the \(r) again."
         case let .relayEnrolled(path):
             return "\(R) enrolled successfully. Access token saved to \(path)"
         case let .awsAuthenticated(path):

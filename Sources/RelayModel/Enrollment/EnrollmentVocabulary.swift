@@ -71,13 +71,18 @@ extension EnrollmentMachine {
         case rejected(message: String)
         /// 429.
         case rateLimited
-        /// Network, DNS, TLS or CA failure.
+        /// Network or TLS failure that may heal (refused, reset, timed out).
         case unreachable(reason: String)
+        /// A failure retrying cannot fix: the platform's name does not resolve, the CA bundle is
+        /// unreadable or does not verify the platform's certificate. `problem` is the runtime's
+        /// whole line, including what to do.
+        case misconfigured(problem: String)
         /// 5xx.
         case serverError(status: Int)
 
         func problem(domain: String) -> String {
             switch self {
+            case .misconfigured(let p): return p
             case .invalid: return TokenLedgerMachine.LoginRejection.invalid.message
             case .expired: return TokenLedgerMachine.LoginRejection.expired.message
             case .alreadyUsed: return TokenLedgerMachine.LoginRejection.alreadyUsed.message
@@ -95,8 +100,11 @@ extension EnrollmentMachine {
         case unauthorized
         /// 429.
         case rateLimited
-        /// Network, DNS, TLS or CA failure.
+        /// Network or TLS failure that may heal (refused, reset, timed out).
         case unreachable(reason: String)
+        /// A failure retrying cannot fix (name does not resolve, CA does not verify); see
+        /// `LoginFailure.misconfigured`. Final before serving; retried while serving.
+        case misconfigured(problem: String)
         /// Any other non-2xx status.
         case serverError(status: Int)
         /// 200, but the credentials do not load (malformed PEM, key not matching its certificate,
@@ -109,6 +117,7 @@ extension EnrollmentMachine {
         func problem(domain: String) -> String {
             switch self {
             case .unauthorized: return "the platform refused the access token"
+            case .misconfigured(let p): return p
             case .noRelay(let m): return "the platform has no relay for this gateway yet (\(m))"
             case .unusableCredentials(let r): return "the platform sent credentials the relay cannot use: \(r)"
             case .rateLimited: return "the platform is rate limiting requests (HTTP 429)"
@@ -150,7 +159,21 @@ extension EnrollmentMachine {
     public enum FailureReason: String, Codable, Equatable, Sendable {
         case stateFileCorrupt, stateFileRefused, tokenRequired, relayIdRequired, awsCredentialsUnavailable
         case tokenInvalid, tokenProbablyUsed, tokenExpired, tokenAlreadyUsed, loginRejected, awsLoginRejected
-        case loginGaveUp, connectGaveUp, credentialRejected, listenFailed
+        case loginGaveUp, connectGaveUp, credentialRejected, listenFailed, platformMisconfigured
+
+        /// The process's exit status for this reason (README "Exit status", Specs/enrollment.md §4):
+        /// permanent ones are named in the systemd unit's `RestartPreventExitStatus=`.
+        public var exitStatus: ExitStatus {
+            switch self {
+            case .stateFileCorrupt, .stateFileRefused: return .dataError
+            case .tokenRequired, .relayIdRequired: return .usage
+            case .awsCredentialsUnavailable, .platformMisconfigured: return .configuration
+            case .tokenInvalid, .tokenProbablyUsed, .tokenExpired, .tokenAlreadyUsed, .loginRejected, .awsLoginRejected,
+                 .credentialRejected:
+                return .noPermission
+            case .loginGaveUp, .connectGaveUp, .listenFailed: return .temporaryFailure
+            }
+        }
     }
 
     /// How a run ended.

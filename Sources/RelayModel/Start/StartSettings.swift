@@ -28,16 +28,18 @@ public enum StartSettings {
         public var sshPort: Int
         public var tlsPort: Int
         public var logFormat: String?
+        /// `--log-level` (or nil: `LOG_LEVEL`, else info).
+        public var logLevel: String?
         public init(
             name: String? = nil, host: String? = nil, type: String? = nil, enrollMethod: String? = nil,
             tokenGiven: Bool = false, tokenProblem: String? = nil, relayId: String? = nil, domain: String? = nil,
             authMethod: String? = nil, credentialsFile: String? = nil, sshPort: Int = 2222, tlsPort: Int = 8443,
-            logFormat: String? = nil
+            logFormat: String? = nil, logLevel: String? = nil
         ) {
             self.name = name; self.host = host; self.type = type; self.enrollMethod = enrollMethod
             self.tokenGiven = tokenGiven; self.tokenProblem = tokenProblem; self.relayId = relayId; self.domain = domain
             self.authMethod = authMethod; self.credentialsFile = credentialsFile; self.sshPort = sshPort
-            self.tlsPort = tlsPort; self.logFormat = logFormat
+            self.tlsPort = tlsPort; self.logFormat = logFormat; self.logLevel = logLevel
         }
     }
 
@@ -58,10 +60,20 @@ public enum StartSettings {
         /// `--domain`, already with `/api` appended; nil when the flag was not given.
         public var domainFlag: String?
         public var logFormat: String
+        /// The level name, lower-cased (one of `logLevels`).
+        public var logLevel: String = "info"
+    }
+
+    /// The log level names every command accepts (Infisical's `LOG_LEVEL` names and aliases).
+    public static let logLevels = ["trace", "debug", "info", "warn", "warning", "error", "fatal", "critical", "panic"]
+
+    /// `--log-level` / `LOG_LEVEL`, checked: nil when valid (case-insensitive), else the problem.
+    public static func logLevelProblem(_ value: String) -> Problem? {
+        logLevels.contains(value.lowercased()) ? nil : .logLevelInvalid(value: value)
     }
 
     /// Everything `relay start` refuses before doing anything. `text` is the exact line printed after
-    /// `error: ` (Infisical's `util.HandleError` format); the process exits 1.
+    /// `error: ` (Infisical's `util.HandleError` format); the process exits 64 (`ExitStatus.usage`).
     public enum Problem: Error, Equatable, Sendable, CaseNamed {
         /// Infisical: no `--name` and no `INFISICAL_RELAY_NAME`.
         case nameMissing
@@ -85,6 +97,8 @@ public enum StartSettings {
         case logFormatInvalid(value: String)
         /// `--domain` is not an http(s) URL.
         case domainInvalid(value: String)
+        /// `--log-level` / `LOG_LEVEL` is not a level name.
+        case logLevelInvalid(value: String)
         /// The enrollment token is not a plausible token (the reason never quotes it).
         case tokenMalformed(reason: String)
 
@@ -112,6 +126,8 @@ public enum StartSettings {
                 return "invalid --log-format \(quoted(value)): supported values are \"text\" and \"json\""
             case .domainInvalid(let value):
                 return "invalid --domain \(quoted(value)): expected the platform's URL, e.g. https://app.infisical.com"
+            case .logLevelInvalid(let value):
+                return "invalid --log-level \(quoted(value)) (or LOG_LEVEL): supported values are trace, debug, info, warn, error"
             case .tokenMalformed(let reason):
                 return "the enrollment token given with --token is malformed (\(reason)); copy it again from the platform"
             }
@@ -147,6 +163,8 @@ public enum StartSettings {
         if f.sshPort == f.tlsPort && f.sshPort != 0 { return .failure(.portsCollide(port: f.sshPort)) }
         let format = nonEmpty(f.logFormat) ?? nonEmpty(env["LOG_FORMAT"]) ?? "text"
         guard format == "text" || format == "json" else { return .failure(.logFormatInvalid(value: format)) }
+        let level = nonEmpty(f.logLevel) ?? nonEmpty(env["LOG_LEVEL"]) ?? "info"
+        if let problem = logLevelProblem(level) { return .failure(problem) }
         var domainFlag: String?
         if let d = nonEmpty(f.domain) {
             guard isHTTPURL(d) else { return .failure(.domainInvalid(value: d)) }
@@ -156,7 +174,8 @@ public enum StartSettings {
         let relayId = nonEmpty(f.relayId) ?? nonEmpty(env["INFISICAL_RELAY_ID"])
         let mode: Mode
         if let method { mode = .enrolled(method: method) } else { mode = .standalone(credentialsFile: credentialsFile!) }
-        return .success(Resolved(name: name, mode: mode, relayId: relayId, domainFlag: domainFlag, logFormat: format))
+        return .success(Resolved(name: name, mode: mode, relayId: relayId, domainFlag: domainFlag, logFormat: format,
+                                 logLevel: level.lowercased()))
     }
 
     /// Infisical's domain precedence inside `relay start` (infisical-protocol.md §1.1): the flag, the
@@ -168,6 +187,14 @@ public enum StartSettings {
         if let c = nonEmpty(cliConfigDomain) { return appendAPIEndpoint(c) }
         if let e = nonEmpty(env["INFISICAL_DOMAIN"]) ?? nonEmpty(env["INFISICAL_API_URL"]) { return appendAPIEndpoint(e) }
         return defaultDomain
+    }
+
+    /// The line a start logs when no source named a platform, so an operator of a self-hosted
+    /// platform sees at once why enrollment goes to Infisical Cloud. Nil when one did.
+    public static func defaultDomainNotice(flag: String?, stored: String?, cliConfigDomain: String?, environment env: [String: String]) -> String? {
+        guard nonEmpty(flag) == nil, nonEmpty(stored) == nil, nonEmpty(cliConfigDomain) == nil,
+              nonEmpty(env["INFISICAL_DOMAIN"]) == nil, nonEmpty(env["INFISICAL_API_URL"]) == nil else { return nil }
+        return "No --domain given (nor INFISICAL_DOMAIN, INFISICAL_API_URL or a stored domain): using Infisical Cloud, https://app.infisical.com. Pass --domain=https://YOUR-PLATFORM for a self-hosted platform."
     }
 
     /// Infisical's `util.AppendAPIEndpoint`: `/api` unless the URL already ends with it.
