@@ -99,47 +99,50 @@ struct GatewayStart: ParsableCommand {
         let methodText = nonEmpty(enrollMethod) ?? nonEmpty(env["INFISICAL_GATEWAY_ENROLL_METHOD"])
         let format = logFormat ?? env["LOG_FORMAT"] ?? "text"
         guard let logFormatValue = RelayLog.Format(rawValue: format) else {
-            fail("invalid --log-format \"\(format)\": supported values are \"text\" and \"json\"")
+            fail("invalid --log-format \"\(format)\": supported values are \"text\" and \"json\"", status: .usage)
         }
-        guard algorithms == "modern" || algorithms == "infisical" else { fail("--algorithms must be modern or infisical") }
+        guard algorithms == "modern" || algorithms == "infisical" else { fail("--algorithms must be modern or infisical", status: .usage) }
         var candidates: [GatewayAgent.Relay] = []
         for r in relays {
             let parts = r.split(separator: "=", maxSplits: 1)
-            guard parts.count == 2, !parts[0].isEmpty, !parts[1].isEmpty else { fail("--relay takes NAME=HOST[:PORT], got \(r)") }
+            guard parts.count == 2, !parts[0].isEmpty, !parts[1].isEmpty else { fail("--relay takes NAME=HOST[:PORT], got \(r)", status: .usage) }
             candidates.append(GatewayAgent.Relay(name: String(parts[0]), address: String(parts[1])))
         }
         if let address = metricsListen, MetricsServer.parse(address: address) == nil {
-            fail("invalid --metrics-listen \"\(address)\": expected HOST:PORT, [IPv6]:PORT or :PORT")
+            fail("invalid --metrics-listen \"\(address)\": expected HOST:PORT, [IPv6]:PORT or :PORT", status: .usage)
         }
         for (flag, v) in [("--reconnect-base", reconnectBase), ("--reconnect-cap", reconnectCap)] {
-            if let v, !(v > 0 && v <= 86_400) { fail("\(flag) must be between 0 and 86400 seconds") }
+            if let v, !(v > 0 && v <= 86_400) { fail("\(flag) must be between 0 and 86400 seconds", status: .usage) }
         }
+        if let caFile, let problem = HTTPClient.checkCAFile(caFile) { fail(problem.message, status: problem.status) }
         if let d = domain, !(d.hasPrefix("https://") || d.hasPrefix("http://")) {
-            fail(StartSettings.Problem.domainInvalid(value: d).text)
+            fail(StartSettings.Problem.domainInvalid(value: d).text, status: .usage)
         }
         let gatewayName = nonEmpty(name) ?? nonEmpty(env["INFISICAL_GATEWAY_NAME"])
         let method: EnrollmentMachine.EnrollMethod?
         if credentialsFile != nil {
-            if methodText != nil { fail("--credentials-file runs the gateway standalone, without a platform; it cannot be combined with --enroll-method") }
+            if methodText != nil { fail("--credentials-file runs the gateway standalone, without a platform; it cannot be combined with --enroll-method", status: .usage) }
             method = nil
         } else {
             guard let methodText else {
-                fail("relay gateway start needs --enroll-method=token or --enroll-method=aws (with --domain), or --credentials-file to run standalone")
+                fail("relay gateway start needs --enroll-method=token or --enroll-method=aws (with --domain), or --credentials-file to run standalone", status: .usage)
             }
             guard let m = EnrollmentMachine.EnrollMethod(rawValue: methodText) else {
-                fail(StartSettings.Problem.invalidEnrollMethod(value: methodText).text)
+                fail(StartSettings.Problem.invalidEnrollMethod(value: methodText).text, status: .usage)
             }
-            guard let gatewayName else { fail("unable to get name flag or INFISICAL_GATEWAY_NAME env") }
+            guard let gatewayName else { fail("unable to get name flag or INFISICAL_GATEWAY_NAME env", status: .usage) }
             guard StartSettings.isValidName(gatewayName) else {
-                fail("invalid gateway name \"\(gatewayName)\": use 1-64 letters, digits, '.', '_' or '-', not starting with '.' or '-'")
+                fail("invalid gateway name \"\(gatewayName)\": use 1-64 letters, digits, '.', '_' or '-', not starting with '.' or '-'", status: .usage)
             }
             if m == .token, let token, let problem = StartSettings.tokenProblem(utf8: Array(token.utf8)) {
-                fail(StartSettings.Problem.tokenMalformed(reason: problem).text)
+                fail(StartSettings.Problem.tokenMalformed(reason: problem).text, status: .usage)
             }
-            if m == .aws, token != nil { fail("--token is only used with --enroll-method=token") }
+            if m == .aws, token != nil { fail("--token is only used with --enroll-method=token", status: .usage) }
             method = m
         }
-        RelayLog.bootstrap(format: logFormatValue, level: RelayLog.level(named: logLevel ?? env["LOG_LEVEL"]))
+        let level = nonEmpty(logLevel) ?? nonEmpty(env["LOG_LEVEL"]) ?? "info"
+        if let problem = StartSettings.logLevelProblem(level) { fail(problem.text, status: .usage) }
+        RelayLog.bootstrap(format: logFormatValue, level: RelayLog.level(named: level))
         signal(SIGPIPE, SIG_IGN)
 
         var options = GatewayStartOptions(name: gatewayName ?? "gateway")
@@ -163,11 +166,11 @@ struct GatewayStart: ParsableCommand {
             let text: String
             switch ReplayFiles.readFile(credentialsFile, limit: 1 << 20) {
             case .success(let b): text = String(decoding: b, as: UTF8.self)
-            case .failure(let e): fail("cannot read \(credentialsFile): \(e.reason)")
+            case .failure(let e): fail("cannot read \(credentialsFile): \(e.reason)", status: .noInput)
             }
             let creds: GatewayCredentials
             do { creds = try GatewayCredentials.parse(json: text) } catch {
-                fail("\(credentialsFile) is not gateway credentials: \(error)")
+                fail("\(credentialsFile) is not gateway credentials: \(error)", status: .dataError)
             }
             code = process.runStandalone(credentials: creds)
         } else {

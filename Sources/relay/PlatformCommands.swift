@@ -11,7 +11,7 @@ import Synchronization
 struct Platform: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "The reference platform: Infisical's relay API, CA, enrollment tokens, AWS auth, health.",
-        subcommands: [PlatformServe.self, PlatformAdmin.self])
+        subcommands: [PlatformServe.self, PlatformAdmin.self, PlatformAdminToken.self])
 }
 
 struct PlatformServe: ParsableCommand {
@@ -68,7 +68,11 @@ struct PlatformServe: ParsableCommand {
     var logFormat = "text"
 
     func run() throws {
-        RelayLog.bootstrap(format: RelayLog.Format(rawValue: logFormat) ?? .text, level: RelayLog.level(named: logLevel))
+        guard let format = RelayLog.Format(rawValue: logFormat) else {
+            fail(StartSettings.Problem.logFormatInvalid(value: logFormat).text, status: .usage)
+        }
+        if let problem = StartSettings.logLevelProblem(logLevel) { fail(problem.text, status: .usage) }
+        RelayLog.bootstrap(format: format, level: RelayLog.level(named: logLevel))
         guard let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]), (0...65535).contains(port) else {
             throw ValidationError("--listen must be HOST:PORT")
         }
@@ -88,9 +92,15 @@ struct PlatformServe: ParsableCommand {
         config.gatewayStaleAfterSeconds = gatewayStaleAfter
         config.loginsPerMinute = loginRateLimit
         config.sweepIntervalSeconds = sweepInterval
-        let service = try PlatformService(configuration: config) { line in
-            print(line)
-            fflush(nil)
+        let service: PlatformService
+        do {
+            service = try PlatformService(configuration: config) { line in
+                print(line)
+                fflush(nil)
+            }
+        } catch let e as RuntimeError {
+            if case .invalidInput(let m) = e { fail(m, status: .usage) }
+            fail("cannot open the platform's data directory \(dataDir): \(e)", status: .configuration)
         }
         let done = DispatchSemaphore(value: 0)
         let failure = Mutex<(any Error)?>(nil)
@@ -99,7 +109,46 @@ struct PlatformServe: ParsableCommand {
             done.signal()
         }
         done.wait()
-        if let e = failure.withLock({ $0 }) { throw e }
+        if let e = failure.withLock({ $0 }) {
+            if let p = e as? CommandFailure { fail(p.message, status: p.status) }
+            fail("\(e)")
+        }
+    }
+}
+
+/// `relay platform admin-token reset`: the way back in when the admin token is lost.
+struct PlatformAdminToken: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "admin-token",
+        abstract: "Manage the platform's admin token on the platform's host.",
+        subcommands: [PlatformAdminTokenReset.self])
+}
+
+struct PlatformAdminTokenReset: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "reset",
+        abstract: "Replace the admin token (prints the new one once; the old one and its sessions stop working).",
+        usage: "relay platform admin-token reset --data-dir DIR [--admin-token-file FILE]",
+        discussion: """
+        Runs on the platform's host against its data directory (file access is the authority; no
+        running platform or old token is needed). A running platform accepts the new token at once.
+          sudo relay platform admin-token reset --data-dir /var/lib/relay-platform
+        """)
+
+    @Option(help: "The data directory `relay platform serve` uses.")
+    var dataDir: String
+
+    @Option(help: "Also write the new token here (mode 0600).")
+    var adminTokenFile: String?
+
+    func run() throws {
+        do {
+            let token = try PlatformService.resetAdminToken(dataDirectory: dataDir, adminTokenFile: adminTokenFile)
+            print("Admin token: \(token)")
+        } catch let e as RuntimeError {
+            if case .invalidInput(let m) = e { fail(m, status: .noInput) }
+            fail("\(e)", status: .failure)
+        }
     }
 }
 

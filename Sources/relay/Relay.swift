@@ -10,13 +10,45 @@ struct Relay: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "relay",
         abstract: "Infisical-compatible relay, gateway and reference platform.",
-        subcommands: [Demo.self, Start.self, Platform.self, Gateway.self, Connect.self, Systemd.self, DoctorCommand.self, Replay.self, Version.self, BenchNode.self])
+        discussion: ExitStatusHelp.text,
+        version: Version.line,
+        subcommands: [Demo.self, Start.self, Platform.self, Gateway.self, Connect.self, Systemd.self, DoctorCommand.self, Replay.self,
+                      Version.self, Completion.self, BenchNode.self])
+}
+
+/// The exit-status table for `relay --help` (the README has the same list).
+enum ExitStatusHelp {
+    static var text: String {
+        "Exit status (every command):\n" + ExitStatus.allCases.map { s in
+            let code = String(s.rawValue)
+            return "  " + code + String(repeating: " ", count: max(1, 5 - code.count)) + s.meaning
+        }.joined(separator: "\n") + "\n  130, 143  stopped by SIGINT or SIGTERM before serving began"
+    }
+}
+
+/// `relay completion bash|zsh|fish`: the shell completion script on standard output.
+struct Completion: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Print a shell completion script (bash, zsh or fish).",
+        discussion: "e.g. relay completion bash > /etc/bash_completion.d/relay")
+
+    @Argument(help: "bash, zsh or fish.") var shell: String
+
+    func run() throws {
+        guard let kind = CompletionShell(rawValue: shell) else {
+            fail("unknown shell \"\(shell)\": supported are bash, zsh and fish", status: .usage)
+        }
+        print(Relay.completionScript(for: kind), terminator: "")
+    }
 }
 
 struct Version: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Print versions of relay and its C libraries.")
+    static let number = "0.1.0"
+    static var line: String { "relay \(number)" }
+
     func run() {
-        print("relay 0.1.0")
+        print(Version.line)
         print(LinkedLibraries.libsshSummary)
         print("\(LinkedLibraries.openssl)")
         print("jansson \(LinkedLibraries.jansson)")
@@ -26,7 +58,7 @@ struct Version: ParsableCommand {
 struct Replay: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Replay fixtures or recorded traces through the model.",
-        discussion: "Exit status: 0 all steps match, 1 a step diverged, 2 bad input.")
+        discussion: "Exit status: 0 all steps match, 1 a step diverged, 65 a file is not a fixture or trace, 66 a file cannot be read, 64 no files.")
 
     @Flag(name: .shortAndLong, help: "Print only divergences and the summary.")
     var quiet = false

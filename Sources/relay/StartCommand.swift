@@ -62,24 +62,27 @@ struct Start: ParsableCommand {
         let flags = StartSettings.Flags(
             name: name, host: host, type: type, enrollMethod: enrollMethod, tokenGiven: token != nil,
             tokenProblem: token.flatMap { StartSettings.tokenProblem(utf8: Array($0.utf8)) }, relayId: relayId, domain: domain,
-            authMethod: authMethod, credentialsFile: credentialsFile, sshPort: sshPort, tlsPort: tlsPort, logFormat: logFormat)
+            authMethod: authMethod, credentialsFile: credentialsFile, sshPort: sshPort, tlsPort: tlsPort, logFormat: logFormat,
+            logLevel: logLevel)
         let settings: StartSettings.Resolved
         switch StartSettings.resolve(flags, environment: env) {
-        case .failure(let p): fail(p.text)
+        case .failure(let p): fail(p.text, status: .usage)
         case .success(let r): settings = r
         }
         if let address = metricsListen, MetricsServer.parse(address: address) == nil {
-            fail("invalid --metrics-listen \"\(address)\": expected HOST:PORT, [IPv6]:PORT or :PORT")
+            fail("invalid --metrics-listen \"\(address)\": expected HOST:PORT, [IPv6]:PORT or :PORT", status: .usage)
         }
-        guard drainTimeout >= 0, drainTimeout <= 86_400 else { fail("--drain-timeout must be between 0 and 86400 seconds") }
+        if let caFile, let problem = HTTPClient.checkCAFile(caFile) { fail(problem.message, status: problem.status) }
+        guard drainTimeout >= 0, drainTimeout <= 86_400 else { fail("--drain-timeout must be between 0 and 86400 seconds", status: .usage) }
         RelayLog.bootstrap(format: RelayLog.Format(rawValue: settings.logFormat) ?? .text,
-                           level: RelayLog.level(named: logLevel ?? env["LOG_LEVEL"]))
+                           level: RelayLog.level(named: settings.logLevel))
 
         var options = StartOptions(relayName: settings.name)
         options.listenAddress = listenAddress
         options.sshPort = sshPort
         options.tlsPort = tlsPort
         options.metricsListen = metricsListen
+        options.caFile = caFile.map(absolute)
         options.drainTimeout = .milliseconds(Int64(drainTimeout * 1000))
         options.tracePath = traceOut
         options.loops = loops

@@ -108,7 +108,7 @@ struct RelayAWSTests {
         let (p, ssh) = try await platform(moto, bed: bed)
         let env = isolated(bed, ["AWS_ACCESS_KEY_ID": moto.accessKey, "AWS_SECRET_ACCESS_KEY": "not-the-secret", "AWS_REGION": "us-east-1"])
         let out = try await RelayCLI.run(args(p, bed, sshPort: ssh), environment: env)
-        #expect(out.exit == .exited(1))
+        #expect(out.exit == .exited(77))
         #expect(out.stderr.contains("AWS authentication was rejected by the platform: STS verification failed"), "\(out.stderr)")
         #expect(p.requests.first { ($0["path"] as? String) == "login" }?["outcome"] as? String == "sts rejected")
     }
@@ -156,10 +156,10 @@ struct RelayAWSTests {
         let bed = try RelayTestbed(relayName: "aws-relay")
         let (p, ssh) = try await platform(moto, bed: bed)
         let none = try await RelayCLI.run(args(p, bed, sshPort: ssh), environment: isolated(bed, [:]))
-        #expect(none.exit == .exited(1))
+        #expect(none.exit == .exited(78))
         #expect(none.stderr.contains("No usable AWS credentials: no AWS credentials found"), "\(none.stderr)")
         let noRegion = try await RelayCLI.run(args(p, bed, sshPort: ssh), environment: isolated(bed, ["AWS_ACCESS_KEY_ID": moto.accessKey, "AWS_SECRET_ACCESS_KEY": moto.secretKey]))
-        #expect(noRegion.exit == .exited(1))
+        #expect(noRegion.exit == .exited(78))
         #expect(noRegion.stderr.contains("no AWS region configured"), "\(noRegion.stderr)")
         #expect(p.count("login") == 0)
     }

@@ -3,7 +3,7 @@ import RelayModel
 import RelayRuntime
 import Testing
 
-/// `relay replay` as an operator runs it: the real binary, real files, exit codes 0/1/2.
+/// `relay replay` as an operator runs it: the real binary, real files, exit codes 0/1/65/66.
 @Suite("relay replay (CLI)")
 struct ReplayCLITests {
     static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
@@ -60,7 +60,7 @@ struct ReplayCLITests {
         #expect(r.stdout.contains("expected actions:") && r.stdout.contains("actual actions:"))
     }
 
-    @Test("bad input: one line on stderr and exit 2", arguments: [
+    @Test("bad input: one line on stderr; exit 66 for a file that cannot be read, 65 for one that is not a fixture or trace", arguments: [
         ("missing", nil as String?),
         ("invalid-json", "{\"version\":1,"),
         ("unknown-machine", #"{"version":1,"machine":"teapot","config":{},"steps":[]}"#),
@@ -73,7 +73,7 @@ struct ReplayCLITests {
         let tmp = TempDir()
         let path = content.map { try? tmp.write("\(name).json", $0) } ?? tmp.path("does-not-exist.json")
         let r = try Run.command(try Self.relayBinary(), ["replay", path ?? tmp.path("x")])
-        #expect(r.status == 2, "\(name): \(r.stdout) \(r.stderr)")
+        #expect(r.status == (name == "missing" ? 66 : 65), "\(name): \(r.stdout) \(r.stderr)")
         let lines = r.stderr.split(separator: "\n")
         #expect(lines.count == 1, "\(name): \(r.stderr)")
         #expect(lines.first?.hasPrefix("relay replay:") == true)

@@ -35,6 +35,8 @@ public struct HTTPGatewayAPI: GatewayAPI {
     public func connect(accessToken: String, relayName: String?) -> GatewayAPIConnect {
         let body = Jansson.serialize(.object(relayName.map { [("relayName", JSONValue.string($0))] } ?? []))
         switch base.post("/v3/gateways/connect", json: body, bearer: accessToken) {
+        case .failure(.misconfigured(let problem)):
+            return .failure(.misconfigured(problem: problem))
         case .failure(let f):
             return .failure(.unreachable(reason: HTTPRelayAPI.transport(f)))
         case .success(let r):

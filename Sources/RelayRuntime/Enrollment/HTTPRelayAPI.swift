@@ -50,7 +50,7 @@ public struct HTTPRelayAPI: RelayAPI {
         switch f {
         case .timedOut: return "request timed out"
         case .responseTooLarge(let limit): return "the answer was larger than \(limit) bytes"
-        case .transport(let m), .invalidRequest(let m): return m
+        case .transport(let m), .invalidRequest(let m), .misconfigured(let m): return m
         }
     }
 
@@ -63,6 +63,8 @@ public struct HTTPRelayAPI: RelayAPI {
             body = signed.loginBody(relayId: relayId, idKey: "\(resource.rawValue)Id")
         }
         switch post("/v2/\(resource.rawValue)s/login", json: body, bearer: nil) {
+        case .failure(.misconfigured(let problem)):
+            return .failure(.misconfigured(problem: problem))
         case .failure(let f):
             return .failure(.unreachable(reason: HTTPRelayAPI.transport(f)))
         case .success(let r):
@@ -95,6 +97,8 @@ public struct HTTPRelayAPI: RelayAPI {
 
     public func connect(accessToken: String) -> RelayAPIConnect {
         switch post("/v2/relays/connect", json: nil, bearer: accessToken) {
+        case .failure(.misconfigured(let problem)):
+            return .failure(.misconfigured(problem: problem))
         case .failure(let f):
             return .failure(.unreachable(reason: HTTPRelayAPI.transport(f)))
         case .success(let r):

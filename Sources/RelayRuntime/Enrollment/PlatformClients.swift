@@ -24,13 +24,13 @@ public enum PlatformClients {
         return DefaultAWSLoginSigner(chain: AWSCredentialChain(environment: environment, home: environment["HOME"] ?? "", fetch: fetch))
     }
 
-    /// `relay doctor`'s platform check: `GET url`, its status and `Date` header.
-    public static func statusProbe(caFile: String?) -> Doctor.PlatformProbe {
-        var client = HTTPClient(caFile: caFile)
-        client.connectTimeoutMilliseconds = 5000
-        client.totalTimeoutMilliseconds = 10_000
-        let http = client
-        return Doctor.PlatformProbe { url in
+    /// `relay doctor`'s platform check: `GET url`, its status and `Date` header, trusting
+    /// `caFile` (the flag, else the one the relay runs with).
+    public static func statusProbe() -> Doctor.PlatformProbe {
+        return Doctor.PlatformProbe { url, caFile in
+            var http = HTTPClient(caFile: caFile)
+            http.connectTimeoutMilliseconds = 5000
+            http.totalTimeoutMilliseconds = 10_000
             do {
                 let r = try http.send(HTTPClient.Request(method: "GET", url: url))
                 return .success((r.status, r.header("date")))

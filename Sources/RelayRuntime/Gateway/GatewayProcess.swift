@@ -229,10 +229,10 @@ public final class GatewayProcess: @unchecked Sendable {
         let store: StateStore
         do { store = try StateStore.open(directory: inputs.stateDirectory, relayName: options.name, resource: .gateway) } catch {
             RelayLog.gateway.error("Cannot use the gateway state: \(error)")
-            return 1
+            return error.exitStatus.rawValue
         }
         let reading = store.read()
-        let start = EnrolledStart(inputs, reading: reading, accessTokenVariable: "INFISICAL_GATEWAY_ACCESS_TOKEN")
+        let start = EnrolledStart(inputs, reading: reading, accessTokenVariable: "INFISICAL_GATEWAY_ACCESS_TOKEN", resource: .gateway)
         let domain = start.domain, api = start.api, fromEnvironment = start.fromEnvironment
         let legacyAccessToken = start.legacyAccessToken, held = start.held
 
@@ -270,8 +270,8 @@ public final class GatewayProcess: @unchecked Sendable {
             stopAccepting: { [unowned self] in stopAgent() },
             finish: { [gate] outcome in
                 switch outcome {
-                case .stopped: gate.open(0)
-                case .failed: gate.open(1)
+                case .stopped: gate.open(ExitStatus.ok.rawValue)
+                case .failed(let reason): gate.open(reason.exitStatus.rawValue)
                 }
             })
         let driver = EnrollmentDriver(config: options.enrollment, loop: control, trace: trace, api: platform, store: store,
@@ -289,8 +289,10 @@ public final class GatewayProcess: @unchecked Sendable {
         heartbeatRef.withLock { $0 = heartbeat }
         machineRef.withLock { $0 = driver.machine }
 
+        let signalled = Mutex<Int32?>(nil)
         ShutdownSignals.install(onFirst: { sig in
             RelayLog.gateway.info("Received \(ShutdownSignals.name(sig)), shutting down (a second signal exits at once)")
+            signalled.withLock { $0 = sig }
             driver.post(.shutdownRequested(now: Clock.now()))
         }, onSecond: { _ in RelayProcess.forceExit() })
 
@@ -298,7 +300,11 @@ public final class GatewayProcess: @unchecked Sendable {
         driver.post(.started(method: inputs.method, tokenHash: tokenHash, relayId: inputs.resourceId, domain: domain,
                              accessTokenFromEnvironment: fromEnvironment != nil, stateFile: reading.model, statePath: store.path,
                              now: Clock.now(), wallNow: Clock.wallNow()))
-        let code = gate.wait()
+        var code = gate.wait()
+        // Stopped by a signal before the tunnel agent ever ran: not a success.
+        if code == 0, !heartbeatStarted.load(ordering: .acquiring), let sig = signalled.withLock({ $0 }) {
+            code = ExitStatus.signalled(sig)
+        }
         driver.waitForWrites(timeout: .seconds(10))
         heartbeat.stop()
         shutDown()

@@ -39,15 +39,18 @@ public struct HTTPClient: Sendable {
     }
 
     public enum Failure: Error, Equatable, Sendable, CustomStringConvertible {
-        /// Connection, TLS or protocol failure (libcurl's message, no secrets).
+        /// Connection, TLS or protocol failure that may heal (libcurl's message, no secrets).
         case transport(String)
+        /// A failure retrying cannot fix, as one line that says what is wrong and what to do:
+        /// the host does not resolve, the CA file is unusable, the certificate does not verify.
+        case misconfigured(String)
         case timedOut
         case responseTooLarge(limit: Int)
         case invalidRequest(String)
 
         public var description: String {
             switch self {
-            case .transport(let m): return m
+            case .transport(let m), .misconfigured(let m): return m
             case .timedOut: return "request timed out"
             case .responseTooLarge(let limit): return "response larger than \(limit) bytes"
             case .invalidRequest(let m): return "invalid request: \(m)"
@@ -139,11 +142,65 @@ public struct HTTPClient: Sendable {
         case CURLE_OK: break
         case CURLE_OPERATION_TIMEDOUT: throw .timedOut
         case CURLE_FILESIZE_EXCEEDED: throw .responseTooLarge(limit: maxResponseBytes)
-        default: throw .transport(String(cString: curl_easy_strerror(result)))
+        default:
+            let text = String(cString: curl_easy_strerror(result))
+            if let line = HTTPClient.permanentProblem(result.rawValue, url: request.url, caFile: caFile, curlText: text) { throw .misconfigured(line) }
+            throw .transport(text)
         }
         var status = 0
         _ = relay_curl_getinfo_long(curl, CURLINFO_RESPONSE_CODE, &status)
         return Response(status: status, headers: sink.headers, body: sink.body)
+    }
+}
+
+extension HTTPClient {
+    /// libcurl results that no retry can heal, as the operator's line; nil for the rest (refused,
+    /// reset, timed out, TLS handshake failures, which a restarting platform produces).
+    /// `code` is libcurl's `CURLcode` value (`curl/curl.h`; stable across libcurl versions).
+    static func permanentProblem(_ code: UInt32, url: String, caFile: String?, curlText: String) -> String? {
+        let host = HTTPClient.host(of: url) ?? url
+        let trust = caFile.map { "--ca-file \($0)" } ?? "the system trust store"
+        switch code {
+        case CURLE_COULDNT_RESOLVE_HOST.rawValue:
+            return "cannot resolve \(host): check the platform URL (--domain) and this host's DNS"
+        case CURLE_COULDNT_RESOLVE_PROXY.rawValue:
+            return "cannot resolve the proxy's host: check HTTPS_PROXY / https_proxy"
+        case CURLE_UNSUPPORTED_PROTOCOL.rawValue, CURLE_URL_MALFORMAT.rawValue:
+            return "\(curlText) in \(url): the platform URL must be http:// or https://HOST[:PORT]"
+        case CURLE_SSL_CACERT_BADFILE.rawValue:
+            return "cannot use \(trust) as a CA bundle (missing, unreadable or no PEM certificate in it): pass the platform's CA certificate file with --ca-file"
+        case CURLE_PEER_FAILED_VERIFICATION.rawValue:
+            return "the certificate of \(host) does not verify against \(trust) (\(curlText)): pass the CA that issued it with --ca-file, or check that --domain names the host on the certificate"
+        case CURLE_SSL_CERTPROBLEM.rawValue, CURLE_SSL_CIPHER.rawValue:
+            return "\(curlText) talking to \(host): check the TLS settings"
+        default:
+            return nil
+        }
+    }
+
+    /// `--ca-file` checked before any request: missing or unreadable (66) or without a PEM
+    /// certificate (65) fail the command at once instead of every request failing later.
+    public static func checkCAFile(_ path: String, flag: String = "--ca-file") -> CommandFailure? {
+        switch ReplayFiles.readFile(path, limit: 16 << 20) {
+        case .failure(let e):
+            return CommandFailure(message: "cannot read \(flag) \(path): \(e.reason)", status: .noInput)
+        case .success(let bytes):
+            guard String(decoding: bytes, as: UTF8.self).contains("-----BEGIN CERTIFICATE-----") else {
+                return CommandFailure(message: "\(flag) \(path) holds no PEM certificate (-----BEGIN CERTIFICATE-----): give the platform's CA certificate", status: .dataError)
+            }
+            return nil
+        }
+    }
+
+    /// The host of an http(s) URL (no port, no brackets), for messages.
+    static func host(of url: String) -> String? {
+        guard let r = url.range(of: "://") else { return nil }
+        var rest = url[r.upperBound...]
+        if let slash = rest.firstIndex(where: { $0 == "/" || $0 == "?" || $0 == "#" }) { rest = rest[..<slash] }
+        if let at = rest.lastIndex(of: "@") { rest = rest[rest.index(after: at)...] }
+        if rest.hasPrefix("["), let close = rest.firstIndex(of: "]") { return String(rest[rest.index(after: rest.startIndex)..<close]) }
+        if let colon = rest.lastIndex(of: ":") { rest = rest[..<colon] }
+        return rest.isEmpty ? nil : String(rest)
     }
 }
 

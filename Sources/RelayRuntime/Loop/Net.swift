@@ -2,6 +2,18 @@
 import Glibc
 #endif
 import CRelayShims
+public import RelayModel
+
+/// A failure an operator must act on: one line saying what is wrong and what to do, and the exit
+/// status it warrants (README "Exit status"). E.g. a listener that could not be bound (a taken
+/// port may free up: 75; a foreign address or a privileged port will not: 78, 77), or an unusable
+/// `--ca-file` (66, 65).
+public struct CommandFailure: Error, Equatable, Sendable, CustomStringConvertible {
+    public let message: String
+    public let status: ExitStatus
+    public var description: String { message }
+    public init(message: String, status: ExitStatus) { self.message = message; self.status = status }
+}
 
 /// Plain socket helpers (IPv4 and IPv6), non-blocking, TCP_NODELAY on every TCP socket: without
 /// it, connection setup through an SSH tunnel stalls ~40 ms on delayed ACKs.

@@ -51,7 +51,17 @@ public final class PlatformService: Sendable {
     let store: PlatformStore
     let ca: PlatformCA
     let jwtSecret: [UInt8]
-    let adminTokenHash: String
+    /// The admin token's SHA-256, read from the store on each use so that
+    /// `relay platform admin-token reset` takes effect without a restart.
+    var adminTokenHash: String {
+        if let h = try? store.readSync({ try PlatformStore.setting($0, PlatformService.adminTokenKey) }) { return h }
+        return pendingAdminToken.withLock { $0.map { PlatformSecrets.hash($0) } } ?? ""
+    }
+    static let adminTokenKey = "admin_token_sha256"
+    /// A first start's admin token, minted but stored and shown only once the listener is bound
+    /// (a bind failure must not spend the only showing of a token).
+    private let pendingAdminToken = Mutex<String?>(nil)
+    private let announce: @Sendable (String) -> Void
     let limiter: LoginRateLimiter
     private let boundPort = Mutex<Int?>(nil)
     private let shutdown = Mutex<(@Sendable () -> Void)?>(nil)
@@ -70,7 +80,7 @@ public final class PlatformService: Sendable {
     /// Opens (or creates) the store and the CA hierarchy. On first start an admin token is
     /// generated and passed to `announce` once as `Admin token: <token>` (the CLI prints it to
     /// stdout, never to the log).
-    public init(configuration: Configuration, announce: (String) -> Void = { print($0) }) throws {
+    public init(configuration: Configuration, announce: @escaping @Sendable (String) -> Void = { print($0) }) throws {
         if configuration.insecureHTTP && !PlatformService.isLoopback(configuration.listenHost) {
             throw RuntimeError.invalidInput("--insecure-http is only allowed on a loopback address, not \(configuration.listenHost)")
         }
@@ -81,32 +91,18 @@ public final class PlatformService: Sendable {
         store = try PlatformStore(dataDirectory: configuration.dataDirectory)
         let now = PlatformClock.now()
         ca = try PlatformCA.loadOrCreate(store, now: now)
-        let (secret, hash, newToken) = try store.writeSync { db -> ([UInt8], String, String?) in
+        let (secret, hasAdminToken) = try store.writeSync { db -> ([UInt8], Bool) in
             var secretHex = try PlatformStore.setting(db, "jwt_secret")
             if secretHex == nil {
                 secretHex = Crypto.hex(try Crypto.randomBytes(32))
                 try PlatformStore.setSetting(db, "jwt_secret", secretHex!)
             }
-            var newToken: String?
-            var hash = try PlatformStore.setting(db, "admin_token_sha256")
-            if hash == nil {
-                let t = try PlatformSecrets.newAdminToken()
-                hash = PlatformSecrets.hash(t)
-                try PlatformStore.setSetting(db, "admin_token_sha256", hash!)
-                newToken = t
-            }
-            return (PlatformService.unhex(secretHex!), hash!, newToken)
+            return (PlatformService.unhex(secretHex!), try PlatformStore.setting(db, PlatformService.adminTokenKey) != nil)
         }
         jwtSecret = secret
-        adminTokenHash = hash
+        self.announce = announce
+        if !hasAdminToken { pendingAdminToken.withLock { $0 = try? PlatformSecrets.newAdminToken() } }
         limiter = LoginRateLimiter(perMinute: configuration.loginsPerMinute)
-        if let t = newToken {
-            if let path = configuration.adminTokenFile {
-                try FileSystem.writeAtomically(t + "\n", to: path, mode: 0o600)
-            }
-            announce("Admin token: \(t)")
-            RelayLog.platform.info("Admin token created (shown once on standard output\(configuration.adminTokenFile.map { ", written to \($0)" } ?? ""))")
-        }
         try FileSystem.writeAtomically(ca.https.certificate.pem, to: caFilePath, mode: 0o644)
     }
 
@@ -147,12 +143,64 @@ public final class PlatformService: Sendable {
                 let p = channel.localAddress?.port
                 boundPort.withLock { $0 = p }
                 RelayLog.platform.info("Platform listening on \(self.baseURL)")
+                do { try self.storeFirstAdminToken() } catch {
+                    RelayLog.platform.error("Cannot store the admin token: \(error); stopping")
+                    self.stop()
+                }
             },
             logger: logger)
         let group = ServiceGroup(configuration: .init(
             services: [app], gracefulShutdownSignals: handleSignals ? [.sigterm, .sigint] : [], logger: logger))
         shutdown.withLock { $0 = { Task { await group.triggerGracefulShutdown() } } }
-        try await group.run()
+        do { try await group.run() } catch {
+            throw PlatformService.listenProblem(error, host: configuration.listenHost, port: configuration.listenPort) ?? error
+        }
+    }
+
+    /// A first start's admin token, once the listener is bound: stored (hash), written to
+    /// `--admin-token-file`, shown once. (Tests that copy a prepared store call it without serving.)
+    func storeFirstAdminToken() throws {
+        guard let token = pendingAdminToken.withLock({ $0 }) else { return }
+        try PlatformService.installAdminToken(token, store: store, file: configuration.adminTokenFile)
+        pendingAdminToken.withLock { $0 = nil }
+        announce("Admin token: \(token)")
+        RelayLog.platform.info("Admin token created (shown once on standard output\(configuration.adminTokenFile.map { ", written to \($0)" } ?? ""))")
+    }
+
+    /// Stores `token`'s hash as the admin token (replacing any) and writes the token to `file`.
+    static func installAdminToken(_ token: String, store: PlatformStore, file: String?) throws {
+        if let path = file { try FileSystem.writeAtomically(token + "\n", to: path, mode: 0o600) }
+        try store.writeSync { db in try PlatformStore.setSetting(db, PlatformService.adminTokenKey, PlatformSecrets.hash(token)) }
+    }
+
+    /// `relay platform admin-token reset --data-dir D`: a new admin token for an existing store,
+    /// on the host (access to the data directory is the authority). A running platform uses it at
+    /// once; the old token and every admin session made with it stop working. Returns the token.
+    public static func resetAdminToken(dataDirectory: String, adminTokenFile: String?) throws -> String {
+        let db = dataDirectory + "/" + PlatformStore.fileName
+        guard access(db, F_OK) == 0 else {
+            throw RuntimeError.invalidInput("no platform store at \(db): give the --data-dir that `relay platform serve` uses")
+        }
+        let store = try PlatformStore(dataDirectory: dataDirectory)
+        let token = try PlatformSecrets.newAdminToken()
+        try installAdminToken(token, store: store, file: adminTokenFile)
+        return token
+    }
+
+    /// "127.0.0.1:9443 is already in use" instead of NIO's text, for the errors an operator can fix.
+    static func listenProblem(_ error: any Error, host: String, port: Int) -> CommandFailure? {
+        let shown = host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+        guard let io = error as? IOError else { return nil }
+        switch io.errnoCode {
+        case EADDRINUSE:
+            return CommandFailure(message: "\(shown) is already in use: another process (perhaps another platform) holds it; stop it or choose another --listen", status: .temporaryFailure)
+        case EADDRNOTAVAIL:
+            return CommandFailure(message: "\(host) is not an address of this host (--listen \(shown))", status: .configuration)
+        case EACCES:
+            return CommandFailure(message: "permission denied binding \(shown): ports below 1024 need root or CAP_NET_BIND_SERVICE; choose another --listen", status: .noPermission)
+        default:
+            return CommandFailure(message: "cannot listen on \(shown): \(io)", status: .temporaryFailure)
+        }
     }
 
     /// Asks a running service to shut down gracefully.

@@ -66,7 +66,12 @@ final class RegistryDriver: GatewaySessionDelegate, @unchecked Sendable {
         }
         if !wasAuthenticated {
             server?.releaseAdmission(session.peer)
-            if reason != "done" { RelayLog.ssh.info("SSH connection from \(session.peer) closed before authentication: \(reason)") }
+            // relay doctor's key-exchange probe says goodbye by name: not worth an info line.
+            if session.peerDisconnectMessage == SSHNegotiationProbe.disconnectMessage {
+                RelayLog.ssh.debug("SSH connection from \(session.peer) closed by relay doctor's probe")
+            } else if reason != "done" {
+                RelayLog.ssh.info("SSH connection from \(session.peer) closed before authentication: \(reason)")
+            }
             return
         }
         let cause: TransportCloseCause

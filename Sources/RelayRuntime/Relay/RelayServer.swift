@@ -198,19 +198,61 @@ public final class RelayServer: @unchecked Sendable {
     private let accepting = Atomic<Bool>(false)
 
     private func bindListeners(sshPort: Int? = nil, tlsPort: Int? = nil) throws(RuntimeError) -> (ssh: (fd: Int32, port: Int), tls: (fd: Int32, port: Int)) {
-        func cannotListen(_ port: Int, _ e: RuntimeError) -> RuntimeError {
-            .resource("cannot listen on \(options.listenAddress.isEmpty ? "*" : options.listenAddress):\(port) (\(e)). Another process (perhaps another relay) may hold the port: stop it, or choose free ports with --ssh-port and --tls-port")
-        }
-        let wantSSH = sshPort ?? options.sshPort, wantTLS = tlsPort ?? options.tlsPort
+        let r: Reservation
+        do {
+            r = try RelayServer.reserve(listenAddress: options.listenAddress, sshPort: sshPort ?? options.sshPort, tlsPort: tlsPort ?? options.tlsPort)
+        } catch { throw .resource(error.message) }
+        boundSSHPort = r.ssh.port
+        boundTLSPort = r.tls.port
+        return (r.ssh, r.tls)
+    }
+
+    /// Both listening sockets, bound but not accepting: `relay start` binds them before it logs in,
+    /// so a taken port costs no enrollment token (issue: listeners bound only after the one-time
+    /// token was used), then hands them to the server with `adopt`.
+    public struct Reservation: Sendable {
+        public let ssh: (fd: Int32, port: Int)
+        public let tls: (fd: Int32, port: Int)
+        /// Closes both sockets (when the run ends before serving).
+        public func release() { close(ssh.fd); close(tls.fd) }
+    }
+
+    /// Binds both ports on `listenAddress`; throws one line naming the port and what to do.
+    public static func reserve(listenAddress: String, sshPort: Int, tlsPort: Int) throws(CommandFailure) -> Reservation {
         let ssh: (fd: Int32, port: Int)
-        do { ssh = try Net.listen(host: options.listenAddress, port: wantSSH) } catch { throw cannotListen(wantSSH, error) }
-        let tls: (fd: Int32, port: Int)
-        do { tls = try Net.listen(host: options.listenAddress, port: wantTLS) } catch {
-            close(ssh.fd); throw cannotListen(wantTLS, error)
+        do { ssh = try Net.listen(host: listenAddress, port: sshPort) } catch {
+            throw listenProblem(listenAddress, sshPort, role: "SSH, for gateways", flag: "--ssh-port", error)
         }
-        boundSSHPort = ssh.port
-        boundTLSPort = tls.port
-        return (ssh, tls)
+        let tls: (fd: Int32, port: Int)
+        do { tls = try Net.listen(host: listenAddress, port: tlsPort) } catch {
+            close(ssh.fd)
+            throw listenProblem(listenAddress, tlsPort, role: "TLS, for the platform", flag: "--tls-port", error)
+        }
+        return Reservation(ssh: ssh, tls: tls)
+    }
+
+    /// Uses sockets `reserve` bound instead of binding again in `start`.
+    public func adopt(_ r: Reservation) {
+        prebound = (r.ssh, r.tls)
+        boundSSHPort = r.ssh.port
+        boundTLSPort = r.tls.port
+    }
+
+    /// The operator's line for a listener that could not be bound: which port, why, what to do.
+    static func listenProblem(_ address: String, _ port: Int, role: String, flag: String, _ e: RuntimeError) -> CommandFailure {
+        let shown = address.isEmpty ? "*" : (address.contains(":") ? "[\(address)]" : address)
+        switch e {
+        case .errno(_, EADDRINUSE):
+            return CommandFailure(message: "\(shown):\(port) (\(role)) is already in use: another process (perhaps another relay) holds it; stop it, or choose another port with \(flag)", status: .temporaryFailure)
+        case .errno(_, EADDRNOTAVAIL):
+            return CommandFailure(message: "--listen-address \(address) is not an address of this host (cannot bind \(shown):\(port)); give one of this host's addresses, or leave it out to listen on all", status: .configuration)
+        case .errno(_, EACCES):
+            return CommandFailure(message: "permission denied binding \(shown):\(port) (\(role)): ports below 1024 need root or CAP_NET_BIND_SERVICE; choose another port with \(flag)", status: .noPermission)
+        case .invalidInput(let m) where m.hasPrefix("cannot resolve"):
+            return CommandFailure(message: "--listen-address \(address) does not resolve (\(m.dropFirst("cannot resolve \(address): ".count))); give an IP address or a name of this host", status: .configuration)
+        default:
+            return CommandFailure(message: "cannot listen on \(shown):\(port) (\(role)): \(e)", status: .temporaryFailure)
+        }
     }
 
     private func registerListeners(ssh: Int32, tls: Int32) {

@@ -4,7 +4,8 @@ import Glibc
 public import RelayModel
 
 /// `relay replay FILE…`: read fixtures or traces, replay them through the model, print each step
-/// and the first divergence. Exit 0 = all match, 1 = a divergence, 2 = bad input.
+/// and the first divergence. Exit 0 = all match, 1 = a divergence, 65 = a file that is not a fixture
+/// or trace, 66 = a file that cannot be read, 64 = no files (README "Exit status").
 public enum ReplayFiles {
     public struct Outcome: Sendable {
         public var exitCode: Int32
@@ -105,7 +106,7 @@ public enum ReplayFiles {
         var out: [String] = []
         var errors: [String] = []
         var diverged = false
-        guard !paths.isEmpty else { return Outcome(exitCode: 2, output: [], errors: ["relay replay: no files given"]) }
+        guard !paths.isEmpty else { return Outcome(exitCode: ExitStatus.usage.rawValue, output: [], errors: ["relay replay: no files given"]) }
         for path in paths {
             let fixtures: [Fixture]
             switch loadFixtures(path: path) {
@@ -142,7 +143,8 @@ public enum ReplayFiles {
             if report.firstDivergence == nil { out.append("  OK: all \(report.steps.count) steps match") }
             }
         }
-        let code: Int32 = !errors.isEmpty ? 2 : (diverged ? 1 : 0)
-        return Outcome(exitCode: code, output: out, errors: errors)
+        let unreadable = errors.contains { $0.contains(": cannot read: ") }
+        let code: ExitStatus = !errors.isEmpty ? (unreadable ? .noInput : .dataError) : (diverged ? .failure : .ok)
+        return Outcome(exitCode: code.rawValue, output: out, errors: errors)
     }
 }

@@ -203,6 +203,12 @@ final class GatewaySession: @unchecked Sendable {
         }
     }
 
+    /// The description of the client's SSH_MSG_DISCONNECT, once it sent one.
+    var peerDisconnectMessage: String? {
+        guard ssh_get_status(session) & Int32(SSH_CLOSED) != 0, let m = ssh_get_disconnect_message(session) else { return nil }
+        return String(cString: m)
+    }
+
     /// Checked after polls by the owner: a dead socket closes the session.
     var isConnected: Bool { ssh_is_connected(session) != 0 && ssh_get_status(session) & Int32(SSH_CLOSED | SSH_CLOSED_ERROR) == 0 }
 }

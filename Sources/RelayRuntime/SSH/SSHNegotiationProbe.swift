@@ -9,6 +9,10 @@ import RelayModel
 /// server presented (`relay doctor`, the benchmark harness). The connection is dropped before
 /// authentication.
 public enum SSHNegotiationProbe {
+    /// The probe's SSH_MSG_DISCONNECT description, by which the relay recognises it (and logs
+    /// nothing above debug: `relay doctor` must leave no error in the relay's log).
+    public static let disconnectMessage = "relay doctor probe"
+
     public struct Negotiated: Sendable, Equatable {
         public var kex: String
         public var hostKey: String
@@ -29,6 +33,7 @@ public enum SSHNegotiationProbe {
             ssh_free(s)
         }
         LibSSH.configureClient(s, host: host, port: port, user: "algorithm-probe", timeoutSeconds: timeoutSeconds, algorithms: algorithms)
+        _ = ssh_session_set_disconnect_message(s, disconnectMessage)
         guard ssh_connect(s) == SSH_OK else {
             throw .ssh("probe \(host):\(port): \(ssh_get_error(UnsafeMutableRawPointer(s)).map { String(cString: $0) } ?? "connect failed")")
         }

@@ -27,8 +27,10 @@ public struct Doctor: Sendable {
 
     /// The platform's answer to `GET {domain}/status`: HTTP status and `Date` header.
     public struct PlatformProbe: Sendable {
-        public var perform: @Sendable (_ url: String) -> Result<(status: Int, date: String?), RuntimeError>
-        public init(_ perform: @escaping @Sendable (_ url: String) -> Result<(status: Int, date: String?), RuntimeError>) { self.perform = perform }
+        public var perform: @Sendable (_ url: String, _ caFile: String?) -> Result<(status: Int, date: String?), RuntimeError>
+        public init(_ perform: @escaping @Sendable (_ url: String, _ caFile: String?) -> Result<(status: Int, date: String?), RuntimeError>) {
+            self.perform = perform
+        }
     }
 
     public var relayName: String
@@ -40,6 +42,11 @@ public struct Doctor: Sendable {
     public var sshPort: Int?
     public var tlsPort: Int?
     public var platform: PlatformProbe
+    /// `--ca-file`; nil: the one the running (or last) relay used, from its status file.
+    public var caFile: String?
+    /// The state directory was given (`--state-dir`); otherwise a relay of this name running
+    /// with another state directory is found and checked there.
+    public var stateDirectoryGiven = true
     /// Largest acceptable clock difference with the platform.
     public var maxSkewSeconds: Int64 = 60
     /// Heartbeats older than this are stale (the platform's health window is 1 h).
@@ -53,11 +60,24 @@ public struct Doctor: Sendable {
     public func run(now: UnixTime = Clock.wallNow()) -> [Line] {
         var lines: [Line] = []
         func add(_ v: Verdict, _ check: String, _ detail: String) { lines.append(Line(verdict: v, check: check, detail: detail)) }
+        let sudo = "run doctor as the relay's user (sudo for a systemd relay)"
+
+        // 0. A relay of this name running with another --state-dir (or as another user).
+        var stateDirectory = self.stateDirectory
+        if !stateDirectoryGiven, !StateStore.isLocked(directory: stateDirectory, relayName: relayName),
+           let other = RunningRelays.find(name: relayName).first(where: { $0.stateDirectory != stateDirectory }) {
+            add(.ok, "relay found", "a relay named '\(relayName)' runs (pid \(other.pid)) with state directory \(other.stateDirectory); checking that one")
+            stateDirectory = other.stateDirectory
+        }
 
         // 1. State directory.
         var st = stat()
         if lstat(stateDirectory, &st) != 0 {
-            add(.fail, "state directory", "\(stateDirectory) does not exist: the relay has never been enrolled on this host as this user (run the deploy command, or pass --state-dir)")
+            if errno == EACCES {
+                add(.fail, "state directory", "permission denied examining \(stateDirectory): \(sudo)")
+            } else {
+                add(.fail, "state directory", "\(stateDirectory) does not exist: the relay has never been enrolled on this host as this user (run the deploy command, or pass --state-dir)")
+            }
         } else if (st.st_mode & S_IFMT) == S_IFLNK || (st.st_mode & S_IFMT) != S_IFDIR {
             add(.fail, "state directory", "\(stateDirectory) is not a plain directory: give the real directory with --state-dir")
         } else if st.st_uid != geteuid() {
@@ -81,6 +101,8 @@ public struct Doctor: Sendable {
             }
         case .refused(let r):
             add(.fail, "state file", EnrollmentMessage.stateFileRefused(statePath: statePath, reason: r).text)
+        case .unreadable(let why) where why == String(cString: strerror(EACCES)):
+            add(.fail, "state file", "permission denied reading \(statePath): \(sudo); the file itself is not known to be damaged")
         case .unreadable(let why):
             add(.fail, "state file", EnrollmentMessage.stateFileCorrupt(statePath: statePath, reason: why).text)
         case .bytes(let b):
@@ -96,7 +118,8 @@ public struct Doctor: Sendable {
 
         // 3. Relay process.
         let status = RelayStatus.read(directory: stateDirectory, relayName: relayName)
-        if StateStore.isLocked(directory: stateDirectory, relayName: relayName) {
+        let running = StateStore.isLocked(directory: stateDirectory, relayName: relayName)
+        if running {
             add(.ok, "relay process", "running\(status.map { " (pid \($0.pid), \($0.enrollment ?? "?"))" } ?? "")")
         } else {
             add(.fail, "relay process", "no relay named '\(relayName)' is running: start it (sudo systemctl start \(relayName), or the deploy command) and look at its log")
@@ -106,7 +129,7 @@ public struct Doctor: Sendable {
         let api = domain ?? stored?.domain
         if let api {
             let url = api + "/status"
-            switch platform.perform(url) {
+            switch platform.perform(url, caFile ?? status?.caFile) {
             case .failure(let e):
                 add(.fail, "platform reachable", "GET \(url): \(e). Check outbound HTTPS to the platform (firewall, proxy: HTTPS_PROXY), --domain and --ca-file")
                 add(.skip, "clock skew", "the platform did not answer")
@@ -161,7 +184,10 @@ public struct Doctor: Sendable {
 
         // 8. Last heartbeat.
         if let hb = status?.heartbeat {
-            if let last = hb.lastSuccessAt {
+            if let last = hb.lastSuccessAt, !running {
+                let age = now.seconds - last
+                add(.warn, "last heartbeat", "\(EnrollmentFormat.span(.seconds(max(0, age)))) ago, from a relay that is not running now: the platform shows it Unreachable once its window passes")
+            } else if let last = hb.lastSuccessAt {
                 let age = now.seconds - last
                 if hb.health == "healthy" && age <= heartbeatStaleSeconds {
                     add(.ok, "last heartbeat", "Relay is reachable by Infisical, \(EnrollmentFormat.span(.seconds(max(0, age)))) ago")

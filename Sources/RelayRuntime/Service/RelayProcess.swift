@@ -11,6 +11,9 @@ public struct StartOptions: Sendable {
     public var sshPort = 2222
     public var tlsPort = 8443
     public var metricsListen: String?
+    /// `--ca-file`, absolute, recorded in the status file so `relay doctor` can reach the
+    /// platform without repeating it.
+    public var caFile: String?
     /// How long in-flight splices may continue after SIGTERM/SIGINT.
     public var drainTimeout = TimeSpan.seconds(30)
     public var tracePath: String?
@@ -34,10 +37,16 @@ struct EnrolledStart<API> {
     let legacyAccessToken: String?
     let held: String?
 
-    init(_ inputs: EnrolledInputs<API>, reading: StateStore.Reading, accessTokenVariable: String) {
+    init(_ inputs: EnrolledInputs<API>, reading: StateStore.Reading, accessTokenVariable: String,
+         resource: EnrollmentMachine.Resource = .relay) {
         domain = StartSettings.domain(flag: inputs.domainFlag, stored: reading.domain,
                                       cliConfigDomain: RelayProcess.cliConfigDomain(environment: inputs.environment),
                                       environment: inputs.environment)
+        if let notice = StartSettings.defaultDomainNotice(flag: inputs.domainFlag, stored: reading.domain,
+                                                          cliConfigDomain: RelayProcess.cliConfigDomain(environment: inputs.environment),
+                                                          environment: inputs.environment) {
+            (resource == .relay ? RelayLog.relay : RelayLog.gateway).warning("\(notice)")
+        }
         api = inputs.makeAPI(domain)
         fromEnvironment = inputs.environment[accessTokenVariable].flatMap { $0.isEmpty ? nil : $0 }
         if case .legacyConf = reading.model { legacyAccessToken = reading.contents?.accessToken } else { legacyAccessToken = nil }
@@ -88,6 +97,11 @@ public final class RelayProcess: @unchecked Sendable {
     private let trace: TraceRecorder?
     private let draining = Atomic<Bool>(false)
     private let heartbeatStarted = Atomic<Bool>(false)
+    /// Both listeners, bound before the login so that a taken port costs no enrollment token;
+    /// the first `startServing` hands them to the server.
+    private let reservation = Mutex<RelayServer.Reservation?>(nil)
+    /// The first shutdown signal, if one arrived (before serving it makes the exit 128 + signal).
+    private let signalled = Mutex<Int32?>(nil)
     /// `<state-dir>/<name>.status.json` for `relay doctor` (enrolled mode).
     private let status = Mutex<(directory: String, value: RelayStatus)?>(nil)
 
@@ -194,47 +208,56 @@ public final class RelayProcess: @unchecked Sendable {
         let creds: RelayCredentials
         switch RelayProcess.loadCredentials(credentialsFile) {
         case .failure(let why):
-            RelayLog.relay.error("\(why)")
-            return 1
+            RelayLog.relay.error("\(why.message)")
+            return why.status.rawValue
         case .success(let c): creds = c
         }
         switch CredentialCheck.check(creds, relayName: options.relayName, now: Clock.wallNow(), skewSeconds: 300) {
         case .failure(let e):
             RelayLog.relay.error("The credentials in \(credentialsFile) cannot be served: \(e)")
-            return 1
+            return ExitStatus.dataError.rawValue
         case .success(let v):
             if v.notAfter <= Clock.wallNow() {
                 RelayLog.relay.error("The credentials in \(credentialsFile) expired at \(EnrollmentFormat.date(v.notAfter)); not serving them")
-                return 1
+                return ExitStatus.dataError.rawValue
             }
         }
+        do {
+            let r = try RelayServer.reserve(listenAddress: options.listenAddress, sshPort: options.sshPort, tlsPort: options.tlsPort)
+            reservation.withLock { $0 = r }
+        } catch {
+            RelayLog.relay.error("\(EnrollmentMessage.listenFailed(reason: error.message).text)")
+            return error.status.rawValue
+        }
+        defer { reservation.withLock { r in r?.release(); r = nil } }
         control.start(name: "relay-control")
-        guard startMetrics(enrollmentState: { nil }) else { return 1 }
+        guard startMetrics(enrollmentState: { nil }) else { return ExitStatus.temporaryFailure.rawValue }
         ShutdownSignals.install(onFirst: { [gate] sig in
             RelayLog.relay.info("Received \(ShutdownSignals.name(sig)), shutting down (a second signal exits at once)")
             gate.open(0)
         }, onSecond: { _ in RelayProcess.forceExit() })
         if let failure = startServing(creds) {
+            // The ports were proven above: what is left is the host certificate (DESIGN D1).
             RelayLog.relay.error("\(EnrollmentMessage.listenFailed(reason: failure).text)")
-            return 1
+            return ExitStatus.dataError.rawValue
         }
         _ = gate.wait()
         shutDown()
         return 0
     }
 
-    static func loadCredentials(_ path: String) -> Result<RelayCredentials, RuntimeError> {
+    static func loadCredentials(_ path: String) -> Result<RelayCredentials, CommandFailure> {
         var st = stat()
         if stat(path, &st) == 0, st.st_mode & 0o077 != 0 {
             RelayLog.relay.warning("The credentials file \(path) holds private keys but other users can read it (mode \(StateStore.octal(st.st_mode & 0o777))); chmod 600 it")
         }
         switch ReplayFiles.readFile(path, limit: 1 << 20) {
-        case .failure(let e): return .failure(.invalidInput("Cannot read the credentials file \(path): \(e.reason)"))
+        case .failure(let e): return .failure(CommandFailure(message: "Cannot read the credentials file \(path): \(e.reason)", status: .noInput))
         case .success(let bytes):
             do {
                 return .success(try JSONText.decode(RelayCredentials.self, from: String(decoding: bytes, as: UTF8.self)))
             } catch {
-                return .failure(.invalidInput("The credentials file \(path) is not a /api/v2/relays/connect response: \(error)"))
+                return .failure(CommandFailure(message: "The credentials file \(path) is not a /api/v2/relays/connect response: \(error)", status: .dataError))
             }
         }
     }
@@ -254,6 +277,7 @@ public final class RelayProcess: @unchecked Sendable {
         let s: RelayServer
         do {
             s = try RelayServer(options: serverOptions, credentials: creds, trace: trace, metrics: metrics)
+            if let r = reservation.withLock({ r in defer { r = nil }; return r }) { s.adopt(r) }
             try s.start()
         } catch {
             return "\(error)"
@@ -286,13 +310,22 @@ public final class RelayProcess: @unchecked Sendable {
         let store: StateStore
         do { store = try StateStore.open(directory: inputs.stateDirectory, relayName: options.relayName) } catch {
             RelayLog.relay.error("Cannot use the relay state: \(error)")
-            return 1
+            return error.exitStatus.rawValue
         }
+        // Prove both ports before the one-time token is spent (Specs/start.md §3).
+        do {
+            let r = try RelayServer.reserve(listenAddress: options.listenAddress, sshPort: options.sshPort, tlsPort: options.tlsPort)
+            reservation.withLock { $0 = r }
+        } catch {
+            RelayLog.relay.error("\(EnrollmentMessage.listenFailed(reason: error.message).text)")
+            return error.status.rawValue
+        }
+        defer { reservation.withLock { r in r?.release(); r = nil } }
         let reading = store.read()
         status.withLock {
             $0 = (inputs.stateDirectory, RelayStatus(relayName: options.relayName, pid: getpid(), listenAddress: options.listenAddress,
                                                      sshPort: options.sshPort, tlsPort: options.tlsPort, metricsListen: options.metricsListen,
-                                                     enrollment: "idle", updatedAt: Clock.wallNow().seconds))
+                                                     caFile: options.caFile, enrollment: "idle", updatedAt: Clock.wallNow().seconds))
         }
         let start = EnrolledStart(inputs, reading: reading, accessTokenVariable: "INFISICAL_RELAY_ACCESS_TOKEN")
         let domain = start.domain, api = start.api, fromEnvironment = start.fromEnvironment
@@ -325,8 +358,8 @@ public final class RelayProcess: @unchecked Sendable {
             },
             finish: { [gate] outcome in
                 switch outcome {
-                case .stopped: gate.open(0)
-                case .failed: gate.open(1)
+                case .stopped: gate.open(ExitStatus.ok.rawValue)
+                case .failed(let reason): gate.open(reason.exitStatus.rawValue)
                 }
             })
         let driver = EnrollmentDriver(config: options.enrollment, loop: control, trace: trace,
@@ -351,8 +384,9 @@ public final class RelayProcess: @unchecked Sendable {
         heartbeatRef.withLock { $0 = heartbeat }
         machineRef.withLock { $0 = driver.machine }
 
-        ShutdownSignals.install(onFirst: { sig in
+        ShutdownSignals.install(onFirst: { [unowned self] sig in
             RelayLog.relay.info("Received \(ShutdownSignals.name(sig)), shutting down (a second signal exits at once)")
+            self.signalled.withLock { $0 = sig }
             driver.post(.shutdownRequested(now: Clock.now()))
         }, onSecond: { _ in RelayProcess.forceExit() })
 
@@ -360,7 +394,12 @@ public final class RelayProcess: @unchecked Sendable {
         driver.post(.started(method: inputs.method, tokenHash: tokenHash, relayId: inputs.resourceId, domain: domain,
                              accessTokenFromEnvironment: fromEnvironment != nil, stateFile: reading.model, statePath: store.path,
                              now: Clock.now(), wallNow: Clock.wallNow()))
-        let code = gate.wait()
+        var code = gate.wait()
+        // Stopped by a signal before ever serving: not a success (a supervisor or script must
+        // not read "enrolled and served" into it).
+        if code == 0, !heartbeatStarted.load(ordering: .acquiring), let sig = signalled.withLock({ $0 }) {
+            code = ExitStatus.signalled(sig)
+        }
         driver.waitForWrites(timeout: .seconds(10))
         heartbeat.stop()
         updateStatus { $0.enrollment = code == 0 ? "stopping" : "failed" }
@@ -404,6 +443,17 @@ final class ExitGate: @unchecked Sendable {
             if n == MemoryLayout<Int32>.size { return c }
             if n < 0 && errno == EINTR { continue }
             return 1
+        }
+    }
+}
+
+extension StateStore.OpenError {
+    /// The exit status for a state directory that cannot be used (README "Exit status").
+    public var exitStatus: ExitStatus {
+        switch self {
+        case .directory(_, let problem) where problem.contains("Permission denied"): return .noPermission
+        case .directory: return .configuration
+        case .locked: return .temporaryFailure
         }
     }
 }

@@ -29,6 +29,8 @@ public struct RelayStatus: Codable, Equatable, Sendable {
     public var sshPort: Int
     public var tlsPort: Int
     public var metricsListen: String?
+    /// `--ca-file` of the run (absolute), for `relay doctor`'s platform check.
+    public var caFile: String?
     public var enrollment: String?
     public var certificateNotAfter: Int64?
     public var heartbeat: Heartbeat?

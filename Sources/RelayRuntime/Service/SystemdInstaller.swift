@@ -343,6 +343,7 @@ enum InstallMessages {
         case .rejected(let m): return EnrollmentMessage.loginRejected(message: m).text(for: resource)
         case .rateLimited: return "the platform is rate limiting logins (HTTP 429); try again in a minute"
         case .unreachable(let r): return "cannot reach \(domain): \(r) (check --domain, the network and the CA bundle)"
+        case .misconfigured(let p): return EnrollmentMessage.platformMisconfigured(domain: domain, problem: p).text(for: resource)
         case .serverError(let s): return "the platform answered HTTP \(s)"
         }
     }

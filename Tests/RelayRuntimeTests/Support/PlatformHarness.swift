@@ -64,6 +64,7 @@ final class PlatformHarness: @unchecked Sendable {
         let announced = LockedBox<String?>(nil)
         let token = try await PlatformService.blocking { () throws -> String in
             let s = try PlatformService(configuration: .init(dataDirectory: dir.path("data"))) { announced.set($0) }
+            try s.storeFirstAdminToken()  // a serving platform stores it once its listener is bound
             try s.store.checkpoint()
             return String(announced.get()!.dropFirst("Admin token: ".count))
         }
