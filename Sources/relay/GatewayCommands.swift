@@ -200,15 +200,19 @@ struct GatewaySystemd: ParsableCommand {
 struct GatewaySystemdInstall: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "install",
-        abstract: "Install and enable the systemd service for a gateway (requires root, unless --root).",
+        abstract: "Install and enable the systemd service infisical-gateway-NAME for a gateway (requires root, unless --root).",
         discussion: """
         Token enrollment (the token is used now; the service starts with the stored access token):
           sudo relay gateway systemd install my-gateway --enroll-method=token --token=<enrollment-token> --domain=<url>
         AWS auth (the gateway authenticates via STS on each start):
           sudo relay gateway systemd install my-gateway --enroll-method=aws --gateway-id=<gateway-id> --domain=<url>
+
+        Every relay gateway start option is passed on to the unit's ExecStart; re-running the same
+        install changes nothing; files this command did not write are never overwritten; paths the
+        unit hides from the service (/tmp, /var/tmp, /home, /root, /run/user) are refused.
         """)
 
-    @Argument(help: "The gateway's name (also the unit's name).") var name: String?
+    @Argument(help: "The gateway's name (the unit is infisical-gateway-NAME).") var name: String?
     @Option(name: .customLong("name"), help: .hidden) var legacyName: String?
     @Option(help: "The enrollment token (or INFISICAL_GATEWAY_ENROLLMENT_TOKEN).") var token: String?
     @Option(name: .customLong("enroll-method"), help: "token or aws.") var enrollMethod: String?
@@ -216,59 +220,114 @@ struct GatewaySystemdInstall: ParsableCommand {
     @Option(name: .customLong("target-relay-name"), help: "The relay the gateway should use (written as INFISICAL_RELAY_NAME).") var targetRelayName: String?
     @Option(name: .customLong("log-file"), help: "Absolute path for the service's log (adds a logrotate file).") var logFile: String?
     @Option(help: "The platform's URL.") var domain: String?
+    @OptionGroup(title: "Passed on to relay gateway start") var start: GatewayStartFlags
     // Ours.
     @Option(help: "Write everything under this directory instead of / (systemctl is not run).") var root: String = "/"
-    @Option(name: .customLong("ca-file"), help: "CA bundle for the platform's HTTPS (passed on to relay gateway start).") var caFile: String?
-    @Option(name: .customLong("metrics-listen"), help: "Passed on to relay gateway start.") var metricsListen: String?
     @Option(help: "The relay executable the unit runs (default: this one).") var executable: String?
 
     func run() throws {
         let env = Environment.current
-        if root == "/" && geteuid() != 0 { fail("systemd service installation requires root/sudo privileges") }
+        if root == "/" && geteuid() != 0 { fail("systemd service installation requires root/sudo privileges", status: .noPermission) }
         let gatewayName = name ?? legacyName ?? ""
-        if gatewayName.isEmpty { fail("gateway name is required (provide as positional argument or --name flag)") }
+        if gatewayName.isEmpty { fail("gateway name is required (provide as positional argument or --name flag)", status: .usage) }
         guard let methodText = enrollMethod, !methodText.isEmpty else {
-            fail("relay gateway systemd install needs --enroll-method=token or --enroll-method=aws (machine-identity gateways are not supported)")
+            fail("relay gateway systemd install needs --enroll-method=token or --enroll-method=aws (machine-identity gateways are not supported)", status: .usage)
         }
         guard let method = EnrollmentMachine.EnrollMethod(rawValue: methodText) else {
-            fail(StartSettings.Problem.invalidEnrollMethod(value: methodText).text)
+            fail(StartSettings.Problem.invalidEnrollMethod(value: methodText).text, status: .usage)
         }
-        if let d = domain, !(d.hasPrefix("https://") || d.hasPrefix("http://")) { fail(StartSettings.Problem.domainInvalid(value: d).text) }
+        if let d = domain, !(d.hasPrefix("https://") || d.hasPrefix("http://")) { fail(StartSettings.Problem.domainInvalid(value: d).text, status: .usage) }
+        if let problem = start.problem { fail(problem, status: .usage) }
         let apiURL = StartSettings.domain(flag: domain, stored: nil, cliConfigDomain: nil, environment: env)
-        var extra: [String] = []
-        if let caFile { extra.append("--ca-file=\(absolute(caFile))") }
-        if let metricsListen { extra.append("--metrics-listen=\(metricsListen)") }
         let install = SystemdInstaller.Install(
             name: gatewayName, method: method, token: token ?? env["INFISICAL_GATEWAY_ENROLLMENT_TOKEN"],
             relayId: gatewayId ?? env["INFISICAL_GATEWAY_ID"], domain: apiURL, logFile: logFile,
-            executable: executable ?? selfExecutable(), extraArguments: extra, targetRelayName: targetRelayName)
+            executable: absolute(executable ?? selfExecutable()), arguments: start.arguments, stateDirectory: start.stateDir.map(absolute),
+            targetRelayName: targetRelayName)
         RelayLog.bootstrap(format: .text, level: RelayLog.level(named: env["LOG_LEVEL"]))
         let installer = SystemdInstaller(root: root, systemctl: runSystemctl, say: { RelayLog.gateway.info("\($0)") }, resource: .gateway)
         var login: (@Sendable (RelayLoginRequest) -> RelayAPILogin)?
         if method == .token {
-            let api = HTTPGatewayAPI(domain: apiURL, caFile: caFile)
+            // The install-time login reads the CA bundle the unit will use (inside --root when given).
+            let api = HTTPGatewayAPI(domain: apiURL, caFile: start.caFile.map { installer.path(absolute($0)) })
             login = { api.login($0) }
         }
         switch installer.install(install, login: login) {
         case .success: break
-        case .failure(let f): fail(f.message)
+        case .failure(let f): fail(f.message, status: f.status)
         }
+    }
+}
+
+/// `relay gateway start`'s options as `relay gateway systemd install` takes them, passed on in
+/// `ExecStart` (issue 12 item 7). Not here: `--name`, `--enroll-method`, `--token`, `--gateway-id`,
+/// `--domain`, `--target-relay-name` (the environment file carries them), `--credentials-file`
+/// (a unit enrolls), and the hidden tuning flags.
+struct GatewayStartFlags: ParsableArguments {
+    @Option(help: "CA bundle to trust for the platform's HTTPS (also used for the install-time login).") var caFile: String?
+    @Option(name: .customLong("state-dir"), help: "Where the state file lives (default /etc/infisical/gateways).") var stateDir: String?
+    @Option(help: "Heartbeat interval to the platform in seconds (Infisical: 180).") var heartbeatInterval: Int?
+    @Option(name: .customLong("relay"), help: "A relay candidate NAME=HOST[:PORT] (repeatable).") var relays: [String] = []
+    @Option(help: "SSH algorithms to offer: modern or infisical.") var algorithms: String?
+    @Option(name: .customLong("metrics-listen"), help: "HOST:PORT for /metrics, /healthz and /ready.") var metricsListen: String?
+    @Option(name: .customLong("reconnect-base"), help: "Tunnel backoff: first window in seconds.") var reconnectBase: Double?
+    @Option(name: .customLong("reconnect-cap"), help: "Tunnel backoff: largest window in seconds.") var reconnectCap: Double?
+    @Option(help: "Write model traces (JSON Lines) to FILE.") var traceOut: String?
+    @Option(help: "Log format: text or json.") var logFormat: String?
+    @Option(name: .customLong("log-level"), help: "trace, debug, info, warn, error.") var logLevel: String?
+
+    /// The first value relay gateway start would refuse.
+    var problem: String? {
+        if let f = logFormat, f != "text" && f != "json" { return "invalid --log-format \"\(f)\": supported values are \"text\" and \"json\"" }
+        if let a = algorithms, a != "modern" && a != "infisical" { return "--algorithms must be modern or infisical" }
+        for r in relays {
+            let parts = r.split(separator: "=", maxSplits: 1)
+            if parts.count != 2 || parts[0].isEmpty || parts[1].isEmpty { return "--relay takes NAME=HOST[:PORT], got \(r)" }
+        }
+        if let address = metricsListen, MetricsServer.parse(address: address) == nil {
+            return "invalid --metrics-listen \"\(address)\": expected HOST:PORT, [IPv6]:PORT or :PORT"
+        }
+        for (flag, v) in [("--reconnect-base", reconnectBase), ("--reconnect-cap", reconnectCap)] {
+            if let v, !(v > 0 && v <= 86_400) { return "\(flag) must be between 0 and 86400 seconds" }
+        }
+        if let h = heartbeatInterval, h <= 0 { return "--heartbeat-interval must be a positive number of seconds" }
+        if let l = logLevel, !LogLevelNames.known.contains(l.lowercased()) { return LogLevelNames.problem(l) }
+        return nil
+    }
+
+    /// The `ExecStart` words, in `relay gateway start`'s order; paths made absolute.
+    var arguments: [SystemdInstaller.Argument] {
+        typealias A = SystemdInstaller.Argument
+        func number(_ d: Double) -> String { d == d.rounded() ? String(Int(d)) : String(d) }
+        var out: [A] = []
+        if let caFile { out.append(A("--ca-file", absolute(caFile), isPath: true)) }
+        if let stateDir { out.append(A("--state-dir", absolute(stateDir), isPath: true)) }
+        if let heartbeatInterval { out.append(A("--heartbeat-interval", String(heartbeatInterval))) }
+        out += relays.map { A("--relay", $0) }
+        if let algorithms { out.append(A("--algorithms", algorithms)) }
+        if let metricsListen { out.append(A("--metrics-listen", metricsListen)) }
+        if let reconnectBase { out.append(A("--reconnect-base", number(reconnectBase))) }
+        if let reconnectCap { out.append(A("--reconnect-cap", number(reconnectCap))) }
+        if let traceOut { out.append(A("--trace-out", absolute(traceOut), isPath: true)) }
+        if let logFormat { out.append(A("--log-format", logFormat)) }
+        if let logLevel { out.append(A("--log-level", logLevel)) }
+        return out
     }
 }
 
 struct GatewaySystemdUninstall: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "uninstall",
-        abstract: "Stop, disable and remove a gateway's systemd service and its files (requires root, unless --root).")
+        abstract: "Stop, disable and remove a gateway's systemd service infisical-gateway-NAME and the files install wrote (requires root, unless --root).")
 
     @Argument(help: "The gateway's name (none: the legacy infisical-gateway service).") var name: String?
     @Option(help: "Remove from under this directory instead of / (systemctl is not run).") var root: String = "/"
 
     func run() throws {
-        if root == "/" && geteuid() != 0 { fail("systemd service uninstallation requires root/sudo privileges") }
+        if root == "/" && geteuid() != 0 { fail("systemd service uninstallation requires root/sudo privileges", status: .noPermission) }
         RelayLog.bootstrap(format: .text, level: .info)
         let installer = SystemdInstaller(root: root, systemctl: runSystemctl, say: { RelayLog.gateway.info("\($0)") }, resource: .gateway)
-        if case .failure(let f) = installer.uninstall(name: name) { fail(f.message) }
+        if case .failure(let f) = installer.uninstall(name: name) { fail(f.message, status: f.status) }
     }
 }
 

@@ -15,75 +15,140 @@ struct Systemd: ParsableCommand {
 struct SystemdInstall: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "install",
-        abstract: "Install and enable the systemd service for a relay (requires root, unless --root).",
+        abstract: "Install and enable the systemd service infisical-relay-NAME for a relay (requires root, unless --root).",
         discussion: """
         Token enrollment (the token is used now; the service starts with the stored access token):
           sudo relay systemd install my-relay --enroll-method=token --token=<enrollment-token> --domain=<url>
         AWS auth (the relay authenticates via STS on each start):
           sudo relay systemd install my-relay --enroll-method=aws --relay-id=<relay-id> --domain=<url>
+
+        Every relay start option is passed on to the unit's ExecStart. Running the same install
+        again changes nothing (the same token reuses the stored login). Files this command did
+        not write are never overwritten. Paths the unit hides from the service (PrivateTmp:
+        /tmp, /var/tmp; ProtectHome: /home, /root, /run/user) are refused.
         """)
 
-    @Argument(help: "The relay's name (also the unit's name).") var name: String?
+    @Argument(help: "The relay's name (the unit is infisical-relay-NAME).") var name: String?
     @Option(name: .customLong("name"), help: .hidden) var legacyName: String?
     @Option(help: "The enrollment token (or INFISICAL_RELAY_ENROLLMENT_TOKEN).") var token: String?
     @Option(name: .customLong("enroll-method"), help: "token or aws.") var enrollMethod: String?
     @Option(name: .customLong("relay-id"), help: "The relay's id (aws).") var relayId: String?
     @Option(name: .customLong("log-file"), help: "Absolute path for the service's log (adds a logrotate file).") var logFile: String?
     @Option(help: "The platform's URL.") var domain: String?
-    @Option(help: .hidden) var type: String?
-    @Option(help: .hidden) var host: String?
     @Option(name: .customLong("relay-auth-secret"), help: .hidden) var relayAuthSecret: String?
+    @OptionGroup(title: "Passed on to relay start") var start: RelayStartFlags
     // Ours.
     @Option(help: "Write everything under this directory instead of / (systemctl is not run).") var root: String = "/"
-    @Option(name: .customLong("ca-file"), help: "CA bundle for the platform's HTTPS (passed on to relay start).") var caFile: String?
-    @Option(name: .customLong("metrics-listen"), help: "Passed on to relay start.") var metricsListen: String?
-    @Option(name: .customLong("drain-timeout"), help: "Passed on to relay start (seconds).") var drainTimeout: Int = 30
     @Option(help: "The relay executable the unit runs (default: this one).") var executable: String?
 
     func run() throws {
         let env = Environment.current
-        if root == "/" && geteuid() != 0 { fail("systemd service installation requires root/sudo privileges") }
+        if root == "/" && geteuid() != 0 { fail("systemd service installation requires root/sudo privileges", status: .noPermission) }
         let relayName = name ?? legacyName ?? ""
-        if relayName.isEmpty { fail("relay name is required (provide as positional argument or --name flag)") }
+        if relayName.isEmpty { fail("relay name is required (provide as positional argument or --name flag)", status: .usage) }
         guard let methodText = enrollMethod, !methodText.isEmpty else {
-            fail("relay systemd install needs --enroll-method=token or --enroll-method=aws (instance-secret and machine-identity relays are not supported)")
+            fail("relay systemd install needs --enroll-method=token or --enroll-method=aws (instance-secret and machine-identity relays are not supported)", status: .usage)
         }
         guard let method = EnrollmentMachine.EnrollMethod(rawValue: methodText) else {
-            fail("invalid --enroll-method \"\(methodText)\": supported values are \"token\" and \"aws\"")
+            fail("invalid --enroll-method \"\(methodText)\": supported values are \"token\" and \"aws\"", status: .usage)
         }
-        if let d = domain, !(d.hasPrefix("https://") || d.hasPrefix("http://")) { fail("invalid --domain \"\(d)\": expected the platform's URL") }
+        if let d = domain, !(d.hasPrefix("https://") || d.hasPrefix("http://")) { fail("invalid --domain \"\(d)\": expected the platform's URL", status: .usage) }
+        let token = (token ?? env["INFISICAL_RELAY_ENROLLMENT_TOKEN"]).flatMap { $0.isEmpty ? nil : $0 }
+        // relay start's own checks, so that the unit does not fail on them at boot.
+        let flags = StartSettings.Flags(
+            name: relayName, host: start.host, type: start.type, enrollMethod: methodText, tokenGiven: token != nil,
+            tokenProblem: token.flatMap { StartSettings.tokenProblem(utf8: Array($0.utf8)) }, relayId: relayId, domain: domain,
+            sshPort: start.sshPort ?? 2222, tlsPort: start.tlsPort ?? 8443, logFormat: start.logFormat)
+        if case .failure(let p) = StartSettings.resolve(flags, environment: [:]) { fail(p.text, status: .usage) }
+        if let problem = start.problem { fail(problem, status: .usage) }
         let apiURL = StartSettings.domain(flag: domain, stored: nil, cliConfigDomain: nil, environment: env)
-        var extra: [String] = []
-        if let caFile { extra.append("--ca-file=\(absolute(caFile))") }
-        if let metricsListen { extra.append("--metrics-listen=\(metricsListen)") }
-        if drainTimeout != 30 { extra.append("--drain-timeout=\(drainTimeout)") }
         let install = SystemdInstaller.Install(
-            name: relayName, method: method, token: token ?? env["INFISICAL_RELAY_ENROLLMENT_TOKEN"], relayId: relayId, domain: apiURL,
-            logFile: logFile, executable: executable ?? selfExecutable(), extraArguments: extra, drainTimeoutSeconds: drainTimeout)
+            name: relayName, method: method, token: token, relayId: relayId, domain: apiURL,
+            logFile: logFile, executable: absolute(executable ?? selfExecutable()), arguments: start.arguments,
+            stateDirectory: start.stateDir.map(absolute), drainTimeoutSeconds: start.drainTimeout ?? 30)
         RelayLog.bootstrap(format: .text, level: RelayLog.level(named: env["LOG_LEVEL"]))
         let installer = SystemdInstaller(root: root, systemctl: runSystemctl, say: { RelayLog.relay.info("\($0)") })
-        let caFile = caFile
+        // The install-time login reads the CA bundle the unit will use (inside --root when given).
+        let caFile = start.caFile.map { installer.path(absolute($0)) }
         let api = method == .token ? PlatformClients.relayAPI(domain: apiURL, caFile: caFile) : nil
         switch installer.install(install, api: api) {
         case .success: break
-        case .failure(let f): fail(f.message)
+        case .failure(let f): fail(f.message, status: f.status)
         }
+    }
+}
+
+/// `relay start`'s options as `relay systemd install` takes them, to pass on in `ExecStart`
+/// (issue 12 item 7). Not here: `--name` (the positional NAME), `--enroll-method`, `--token`,
+/// `--relay-id`, `--domain` (the environment file carries them), `--credentials-file` (a unit
+/// enrolls), and the hidden tuning flags.
+struct RelayStartFlags: ParsableArguments {
+    @Option(help: "The relay's IP or hostname.") var host: String?
+    @Option(help: "org or instance (ignored with --enroll-method).") var type: String?
+    @Option(name: .customLong("log-level"), help: "trace, debug, info, warn, error.") var logLevel: String?
+    @Option(name: .customLong("ca-file"), help: "PEM bundle of CAs to trust for the platform's HTTPS (also used for the install-time login).") var caFile: String?
+    @Option(name: .customLong("state-dir"), help: "Where the state file lives (default /etc/infisical/relays).") var stateDir: String?
+    @Option(name: .customLong("listen-address"), help: "Address for both listeners (default: all interfaces).") var listenAddress: String?
+    @Option(name: .customLong("ssh-port"), help: "Port for gateways (SSH; default 2222).") var sshPort: Int?
+    @Option(name: .customLong("tls-port"), help: "Port for the platform (mutual TLS; default 8443).") var tlsPort: Int?
+    @Option(name: .customLong("metrics-listen"), help: "HOST:PORT for /metrics, /healthz and /ready.") var metricsListen: String?
+    @Option(name: .customLong("log-format"), help: "text or json.") var logFormat: String?
+    @Option(name: .customLong("trace-out"), help: "Append model traces (JSON Lines) to FILE.") var traceOut: String?
+    @Option(name: .customLong("drain-timeout"), help: "Seconds in-flight connections may continue after SIGTERM (default 30; TimeoutStopSec is 15 s more).")
+    var drainTimeout: Double?
+
+    /// The first value relay start would refuse, beyond StartSettings' checks.
+    var problem: String? {
+        if let address = metricsListen, MetricsServer.parse(address: address) == nil {
+            return "invalid --metrics-listen \"\(address)\": expected HOST:PORT, [IPv6]:PORT or :PORT"
+        }
+        if let d = drainTimeout, !(d >= 0 && d <= 86_400) { return "--drain-timeout must be between 0 and 86400 seconds" }
+        if let l = logLevel, !LogLevelNames.known.contains(l.lowercased()) { return LogLevelNames.problem(l) }
+        if let a = listenAddress, a.contains(where: { $0.isWhitespace }) { return "invalid --listen-address \"\(a)\"" }
+        return nil
+    }
+
+    /// The `ExecStart` words, in `relay start`'s order; paths made absolute.
+    var arguments: [SystemdInstaller.Argument] {
+        typealias A = SystemdInstaller.Argument
+        var out: [A] = []
+        if let host { out.append(A("--host", host)) }
+        if let type { out.append(A("--type", type)) }
+        if let logLevel { out.append(A("--log-level", logLevel)) }
+        if let caFile { out.append(A("--ca-file", absolute(caFile), isPath: true)) }
+        if let stateDir { out.append(A("--state-dir", absolute(stateDir), isPath: true)) }
+        if let listenAddress { out.append(A("--listen-address", listenAddress)) }
+        if let sshPort { out.append(A("--ssh-port", String(sshPort))) }
+        if let tlsPort { out.append(A("--tls-port", String(tlsPort))) }
+        if let metricsListen { out.append(A("--metrics-listen", metricsListen)) }
+        if let logFormat { out.append(A("--log-format", logFormat)) }
+        if let traceOut { out.append(A("--trace-out", absolute(traceOut), isPath: true)) }
+        if let drainTimeout { out.append(A("--drain-timeout", drainTimeout == drainTimeout.rounded() ? String(Int(drainTimeout)) : String(drainTimeout))) }
+        return out
+    }
+}
+
+/// The log level names `relay start` and `relay gateway start` know (RelayLog.level(named:)).
+enum LogLevelNames {
+    static let known: Set<String> = ["trace", "debug", "info", "warn", "warning", "error", "fatal", "critical", "panic"]
+    static func problem(_ value: String) -> String {
+        "invalid --log-level \"\(value)\": supported values are trace, debug, info, warn, error"
     }
 }
 
 struct SystemdUninstall: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "uninstall",
-        abstract: "Stop, disable and remove a relay's systemd service and its files (requires root, unless --root).")
+        abstract: "Stop, disable and remove a relay's systemd service infisical-relay-NAME and the files install wrote (requires root, unless --root).")
 
     @Argument(help: "The relay's name (none: the legacy infisical-relay service).") var name: String?
     @Option(help: "Remove from under this directory instead of / (systemctl is not run).") var root: String = "/"
 
     func run() throws {
-        if root == "/" && geteuid() != 0 { fail("systemd service uninstallation requires root/sudo privileges") }
+        if root == "/" && geteuid() != 0 { fail("systemd service uninstallation requires root/sudo privileges", status: .noPermission) }
         RelayLog.bootstrap(format: .text, level: .info)
         let installer = SystemdInstaller(root: root, systemctl: runSystemctl, say: { RelayLog.relay.info("\($0)") })
-        if case .failure(let f) = installer.uninstall(name: name) { fail(f.message) }
+        if case .failure(let f) = installer.uninstall(name: name) { fail(f.message, status: f.status) }
     }
 }
 

@@ -260,16 +260,20 @@ struct GatewayEnrollmentTests {
         let gwId = try await p.createGateway(name)
         let token = try await p.mint(gwId, kind: "gateways")
         let root = TempDir("gw-root")
+        // Under --root the unit's paths are the image's: the CA bundle goes inside it (the platform's
+        // own file is under /tmp, which the unit's PrivateTmp hides and install refuses).
+        try FileManager.default.createDirectory(atPath: root.path("etc/relay"), withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: p.service.caFilePath, toPath: root.path("etc/relay/platform-ca.pem"))
         let install = try await RelayCLI.run(["gateway", "systemd", "install", name, "--enroll-method=token", "--token=\(token)",
-                                              "--domain=\(p.base)", "--ca-file=\(p.service.caFilePath)", "--target-relay-name=edge",
+                                              "--domain=\(p.base)", "--ca-file=/etc/relay/platform-ca.pem", "--target-relay-name=edge",
                                               "--metrics-listen=127.0.0.1:9464", "--root", root.url.path])
         #expect(install.exit == .exited(0), "\(install.stderr)")
         #expect(install.stderr.contains("Enrolling gateway with enrollment token..."))
         #expect(install.stderr.contains("Gateway enrolled successfully. Access token saved to \(root.path("etc/infisical/gateways"))/\(name).json"))
         #expect(!install.stderr.contains(token))
-        let unit = try String(contentsOfFile: root.path("etc/systemd/system/\(name).service"), encoding: .utf8)
+        let unit = try String(contentsOfFile: root.path("etc/systemd/system/infisical-gateway-\(name).service"), encoding: .utf8)
         let exec = try #require(unit.split(separator: "\n").first { $0.hasPrefix("ExecStart=") })
-        #expect(exec.hasSuffix(" gateway start --ca-file=\(p.service.caFilePath) --metrics-listen=127.0.0.1:9464"), "\(exec)")
+        #expect(exec.hasSuffix(" gateway start --ca-file=/etc/relay/platform-ca.pem --metrics-listen=127.0.0.1:9464"), "\(exec)")
         // The same hardening and environment-file handling as the relay's unit.
         let relayUnit = SystemdInstaller.unit(.init(name: name, method: .token, token: nil, relayId: nil, domain: "d", logFile: nil,
                                                     executable: "/x"), environmentFile: "/etc/infisical/gateways/\(name).env.conf")
@@ -278,7 +282,8 @@ struct GatewayEnrollmentTests {
         #expect(unit.contains("Description=Infisical Gateway \(name) (relay)"))
         let envFile = root.path("etc/infisical/gateways/\(name).env.conf")
         #expect(Self.mode(envFile) == 0o600 && Self.mode(root.path("etc/infisical/gateways")) == 0o700)
-        let envText = try String(contentsOfFile: envFile, encoding: .utf8)
+        let envText = try String(contentsOfFile: envFile, encoding: .utf8).split(separator: "\n").filter { !$0.hasPrefix("#") }
+            .map { $0 + "\n" }.joined()
         #expect(envText == "INFISICAL_GATEWAY_NAME=\(name)\nINFISICAL_GATEWAY_ENROLL_METHOD=token\nINFISICAL_API_URL=\(p.base)/api\nINFISICAL_RELAY_NAME=edge\n",
                 "\(envText)")
 
@@ -290,6 +295,7 @@ struct GatewayEnrollmentTests {
         }
         let words = exec.dropFirst("ExecStart=".count).split(separator: " ").map(String.init).dropFirst()
             .filter { !$0.hasPrefix("--metrics-listen") }
+            .map { $0.hasPrefix("--ca-file=") ? "--ca-file=" + root.path(String($0.dropFirst("--ca-file=/".count))) : $0 }
         let gw = try RelayCLI.start(Array(words) + ["--state-dir=\(root.path("etc/infisical/gateways"))", "--retry-base=0.2"], environment: env)
         try await gw.waitForLog("Using stored access token...")
         try await gw.waitForLog("Starting gateway...")
@@ -302,16 +308,17 @@ struct GatewayEnrollmentTests {
                                           "--domain=https://platform.example", "--root", root.url.path])
         #expect(aws.exit == .exited(0), "\(aws.stderr)")
         #expect(try String(contentsOfFile: root.path("etc/infisical/gateways/gw-aws-unit.env.conf"), encoding: .utf8)
+                    .split(separator: "\n").filter { !$0.hasPrefix("#") }.map { $0 + "\n" }.joined()
                 == "INFISICAL_GATEWAY_ID=gw-id-7\nINFISICAL_GATEWAY_NAME=gw-aws-unit\nINFISICAL_GATEWAY_ENROLL_METHOD=aws\nINFISICAL_API_URL=https://platform.example/api\n")
         #expect(!FileManager.default.fileExists(atPath: root.path("etc/infisical/gateways/gw-aws-unit.json")))
         let noId = try await RelayCLI.run(["gateway", "systemd", "install", "gw-x", "--enroll-method=aws", "--domain=https://platform.example",
                                            "--root", root.url.path])
-        #expect(noId.exit == .exited(1) && noId.stderr.contains("--gateway-id is required when --enroll-method=aws"), "\(noId.stderr)")
+        #expect(noId.exit == .exited(64) && noId.stderr.contains("--gateway-id is required when --enroll-method=aws"), "\(noId.stderr)")
 
         for n in [name, "gw-aws-unit"] {
             let un = try await RelayCLI.run(["gateway", "systemd", "uninstall", n, "--root", root.url.path])
             #expect(un.exit == .exited(0), "\(un.stderr)")
-            for f in ["etc/systemd/system/\(n).service", "etc/infisical/gateways/\(n).env.conf", "etc/infisical/gateways/\(n).json",
+            for f in ["etc/systemd/system/infisical-gateway-\(n).service", "etc/infisical/gateways/\(n).env.conf", "etc/infisical/gateways/\(n).json",
                       "etc/infisical/gateways/\(n).lock"] {
                 #expect(!FileManager.default.fileExists(atPath: root.path(f)), "\(f) left behind")
             }

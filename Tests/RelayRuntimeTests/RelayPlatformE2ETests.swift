@@ -89,17 +89,22 @@ struct RelayPlatformE2ETests {
         let id = try await p.createRelay(name, host: "127.0.0.1", sshPort: ssh, tlsPort: tls)
         let token = try await p.mint(id)
         let root = TempDir("relay-root")
+        // Under --root the unit's paths are the image's: the CA bundle goes inside it (the platform's
+        // own file is under /tmp, which the unit's PrivateTmp hides and install refuses).
+        try FileManager.default.createDirectory(atPath: root.path("etc/relay"), withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: p.service.caFilePath, toPath: root.path("etc/relay/platform-ca.pem"))
         let install = try await RelayCLI.run(["systemd", "install", name, "--enroll-method=token", "--token=\(token)", "--domain=\(p.base)",
-                                              "--ca-file=\(p.service.caFilePath)", "--root", root.url.path])
+                                              "--ca-file=/etc/relay/platform-ca.pem", "--root", root.url.path])
         #expect(install.exit == .exited(0), "\(install.stderr)")
         #expect(install.stderr.contains("Relay enrolled successfully"))
         // What systemd would run: ExecStart's words and the EnvironmentFile's variables.
-        let unit = try String(contentsOfFile: root.path("etc/systemd/system/\(name).service"), encoding: .utf8)
+        let unit = try String(contentsOfFile: root.path("etc/systemd/system/infisical-relay-\(name).service"), encoding: .utf8)
         let exec = try #require(unit.split(separator: "\n").first { $0.hasPrefix("ExecStart=") }).dropFirst("ExecStart=".count)
         let words = exec.split(separator: " ").map(String.init)
+            .map { $0.hasPrefix("--ca-file=") ? "--ca-file=" + root.path(String($0.dropFirst("--ca-file=/".count))) : $0 }
         #expect(words.dropFirst().first == "start")
         var env: [String: String] = [:]
-        for line in try String(contentsOfFile: root.path("etc/infisical/relays/\(name).env.conf"), encoding: .utf8).split(separator: "\n") {
+        for line in try String(contentsOfFile: root.path("etc/infisical/relays/\(name).env.conf"), encoding: .utf8).split(separator: "\n") where !line.hasPrefix("#") {
             let kv = line.split(separator: "=", maxSplits: 1).map(String.init)
             env[kv[0]] = kv[1]
         }

@@ -156,14 +156,10 @@ public final class StateStore: @unchecked Sendable {
         }
     }
 
-    /// `mkdir -p` with mode 0700 for every component it creates.
+    /// `mkdir -p` with mode 0700 for every component it creates (`Directories.create`).
     private static func makeDirectories(_ dir: String) throws(OpenError) {
-        var prefix = dir.hasPrefix("/") ? "" : "."
-        for part in dir.split(separator: "/", omittingEmptySubsequences: true) {
-            prefix += "/" + part
-            if mkdir(prefix, 0o700) != 0 && errno != EEXIST {
-                throw .directory(path: dir, problem: "cannot be created (\(prefix): \(String(cString: strerror(errno))))")
-            }
+        do { try Directories.create(dir, mode: 0o700) } catch {
+            throw .directory(path: dir, problem: "cannot be created (\(error.path): \(error.reason))")
         }
     }
 

@@ -310,17 +310,20 @@ public struct ResourceRecord: Sendable, Equatable {
 
 /// File-system helpers for private state.
 enum FileSystem {
-    /// Creates `path` (and parents) with mode 0700 when missing; tightens an existing one to 0700.
+    /// Creates `path` and its missing parents with mode 0700 (`Directories.create`: a directory
+    /// that exists keeps its mode). An existing data directory is used as it is, unless group or
+    /// others can write to it: it holds the CA keys, so that is refused with what to do.
     static func makePrivateDirectory(_ path: String) throws {
         var st = stat()
         if stat(path, &st) == 0 {
             guard st.st_mode & S_IFMT == S_IFDIR else { throw RuntimeError.invalidInput("\(path) is not a directory") }
-            chmod(path, 0o700)
+            let mode = st.st_mode & 0o7777
+            guard mode & 0o022 == 0 else {
+                throw RuntimeError.invalidInput("the data directory \(path) has mode \(StateStore.octal(mode)): group- or world-writable, and it holds the platform's CA keys; run chmod go-w \(path) (or chmod 700) and start again")
+            }
             return
         }
-        let parent = path.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
-        if !parent.isEmpty && parent != path { try? makePrivateDirectory(parent) }
-        guard mkdir(path, 0o700) == 0 || errno == EEXIST else { throw RuntimeError.errno("mkdir \(path)", errno) }
+        do { try Directories.create(path, mode: 0o700) } catch { throw RuntimeError.invalidInput("\(error)") }
     }
 
     /// Writes `text` to `path` with `mode` through a temporary file, fsync and rename.

@@ -122,7 +122,7 @@ public struct Doctor: Sendable {
         if running {
             add(.ok, "relay process", "running\(status.map { " (pid \($0.pid), \($0.enrollment ?? "?"))" } ?? "")")
         } else {
-            add(.fail, "relay process", "no relay named '\(relayName)' is running: start it (sudo systemctl start \(relayName), or the deploy command) and look at its log")
+            add(.fail, "relay process", "no relay named '\(relayName)' is running: start it (sudo systemctl start infisical-relay-\(relayName), or the deploy command) and look at its log")
         }
 
         // 4, 5. Platform reachable, clock skew.
