@@ -11,12 +11,35 @@ struct Relay: ParsableCommand {
         commandName: "relay",
         abstract: "Infisical-compatible relay, gateway and reference platform.",
         subcommands: [Demo.self, Start.self, Platform.self, Gateway.self, Connect.self, Systemd.self, DoctorCommand.self, Replay.self, Version.self, BenchNode.self])
+
+    /// ArgumentParser's `main`, except that with `--log-format json` (or `LOG_FORMAT=json`) a
+    /// parse or validation error is one JSON line on stderr instead of text and a usage banner.
+    static func main() {
+        guard RelayLog.requestedFormat(arguments: CommandLine.arguments, environment: Environment.current) == .json else {
+            return main(nil)
+        }
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch {
+            let code = exitCode(for: error)
+            guard code != .success else { exit(withError: error) }  // --help, --version: as usual
+            printJSONError(fullMessage(for: error))
+            Glibc.exit(code.rawValue)
+        }
+    }
+}
+
+/// An error as one JSON log line on stderr (`--log-format json`).
+func printJSONError(_ message: String) {
+    var e = StandardError()
+    e.write(RelayLog.line(level: .error, message: message, format: .json))
 }
 
 struct Version: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Print versions of relay and its C libraries.")
     func run() {
-        print("relay 0.1.0")
+        print("relay \(LinkedLibraries.relayVersion)")
         print(LinkedLibraries.libsshSummary)
         print("\(LinkedLibraries.openssl)")
         print("jansson \(LinkedLibraries.jansson)")
@@ -45,7 +68,11 @@ struct Replay: ParsableCommand {
 /// `error: <message>` on stderr (Infisical's `util.HandleError` line), then exit with `status`
 /// (README "Exit status": usage errors are 64, permanent failures have their own codes).
 func fail(_ message: String, status: ExitStatus = .failure) -> Never {
-    printError("error: \(message)")
+    if RelayLog.requestedFormat(arguments: CommandLine.arguments, environment: Environment.current) == .json {
+        printJSONError(message)
+    } else {
+        printError("error: \(message)")
+    }
     Glibc.exit(status.rawValue)
 }
 
