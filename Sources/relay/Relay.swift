@@ -24,7 +24,7 @@ struct Relay: ParsableCommand {
         } catch {
             let code = exitCode(for: error)
             guard code != .success else { exit(withError: error) }  // --help, --version: as usual
-            printJSONError(fullMessage(for: error))
+            printJSONError(message(for: error))  // the error alone: no usage banner in a log line
             Glibc.exit(code.rawValue)
         }
     }

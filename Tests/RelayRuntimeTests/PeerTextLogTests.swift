@@ -38,7 +38,7 @@ struct PeerTextLogTests {
         longExtension.nameExtension = Array(("{\"name\":\"" + Self.tenKB + "\"}").utf8)
         _ = try bed.refusal(try bed.clientContext(longExtension))
         #expect(await capture.waitFor("client certificate subject CN has 10"))
-        #expect(await capture.waitFor("client certificate extension 1.3.6.1.4.1.12345.100.3 holds 10012 bytes (limit 4096)"))
+        #expect(await capture.waitFor("client certificate extension 1.3.6.1.4.1.12345.100.3 holds 10011 bytes (limit 4096)"))
         #expect(!bed.registeredGateways.contains { $0.hasPrefix("gw-long") })
         #expect(capture.lines(containing: String(repeating: "A", count: 200)).isEmpty, "no 10 KB value reaches a line")
         capture.expectOneLineEach()
@@ -75,7 +75,8 @@ struct PeerTextLogTests {
         #expect(keyIdLines.contains { $0.contains("…(+") }, "the key id is cut with a marker: \(keyIdLines.first ?? "")")
         #expect(capture.lines(containing: String(repeating: "A", count: 200)).isEmpty)
         #expect(capture.lines(containing: String(repeating: "B", count: 200)).isEmpty)
-        #expect(capture.lines(containing: "valid principals").allSatisfy { $0.contains("more)]") }, "the list is cut")
+        let listed = capture.lines(containing: "valid principals").filter { $0.contains("\"p0") }
+        #expect(!listed.isEmpty && listed.allSatisfy { $0.contains("…(+32 more)]") }, "the list of 40 is cut after 8: \(listed.first ?? "")")
         capture.expectOneLineEach()
         try bed.expectStillServing()
         await gw.stop()
@@ -96,7 +97,7 @@ struct PeerTextLogTests {
         #expect(try await p.request("POST", "/api/v2/relays/login", body: header).status == 401)
         // A hostile header on an ordinary request: nothing of it is logged, and nothing breaks.
         let r = try await p.request("POST", "/api/v2/relays/login", rawBody: Array("{\"method\":\"token\",\"token\":\"x\(Self.injected)\"}".utf8))
-        #expect(r.status == 401)
+        #expect(r.status == 400 || r.status == 401, "\(r.status)")
         #expect(await capture.waitFor("AWS login refused"))
         let refused = capture.lines(containing: "AWS login refused").filter { $0.contains("peer-text-aws") }
         #expect(refused.count == 4, "method and header name, text and JSON: \(refused.count)")
