@@ -14,6 +14,23 @@ struct Relay: ParsableCommand {
         version: Version.line,
         subcommands: [Demo.self, Start.self, Platform.self, Gateway.self, Connect.self, Systemd.self, DoctorCommand.self, Replay.self,
                       Version.self, Completion.self, BenchNode.self])
+
+    /// ArgumentParser's `main`, except that with `--log-format json` (or `LOG_FORMAT=json`) a
+    /// parse or validation error is one JSON line on stderr instead of text and a usage banner.
+    static func main() {
+        guard RelayLog.requestedFormat(arguments: CommandLine.arguments, environment: Environment.current) == .json else {
+            return main(nil)
+        }
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch {
+            let code = exitCode(for: error)
+            guard code != .success else { exit(withError: error) }  // --help, --version: as usual
+            printJSONError(message(for: error))  // the error alone: no usage banner in a log line
+            Glibc.exit(code.rawValue)
+        }
+    }
 }
 
 /// The exit-status table for `relay --help` (the README has the same list).
@@ -42,10 +59,15 @@ struct Completion: ParsableCommand {
     }
 }
 
+/// An error as one JSON log line on stderr (`--log-format json`).
+func printJSONError(_ message: String) {
+    var e = StandardError()
+    e.write(RelayLog.line(level: .error, message: message, format: .json))
+}
+
 struct Version: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Print versions of relay and its C libraries.")
-    static let number = "0.1.0"
-    static var line: String { "relay \(number)" }
+    static var line: String { "relay \(LinkedLibraries.relayVersion)" }
 
     func run() {
         print(Version.line)
@@ -77,7 +99,11 @@ struct Replay: ParsableCommand {
 /// `error: <message>` on stderr (Infisical's `util.HandleError` line), then exit with `status`
 /// (README "Exit status": usage errors are 64, permanent failures have their own codes).
 func fail(_ message: String, status: ExitStatus = .failure) -> Never {
-    printError("error: \(message)")
+    if RelayLog.requestedFormat(arguments: CommandLine.arguments, environment: Environment.current) == .json {
+        printJSONError(message)
+    } else {
+        printError("error: \(message)")
+    }
     Glibc.exit(status.rawValue)
 }
 

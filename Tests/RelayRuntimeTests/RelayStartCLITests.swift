@@ -209,9 +209,9 @@ struct RelayStartCLITests {
         try await Task.sleep(for: .milliseconds(300))
         let metrics = try httpGet(port: mport, path: "/metrics")
         #expect(metrics.status == 200)
-        for needle in ["# TYPE relay_tunnels gauge", "relay_tunnels 1", "relay_ready 1", "relay_certificate_not_after_seconds ",
+        for needle in ["# TYPE relay_tunnels gauge", "relay_tunnels 1", "relay_ready 1", "relay_certificate_not_after_timestamp_seconds ",
                        "relay_certificate_expires_in_seconds ", #"relay_tls_handshakes_total{outcome="ok"} 1"#,
-                       #"relay_ssh_auth_total{outcome="accepted"} "#, "relay_channels_total 1", #"relay_bytes_total{direction="up"} 10000"#] {
+                       #"relay_ssh_auth_total{outcome="accepted"} "#, "relay_channels_total 1", #"relay_bytes_total{direction="to_target"} 10000"#] {
             #expect(metrics.body.contains(needle), "missing \(needle) in\n\(metrics.body)")
         }
         #expect(try httpGet(port: mport, path: "/nope").status == 404)

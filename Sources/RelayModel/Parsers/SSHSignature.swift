@@ -145,7 +145,7 @@ public enum SSHSignaturePreparation {
     /// Checks the algorithm against the key and reshapes the signature for OpenSSL.
     public static func prepare(_ signature: SSHSignature, key: SSHPublicKey) -> Prepared {
         guard let algorithm = SSHSignatureAlgorithm(rawValue: signature.algorithm) else {
-            return .refused(.algorithmRefused(SSHText.printable(signature.algorithm)))
+            return .refused(.algorithmRefused(String(signature.algorithm.prefix(SSHLimits.maxNameBytes))))
         }
         guard algorithm.keyType == key.type else {
             return .refused(.algorithmKeyMismatch(algorithm: algorithm.rawValue, keyType: key.type.rawValue))

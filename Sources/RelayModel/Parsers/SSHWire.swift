@@ -391,52 +391,22 @@ public enum SSHText {
         return String(decoding: raw, as: UTF8.self)
     }
 
-    /// Longest peer-supplied string reproduced in a log message.
-    public static let maxLoggedCharacters = 256
+    /// Longest peer-supplied string reproduced in a log message (`PeerText.nameLimit`).
+    public static let maxLoggedCharacters = PeerText.nameLimit
 
-    /// A peer-supplied string made safe for one log line: control characters (C0, DEL, C1,
-    /// line/paragraph separators) become `\n`, `\t`, `\u{…}` escapes, and anything past
-    /// `maxLoggedCharacters` is cut with `…`.
-    public static func printable(_ s: String) -> String {
-        var out = ""
-        var n = 0
-        for scalar in s.unicodeScalars {
-            if n == maxLoggedCharacters { out += "…"; break }
-            n += 1
-            switch scalar.value {
-            case 0x0A: out += "\\n"
-            case 0x0D: out += "\\r"
-            case 0x09: out += "\\t"
-            case 0x00...0x1F, 0x7F...0x9F, 0x2028, 0x2029:
-                out += "\\u{" + String(scalar.value, radix: 16) + "}"
-            default: out.unicodeScalars.append(scalar)
-            }
-        }
-        return out
-    }
+    /// A peer-supplied string made safe for one log line: `PeerText.escaped` (Specs/logging.md).
+    public static func printable(_ s: String) -> String { PeerText.escaped(s, limit: maxLoggedCharacters) }
 
-    /// `printable(s)` in double quotes with `"` and `\` escaped (like Go's `%q`).
-    public static func quoted(_ s: String) -> String {
-        var inner = ""
-        for ch in printable(s) {
-            switch ch {
-            case "\"": inner += "\\\""
-            default: inner.append(ch)
-            }
-        }
-        return "\"" + inner + "\""
-    }
+    /// `PeerText.quoted`: `printable(s)` in double quotes with `"` escaped (like Go's `%q`).
+    public static func quoted(_ s: String) -> String { PeerText.quoted(s, limit: maxLoggedCharacters) }
 
     /// Byte-for-byte equality of the UTF-8 encodings. Swift's `==` on `String` uses Unicode
     /// canonical equivalence (`"é" == "e\u{301}"`); OpenSSH and Go compare bytes, and so
     /// must every identity check here.
     public static func bytesEqual(_ a: String, _ b: String) -> Bool { a.utf8.elementsEqual(b.utf8) }
 
-    /// A list rendered like Go's `%q` of a `[]string`: `["a" "b"]`.
-    public static func quotedList(_ items: [String]) -> String {
-        let shown = items.prefix(16).map(quoted)
-        return "[" + shown.joined(separator: " ") + (items.count > 16 ? " …" : "") + "]"
-    }
+    /// A list rendered like Go's `%q` of a `[]string`: `["a" "b"]` (`PeerText.quotedList`).
+    public static func quotedList(_ items: [String]) -> String { PeerText.quotedList(items) }
 }
 
 // MARK: - authorized_keys lines
@@ -470,7 +440,7 @@ public struct SSHAuthorizedKeyLine: Hashable, Sendable {
         let typeEnd = body.firstIndex(where: isSpace) ?? body.endIndex
         let typeBytes = Array(body[body.startIndex..<typeEnd])
         guard let typeName = SSHText.name(typeBytes) else {
-            throw .unsupportedKeyType(SSHText.printable(String(decoding: typeBytes.prefix(SSHLimits.maxNameBytes), as: UTF8.self)))
+            throw .unsupportedKeyType(String(decoding: typeBytes.prefix(SSHLimits.maxNameBytes), as: UTF8.self))
         }
         // Key data.
         guard let dataStart = body[typeEnd...].firstIndex(where: { !isSpace($0) }) else { throw .missingKeyData }

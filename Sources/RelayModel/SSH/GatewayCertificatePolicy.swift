@@ -110,10 +110,10 @@ public struct GatewayCertificatePolicy: Hashable, Sendable {
         for option in c.criticalOptions {
             guard SSHText.bytesEqual(option.name, "source-address") else { return reject(.unsupportedCriticalOption(option.name)) }
             guard let text = option.text, let blocks = SourceAddressList.parse(text) else {
-                return reject(.sourceAddressMalformed(SSHText.printable(String(decoding: option.value.prefix(512), as: UTF8.self))))
+                return reject(.sourceAddressMalformed(String(decoding: option.value.prefix(512), as: UTF8.self)))
             }
             guard let peerAddress, let peer = IPAddress.parse(peerAddress, allowZone: true) else {
-                return reject(.sourceAddressUnverifiable(peer: peerAddress.map(SSHText.printable)))
+                return reject(.sourceAddressUnverifiable(peer: peerAddress))
             }
             guard blocks.contains(where: { $0.contains(peer) }) else {
                 return reject(.sourceAddressNotAllowed(peer: peer.normalized.description, allowed: text))

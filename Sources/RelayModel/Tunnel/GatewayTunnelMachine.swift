@@ -200,30 +200,32 @@ public struct GatewayTunnelMachine: StateMachine {
         /// A report that does not fit the current phase (a runtime bug); ignored.
         case unexpectedEvent(event: String, state: String)
 
+        /// Relay names and hosts come from the platform, failures from the relay: escaped and
+        /// bounded with `PeerText` (Specs/logging.md).
         public var text: String {
             switch self {
             case let .connecting(relay, host, from):
-                return "Connecting to relay \(relay) (\(host))" + (from.map { ", failing over from \($0)" } ?? "")
+                return "Connecting to relay \(PeerText.escaped(relay)) (\(PeerText.escaped(host)))" + (from.map { ", failing over from \(PeerText.escaped($0))" } ?? "")
             case .connectionEstablished(let relay):
-                return "Relay connection established for gateway (relay \(relay))"
+                return "Relay connection established for gateway (relay \(PeerText.escaped(relay)))"
             case let .connectionFailed(relay, failure, retryIn):
-                return "Connection failed: \(failure) (relay \(relay)), retrying in \(TunnelText.span(retryIn))"
+                return "Connection failed: \(PeerText.oneLine("\(failure)", limit: PeerText.detailLimit)) (relay \(PeerText.escaped(relay))), retrying in \(TunnelText.span(retryIn))"
             case let .hostKeyRejected(relay, host, detail, retryIn):
-                return "Relay \(relay) (\(host)) host key rejected: \(detail); not trusting it, retrying in \(TunnelText.span(retryIn))"
+                return "Relay \(PeerText.escaped(relay)) (\(PeerText.escaped(host))) host key rejected: \(PeerText.oneLine(detail, limit: PeerText.detailLimit)); not trusting it, retrying in \(TunnelText.span(retryIn))"
             case let .connectionLost(relay, cause, uptime, retryIn):
-                return "Connection closed (relay \(relay): \(cause), up for \(TunnelText.span(uptime))), reconnecting in \(TunnelText.span(retryIn))..."
+                return "Connection closed (relay \(PeerText.escaped(relay)): \(cause), up for \(TunnelText.span(uptime))), reconnecting in \(TunnelText.span(retryIn))..."
             case let .keepaliveMissed(relay, misses, limit):
-                return "Keepalive to relay \(relay) unanswered (\(misses) of \(limit))"
+                return "Keepalive to relay \(PeerText.escaped(relay)) unanswered (\(misses) of \(limit))"
             case let .keepaliveTimeout(relay, misses, retryIn):
-                return "Relay \(relay) did not answer \(misses) keepalive(s); closing the connection, reconnecting in \(TunnelText.span(retryIn))..."
+                return "Relay \(PeerText.escaped(relay)) did not answer \(misses) keepalive(s); closing the connection, reconnecting in \(TunnelText.span(retryIn))..."
             case .noUsableRelay(let retryIn):
                 return "No healthy relay available, retrying in \(TunnelText.span(retryIn))"
             case let .failingBack(from, to):
-                return "Relay \(to) is healthy again; switching back from \(from)"
+                return "Relay \(PeerText.escaped(to)) is healthy again; switching back from \(PeerText.escaped(from))"
             case .draining(let relay):
-                return "Draining: closing the connection to relay \(relay)"
+                return "Draining: closing the connection to relay \(PeerText.escaped(relay))"
             case let .drainTimedOut(relay, after):
-                return "Relay \(relay) did not confirm the close within \(TunnelText.span(after)); closing the connection"
+                return "Relay \(PeerText.escaped(relay)) did not confirm the close within \(TunnelText.span(after)); closing the connection"
             case .tunnelClosed:
                 return "Relay tunnel closed"
             case let .unexpectedEvent(event, state):

@@ -234,35 +234,57 @@ public struct TunnelRegistryMachine: StateMachine {
         /// An event that contradicts the table (a runtime bug); ignored.
         case unexpectedEvent(event: String, state: String)
 
+        /// Gateway names, ids and organizations come from peers' certificates: escaped and
+        /// bounded with `PeerText` (Specs/logging.md).
         public var text: String {
             switch self {
-            case let .handshakeSuccessful(name, id): return "SSH handshake successful for gateway: \(name) (\(id))"
-            case let .gatewayDisconnected(name, id): return "Gateway \(name) (\(id)) disconnected"
+            case let .handshakeSuccessful(name, id): return "SSH handshake successful for gateway: \(PeerText.escaped(name)) (\(PeerText.escaped(id)))"
+            case let .gatewayDisconnected(name, id): return "Gateway \(PeerText.escaped(name)) (\(PeerText.escaped(id))) disconnected"
             case let .gatewayReplaced(name, id, old, new):
-                return "Gateway \(name) (\(id)) already has an active connection; replacing connection \(old) with \(new)"
+                return "Gateway \(PeerText.escaped(name)) (\(PeerText.escaped(id))) already has an active connection; replacing connection \(old) with \(new)"
             case let .tunnelLimitReached(name, id, limit):
-                return "Gateway \(name) (\(id)) rejected: this relay already holds \(limit) tunnels"
-            case let .gatewayRejected(name, id, reason): return "Gateway \(name) (\(id)) rejected: \(reason.text)"
+                return "Gateway \(PeerText.escaped(name)) (\(PeerText.escaped(id))) rejected: this relay already holds \(limit) tunnels"
+            case let .gatewayRejected(name, id, reason): return "Gateway \(PeerText.escaped(name)) (\(PeerText.escaped(id))) rejected: \(reason.text)"
             case let .keepaliveMissed(name, id, misses, limit):
-                return "Gateway \(name) (\(id)) did not answer keepalive (\(misses) of \(limit))"
+                return "Gateway \(PeerText.escaped(name)) (\(PeerText.escaped(id))) did not answer keepalive (\(misses) of \(limit))"
             case let .keepaliveTimeout(name, id, misses):
-                return "Gateway \(name) (\(id)) did not answer \(misses) keepalives; closing its connection"
+                return "Gateway \(PeerText.escaped(name)) (\(PeerText.escaped(id))) did not answer \(misses) keepalives; closing its connection"
             case .heartbeatCheckSuccessful: return "Heartbeat check successful, closing connection."
-            case let .clientConnected(name, id): return "Client connected with certificate: \(name) (\(id))"
+            case let .clientConnected(name, id): return "Client connected with certificate: \(PeerText.escaped(name)) (\(PeerText.escaped(id)))"
             case let .routingConnection(org, name, id):
-                return "Routing connection from Organization \(org) to Gateway: \(name) (\(id))"
-            case let .gatewayNotConnected(name, id): return "Gateway '\(name)' (\(id)) not connected"
+                return "Routing connection from Organization \(PeerText.escaped(org)) to Gateway: \(PeerText.escaped(name)) (\(PeerText.escaped(id)))"
+            case let .gatewayNotConnected(name, id): return "Gateway '\(PeerText.escaped(name))' (\(PeerText.escaped(id))) not connected"
             case let .channelLimitReached(name, id, limit):
-                return "Gateway '\(name)' (\(id)) already carries \(limit) channels; refusing the connection"
-            case .failedToConnectToGateway(let error): return "Failed to connect to gateway: \(error)"
-            case .clientDisconnected(let peer): return "Client \(peer) disconnected"
+                return "Gateway '\(PeerText.escaped(name))' (\(PeerText.escaped(id))) already carries \(limit) channels; refusing the connection"
+            case .failedToConnectToGateway(let error): return "Failed to connect to gateway: \(PeerText.escaped(error, limit: PeerText.detailLimit))"
+            case .clientDisconnected(let peer): return "Client \(PeerText.escaped(peer)) disconnected"
             case let .clientRefused(name, id, reason):
-                return "Refusing connection for gateway '\(name)' (\(id)): \(reason.text)"
+                return "Refusing connection for gateway '\(PeerText.escaped(name))' (\(PeerText.escaped(id))): \(reason.text)"
             case .shuttingDown: return "Shutting down relay server..."
             case .shutdownComplete: return "Relay server shutdown complete"
             case let .drainDeadlineReached(tunnels, channels):
                 return "Drain deadline reached; closing \(tunnels) tunnel(s) with \(channels) channel(s)"
             case let .unexpectedEvent(event, state): return "Ignoring unexpected \(event) in state \(state)"
+            }
+        }
+
+        /// The same facts as structured log fields (JSON logs carry them as keys), peer text
+        /// escaped with `PeerText`: `gatewayId`, `gatewayName`, `organization`, `peer`, `connection`.
+        public var fields: [(String, String)] {
+            func gw(_ name: String, _ id: String) -> [(String, String)] {
+                [("gatewayId", PeerText.escaped(id)), ("gatewayName", PeerText.escaped(name))]
+            }
+            switch self {
+            case let .handshakeSuccessful(name, id), let .gatewayDisconnected(name, id), let .tunnelLimitReached(name, id, _),
+                 let .gatewayRejected(name, id, _), let .keepaliveMissed(name, id, _, _), let .keepaliveTimeout(name, id, _),
+                 let .clientConnected(name, id), let .gatewayNotConnected(name, id), let .channelLimitReached(name, id, _),
+                 let .clientRefused(name, id, _):
+                return gw(name, id)
+            case let .gatewayReplaced(name, id, _, new): return gw(name, id) + [("connection", "\(new)")]
+            case let .routingConnection(org, name, id): return gw(name, id) + [("organization", PeerText.escaped(org))]
+            case .clientDisconnected(let peer): return [("peer", PeerText.escaped(peer))]
+            case .heartbeatCheckSuccessful, .failedToConnectToGateway, .shuttingDown, .shutdownComplete, .drainDeadlineReached, .unexpectedEvent:
+                return []
             }
         }
     }

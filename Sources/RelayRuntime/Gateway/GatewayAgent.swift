@@ -63,6 +63,10 @@ public final class GatewayAgent: @unchecked Sendable {
         machine = Driven(Machine.self, config: options.tunnel, instance: options.credentials.gatewayId, trace: trace)
         loop = try EventLoop(index: 0)
         current = Mutex((options.credentials, try GatewayAgent.innerContext(options.credentials)))
+        for r in options.relays {
+            options.metrics?.zero("gateway_connected_relay", labels: [("relay", r.name)])
+            options.metrics?.zero("gateway_relay_host_key_rejections_total", labels: [("relay", r.name)])
+        }
     }
 
     static func innerContext(_ c: GatewayCredentials) throws(RuntimeError) -> TLSContext {

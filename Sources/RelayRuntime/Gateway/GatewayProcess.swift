@@ -96,16 +96,25 @@ public final class GatewayProcess: @unchecked Sendable {
         r.describe("gateway_bytes_total", .counter, "Bytes spliced to and from targets, by ALPN mode and direction")
         r.describe("gateway_heartbeat_healthy", .gauge, "1 when the last heartbeat to the platform succeeded")
         r.describe("gateway_heartbeat_consecutive_failures", .gauge, "Heartbeat failures since the last success")
-        r.describe("gateway_heartbeat_last_success_seconds", .gauge, "Wall-clock time of the last successful heartbeat (Unix seconds)")
-        r.describe("gateway_certificate_not_after_seconds", .gauge, "Earliest expiry of the credentials in use (Unix seconds)")
+        r.describe("gateway_heartbeat_last_success_timestamp_seconds", .gauge, "Wall-clock time of the last successful heartbeat (Unix seconds)")
+        r.describe("gateway_certificate_not_after_timestamp_seconds", .gauge, "Earliest expiry of the credentials in use (Unix seconds)")
         r.describe("gateway_enrollment_state", .gauge, "1 for the enrollment machine's current state")
         r.describe("gateway_relay_host_key_rejections_total", .counter,
                    "Relay SSH host certificates the D1 check refused, by relay")
         r.set("gateway_tunnel_dials_total", 0)
         r.set("gateway_tunnel_reconnect_attempts_total", 0)
         r.set("gateway_tunnel_connects_total", 0)
+        for mode in GatewayProcess.alpnModes {
+            r.zero("gateway_channels_opened_total", labels: [("alpn", mode)])
+            r.zero("gateway_channels_active", labels: [("alpn", mode)])
+            for d in ByteDirection.allCases { r.zero("gateway_bytes_total", labels: [("alpn", mode), ("direction", d.rawValue)]) }
+        }
+        ProcessMetrics.install(r, prefix: "gateway")
+        RelayLog.setProcessField("gateway", options.name)
     }
 
+    /// The `alpn` label values of the channel and byte counters (`none`: no ALPN was negotiated).
+    static let alpnModes = ["infisical-tcp-proxy", "infisical-http-proxy", "infisical-ping", "infisical-health", "none"]
     static let tunnelStates = ["idle", "searching", "dialing", "handshaking", "authenticating", "established", "backoff", "draining", "closed"]
     static let enrollmentStates = ["idle", "signingAws", "loggingIn", "loginBackoff", "persisting", "connecting", "connectBackoff", "serving",
                                    "renewing", "renewalBackoff", "lapsed", "lapsedBackoff", "failed", "stopped"]
@@ -122,6 +131,7 @@ public final class GatewayProcess: @unchecked Sendable {
 
     func renderMetrics(enrollmentState: String?) -> String {
         let r = metrics
+        ProcessMetrics.update(r)
         let ready: Bool
         if case .ready = readiness() { ready = true } else { ready = false }
         r.set("gateway_ready", ready ? 1 : 0)
@@ -152,6 +162,7 @@ public final class GatewayProcess: @unchecked Sendable {
 
     /// Starts a tunnel agent with these credentials (first start, or after a lapse); nil on success.
     func startAgent(_ creds: GatewayCredentials) -> String? {
+        RelayLog.setProcessField("gatewayId", creds.gatewayId)
         var candidates = options.relays
         if candidates.isEmpty {
             let port = creds.relaySshPort ?? 2222
@@ -189,7 +200,7 @@ public final class GatewayProcess: @unchecked Sendable {
 
     private func noteExpiry(_ creds: GatewayCredentials) {
         if case .success(let notAfter) = GatewayCredentialCheck.check(creds, now: Clock.wallNow()) {
-            metrics.set("gateway_certificate_not_after_seconds", Double(notAfter.seconds))
+            metrics.set("gateway_certificate_not_after_timestamp_seconds", Double(notAfter.seconds))
         }
     }
 
@@ -284,7 +295,7 @@ public final class GatewayProcess: @unchecked Sendable {
             report: { report in
                 metrics.set("gateway_heartbeat_healthy", report.health == .healthy ? 1 : 0)
                 metrics.set("gateway_heartbeat_consecutive_failures", Double(report.consecutiveFailures))
-                if report.health == .healthy { metrics.set("gateway_heartbeat_last_success_seconds", Double(Clock.wallNow().seconds)) }
+                if report.health == .healthy { metrics.set("gateway_heartbeat_last_success_timestamp_seconds", Double(Clock.wallNow().seconds)) }
             })
         heartbeatRef.withLock { $0 = heartbeat }
         machineRef.withLock { $0 = driver.machine }

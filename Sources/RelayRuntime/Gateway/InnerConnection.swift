@@ -269,7 +269,7 @@ final class InnerConnection: PollHandler, @unchecked Sendable {
             }
             startHTTPProxy(target)
         default:
-            RelayLog.gateway.warning("unsupported ALPN protocol: \(mode ?? "none")")
+            RelayLog.gateway.warning("unsupported ALPN protocol: \(mode.map { PeerText.quoted($0) } ?? "none")")
             phase = .finishing
             sendCloseNotify()
         }
@@ -278,8 +278,14 @@ final class InnerConnection: PollHandler, @unchecked Sendable {
     private func routingTarget() -> (host: String, port: Int)? {
         guard let x = SSL_get1_peer_certificate(ssl) else { return nil }
         let cert = X509Box(taking: x)
-        guard let raw = cert.extensionValue(oid: InnerConnection.routingOID), let json = try? Jansson.parse(bytes: raw) else { return nil }
-        guard let host = json["targetHost"]?.stringValue, !host.isEmpty else { return nil }
+        guard let raw = cert.extensionValue(oid: InnerConnection.routingOID) else { return nil }
+        if let why = CertificateLimits.extensionRefusal(oid: InnerConnection.routingOID, length: raw.count) {
+            RelayLog.gateway.warning("inner connection refused: \(why)")
+            return nil
+        }
+        guard let json = try? Jansson.parse(bytes: raw) else { return nil }
+        // A DNS name is at most 253 characters; anything longer is not a target.
+        guard let host = json["targetHost"]?.stringValue, !host.isEmpty, host.utf8.count <= 253 else { return nil }
         let port: Int
         if let p = json["targetPort"]?.intValue { port = Int(p) }
         else if let s = json["targetPort"]?.stringValue, let p = Int(s) { port = p }
@@ -292,7 +298,7 @@ final class InnerConnection: PollHandler, @unchecked Sendable {
         phase = .connectingTarget
         let addrs: [(family: Int32, storage: sockaddr_storage, length: socklen_t)]
         do { addrs = try Net.resolve(host: target.host, port: target.port, passive: false) } catch {
-            RelayLog.gateway.warning("cannot resolve target \(target.host):\(target.port): \(error)")
+            RelayLog.gateway.warning("cannot resolve target \(PeerText.escaped(target.host)):\(target.port): \(error)")
             phase = .finishing; sendCloseNotify(); return
         }
         guard let a = addrs.first else { phase = .finishing; sendCloseNotify(); return }
@@ -303,14 +309,14 @@ final class InnerConnection: PollHandler, @unchecked Sendable {
         let rc = withUnsafePointer(to: &ss) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, a.length) } }
         targetFD = fd
         if rc != 0 && errno != EINPROGRESS {
-            RelayLog.gateway.warning("cannot connect to target \(target.host):\(target.port): \(String(cString: strerror(errno)))")
+            RelayLog.gateway.warning("cannot connect to target \(PeerText.escaped(target.host)):\(target.port): \(String(cString: strerror(errno)))")
             finish("target connect failed")
             return
         }
         setTargetInterest(UInt32(RELAY_EPOLLOUT))
         connectTimer = loop.schedule(at: Clock.now() + .seconds(30)) { [weak self] in
             guard let self, self.phase == .connectingTarget else { return }
-            RelayLog.gateway.warning("connecting to target \(target.host):\(target.port) timed out")
+            RelayLog.gateway.warning("connecting to target \(PeerText.escaped(target.host)):\(target.port) timed out")
             self.finish("target connect timed out")
         }
     }
@@ -417,8 +423,8 @@ final class InnerConnection: PollHandler, @unchecked Sendable {
         phase = .closed
         if let counted = countedMode, let m = link?.metrics {
             m.add("gateway_channels_active", -1, labels: [("alpn", counted)])
-            m.add("gateway_bytes_total", Double(bytesToTarget), labels: [("alpn", counted), ("direction", "to_target")])
-            m.add("gateway_bytes_total", Double(bytesFromTarget), labels: [("alpn", counted), ("direction", "from_target")])
+            m.add("gateway_bytes_total", Double(bytesToTarget), labels: [("alpn", counted), ("direction", ByteDirection.toTarget.rawValue)])
+            m.add("gateway_bytes_total", Double(bytesFromTarget), labels: [("alpn", counted), ("direction", ByteDirection.toPlatform.rawValue)])
             countedMode = nil
         }
         loop.setAfterPoll(self, nil)

@@ -22,6 +22,15 @@ public final class MetricsRegistry: @unchecked Sendable {
         families.withLock { f in if f[name] == nil { f[name] = Family(help: help, kind: kind, values: [:]) } }
     }
 
+    /// Exports a sample at 0 unless it already has a value: a labelled counter starts at 0 for
+    /// every label value known in advance, so `rate()` sees its first increment.
+    public func zero(_ name: String, labels: [(String, String)] = []) {
+        let k = MetricsRegistry.labelKey(labels)
+        families.withLock { f in
+            if f[name]?.values[k] == nil { f[name, default: Family(help: name, kind: .counter, values: [:])].values[k] = 0 }
+        }
+    }
+
     public func add(_ name: String, _ value: Double = 1, labels: [(String, String)] = []) {
         let k = MetricsRegistry.labelKey(labels)
         families.withLock { f in f[name, default: Family(help: name, kind: .counter, values: [:])].values[k, default: 0] += value }
@@ -62,6 +71,14 @@ extension String {
     }
 }
 
+/// The `direction` label of byte counters, the same on relay and gateway: along the path
+/// platform → relay → gateway → target, `to_target` is away from the platform and
+/// `to_platform` is back toward it.
+public enum ByteDirection: String, CaseIterable, Sendable {
+    case toTarget = "to_target"
+    case toPlatform = "to_platform"
+}
+
 /// The relay's data-plane metrics.
 public final class RelayMetrics: @unchecked Sendable {
     public let registry: MetricsRegistry
@@ -75,8 +92,18 @@ public final class RelayMetrics: @unchecked Sendable {
         registry.describe("relay_channels_open", .gauge, "Spliced platform connections currently open")
         registry.describe("relay_channels_total", .counter, "Channels opened toward gateways")
         registry.describe("relay_clients_refused_total", .counter, "Platform connections closed without a channel, by reason")
-        registry.describe("relay_bytes_total", .counter, "Bytes spliced, by direction (up = platform to gateway)")
+        registry.describe("relay_bytes_total", .counter, "Bytes spliced, by direction (to_target = platform to gateway, to_platform = back)")
         registry.describe("relay_tls_handshakes_total", .counter, "TLS handshakes on the platform port by outcome")
+        // Every known label value from the start, at 0.
+        registry.zero("relay_tunnels")
+        registry.zero("relay_channels_open")
+        registry.zero("relay_channels_total")
+        for r in TunnelRegistryMachine.TunnelCloseReason.allCases { registry.zero("relay_tunnels_closed_total", labels: [("reason", r.rawValue)]) }
+        for r in TunnelRegistryMachine.ClientCloseReason.allCases { registry.zero("relay_clients_refused_total", labels: [("reason", r.rawValue)]) }
+        for e in ["replaced", "reaped"] { registry.zero("relay_tunnel_events_total", labels: [("event", e)]) }
+        for o in ["accepted", "rejected"] { registry.zero("relay_ssh_auth_total", labels: [("outcome", o)]) }
+        for o in ["ok", "failed"] { registry.zero("relay_tls_handshakes_total", labels: [("outcome", o)]) }
+        for d in ByteDirection.allCases { registry.zero("relay_bytes_total", labels: [("direction", d.rawValue)]) }
     }
 
     func authAttempt(accepted: Bool) { registry.add("relay_ssh_auth_total", labels: [("outcome", accepted ? "accepted" : "rejected")]) }
@@ -88,8 +115,8 @@ public final class RelayMetrics: @unchecked Sendable {
     }
     func channelClosed(bytesUp: UInt64, bytesDown: UInt64) {
         registry.add("relay_channels_open", -1)
-        registry.add("relay_bytes_total", Double(bytesUp), labels: [("direction", "up")])
-        registry.add("relay_bytes_total", Double(bytesDown), labels: [("direction", "down")])
+        registry.add("relay_bytes_total", Double(bytesUp), labels: [("direction", ByteDirection.toTarget.rawValue)])
+        registry.add("relay_bytes_total", Double(bytesDown), labels: [("direction", ByteDirection.toPlatform.rawValue)])
     }
     func tlsHandshake(ok: Bool) { registry.add("relay_tls_handshakes_total", labels: [("outcome", ok ? "ok" : "failed")]) }
     func tunnels(_ n: Int) { registry.set("relay_tunnels", Double(n)) }

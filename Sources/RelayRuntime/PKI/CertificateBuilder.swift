@@ -38,6 +38,10 @@ public struct CertificateBuilder: Sendable {
     /// Raw extensions: dotted OID → exact value bytes (Infisical's JSON extensions), non-critical.
     public var rawExtensions: [(String, [UInt8])] = []
 
+    /// Writes subject values as UTF8String as given, without OpenSSL's RFC 5280 length bounds
+    /// (`ub-common-name` …): only for tests that mint hostile certificates.
+    public var unboundedSubject = false
+
     public init(subject: [(String, String)]) { self.subject = subject }
 
     /// Signs with `issuer` (nil = self-signed with `key`).
@@ -51,7 +55,7 @@ public struct CertificateBuilder: Sendable {
         X509_set_pubkey(x, key.key.ptr)
         let name = X509_get_subject_name(x)
         for (field, value) in subject {
-            guard X509_NAME_add_entry_by_txt(name, field, MBSTRING_UTF8, value, -1, -1, 0) == 1 else {
+            guard X509_NAME_add_entry_by_txt(name, field, unboundedSubject ? V_ASN1_UTF8STRING : MBSTRING_UTF8, value, -1, -1, 0) == 1 else {
                 throw .tls("bad subject field \(field): \(openSSLErrors())")
             }
         }

@@ -84,16 +84,16 @@ public enum AWSVerification {
     }
 
     public static func validate(_ r: SignedRequest) throws(Failure) -> Validated {
-        guard r.method == "POST" else { throw .malformed("method \(r.method)") }
+        guard r.method == "POST" else { throw .malformed("method \(PeerText.quoted(r.method))") }
         guard r.body == Array(expectedBody.utf8) else { throw .malformed("body is not GetCallerIdentity") }
         var seen = Set<String>()
         var byName: [String: String] = [:]
         for (name, value) in r.headers {
             let n = name.lowercased()
-            guard allowedHeaders.contains(n) else { throw .malformed("unexpected header \(n)") }
-            guard seen.insert(n).inserted else { throw .malformed("duplicate header \(n)") }
+            guard allowedHeaders.contains(n) else { throw .malformed("unexpected header \(PeerText.quoted(n))") }
+            guard seen.insert(n).inserted else { throw .malformed("duplicate header \(PeerText.quoted(n))") }
             guard !value.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7f }) else {
-                throw .malformed("control character in header \(n)")
+                throw .malformed("control character in header \(PeerText.quoted(n))")
             }
             byName[n] = value
         }
@@ -102,14 +102,14 @@ public enum AWSVerification {
         }
         let sig = try parseAuthorization(auth)
         guard isValidRegion(sig.region) else { throw .invalidRegion }
-        guard sig.service == "sts" else { throw .malformed("credential scope service \(sig.service)") }
+        guard sig.service == "sts" else { throw .malformed("credential scope service \(PeerText.quoted(sig.service))") }
         guard sig.signedHeaders.contains("host"), sig.signedHeaders.contains("x-amz-date") else {
             throw .malformed("host or x-amz-date not signed")
         }
-        for h in sig.signedHeaders where byName[h] == nil { throw .malformed("signed header \(h) missing") }
+        for h in sig.signedHeaders where byName[h] == nil { throw .malformed("signed header \(PeerText.quoted(h)) missing") }
         let lowerHost = host.lowercased()
         guard lowerHost == "sts.\(sig.region).amazonaws.com" || (sig.region == "us-east-1" && lowerHost == "sts.amazonaws.com") else {
-            throw .malformed("host \(host) is not STS for \(sig.region)")
+            throw .malformed("host \(PeerText.quoted(host)) is not STS for \(PeerText.quoted(sig.region))")
         }
         return Validated(region: sig.region, host: lowerHost)
     }
@@ -133,7 +133,7 @@ public enum AWSVerification {
             case "Credential" where credential == nil: credential = v
             case "SignedHeaders" where signed == nil: signed = v
             case "Signature" where signature == nil: signature = v
-            default: throw .malformed("authorization field \(k)")
+            default: throw .malformed("authorization field \(PeerText.quoted(String(k)))")
             }
         }
         guard let credential, let signed, let signature, !signature.isEmpty,

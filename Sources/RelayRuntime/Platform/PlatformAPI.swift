@@ -49,6 +49,7 @@ struct PlatformAPI: Sendable {
         router.post("/api/v2/gateways/:id/connect-credentials") { req, ctx in try await guarded { try await connectCredentials(req, ctx) } }
         router.get("/admin") { req, ctx in try await guarded { try await adminPage(req) } }
         router.get("/api/status") { _, _ in json(.object([("status", .string("ok"))])) }
+        registerOperations(router)
     }
 
     // MARK: Plumbing

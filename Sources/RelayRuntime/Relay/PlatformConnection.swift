@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import CRelayShims
+import Logging
 import RelayModel
 
 /// An inbound :8443 connection during its TLS handshake (5 s deadline, as Infisical). When the
@@ -48,7 +49,11 @@ final class PlatformConnection: PollHandler, @unchecked Sendable {
         case .done:
             switch PlatformConnection.identity(of: tls) {
             case .success(let ident): finish(.success(ident))
-            case .failure(let why): finish(.failure(why.description))
+            case .failure(let why):
+                // A certificate the client CA signed, yet unusable: worth the operator's attention.
+                RelayLog.tls.warning("Refusing client certificate from \(peer): \(PeerText.escaped(why.description, limit: PeerText.detailLimit))",
+                                     metadata: ["peer": "\(peer)", "connection": "\(id)"])
+                finish(.failure(why.description))
             }
         case .wantRead: watch(UInt32(RELAY_EPOLLIN))
         case .wantWrite: watch(UInt32(RELAY_EPOLLOUT))
@@ -75,12 +80,15 @@ final class PlatformConnection: PollHandler, @unchecked Sendable {
     }
 
     /// Routing identity from the verified client certificate: subject CN = gateway id; the
-    /// name from the raw-JSON extension (malformed JSON closes this connection only).
+    /// name from the raw-JSON extension (malformed JSON closes this connection only). A CN or
+    /// extension past `CertificateLimits` is refused (Specs/logging.md §3).
     static func identity(of tls: TLSConnection) -> Swift.Result<Identity, IdentityError> {
         guard let cert = tls.peerCertificate else { return .failure(IdentityError("no client certificate")) }
         guard let cn = cert.subject(nid: NID_commonName), !cn.isEmpty else { return .failure(IdentityError("client certificate has no subject CN")) }
+        if let why = CertificateLimits.commonNameRefusal(cn) { return .failure(IdentityError(why)) }
         var name: String?
         if let raw = cert.extensionValue(oid: gatewayNameOID) {
+            if let why = CertificateLimits.extensionRefusal(oid: gatewayNameOID, length: raw.count) { return .failure(IdentityError(why)) }
             guard let json = try? Jansson.parse(bytes: raw), case .object = json else {
                 return .failure(IdentityError("malformed gateway name extension"))
             }

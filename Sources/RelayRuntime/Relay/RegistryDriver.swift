@@ -70,7 +70,8 @@ final class RegistryDriver: GatewaySessionDelegate, @unchecked Sendable {
             if session.peerDisconnectMessage == SSHNegotiationProbe.disconnectMessage {
                 RelayLog.ssh.debug("SSH connection from \(session.peer) closed by relay doctor's probe")
             } else if reason != "done" {
-                RelayLog.ssh.info("SSH connection from \(session.peer) closed before authentication: \(reason)")
+                RelayLog.ssh.info("SSH connection from \(session.peer) closed before authentication: \(PeerText.escaped(reason, limit: PeerText.detailLimit))",
+                                  metadata: ["peer": "\(session.peer)", "connection": "\(session.id)"])
             }
             return
         }
@@ -238,15 +239,17 @@ final class RegistryDriver: GatewaySessionDelegate, @unchecked Sendable {
     }
 
     private func log(_ m: Machine.Message) {
+        var meta = Logger.Metadata()
+        for (k, v) in m.fields { meta[k] = .string(v) }
         switch m {
         case .gatewayRejected, .tunnelLimitReached, .keepaliveTimeout, .gatewayNotConnected, .channelLimitReached,
              .failedToConnectToGateway, .clientRefused, .drainDeadlineReached, .keepaliveMissed:
-            RelayLog.relay.warning("\(m.text)")
+            RelayLog.relay.warning("\(m.text)", metadata: meta)
         case .heartbeatCheckSuccessful, .unexpectedEvent:
-            RelayLog.relay.debug("\(m.text)")
+            RelayLog.relay.debug("\(m.text)", metadata: meta)
         case .handshakeSuccessful, .gatewayDisconnected, .gatewayReplaced, .clientConnected, .routingConnection,
              .clientDisconnected, .shuttingDown, .shutdownComplete:
-            RelayLog.relay.info("\(m.text)")
+            RelayLog.relay.info("\(m.text)", metadata: meta)
         }
     }
 }

@@ -336,7 +336,7 @@ public final class RelayServer: @unchecked Sendable {
             return true
         }
         guard admitted else {
-            RelayLog.ssh.warning("refusing SSH connection from \(peer): too many unauthenticated connections")
+            RelayLog.ssh.warning("refusing SSH connection from \(peer): too many unauthenticated connections", metadata: ["peer": "\(peer)"])
             close(fd)
             return
         }
@@ -350,7 +350,8 @@ public final class RelayServer: @unchecked Sendable {
                                              maxAuthTries: options.maxAuthTries, delegate: registry)
             } catch {
                 releaseAdmission(peer)
-                RelayLog.ssh.warning("SSH handshake failed: \(error)")
+                RelayLog.ssh.warning("SSH handshake failed: \(PeerText.escaped("\(error)", limit: PeerText.detailLimit))",
+                                   metadata: ["peer": "\(peer)", "connection": "\(id)"])
                 return
             }
             registry.track(session)
@@ -400,7 +401,8 @@ public final class RelayServer: @unchecked Sendable {
                     registry.platformConnected(conn, identity: identity)
                 case let .failed(conn, why):
                     metrics.tlsHandshake(ok: false)
-                    RelayLog.tls.debug("TLS handshake failed from \(peer): \(why)")
+                    RelayLog.tls.debug("TLS handshake failed from \(peer): \(PeerText.escaped(why, limit: PeerText.detailLimit))",
+                                     metadata: ["peer": "\(peer)", "connection": "\(id)"])
                     loop.later { conn.tls.release() }
                 }
             }

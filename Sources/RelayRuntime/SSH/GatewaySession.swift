@@ -3,6 +3,7 @@ import Glibc
 #endif
 import CLibSSH
 import CRelayShims
+import Logging
 import RelayModel
 
 /// What a gateway session asks of the relay; implemented by the relay server.
@@ -161,7 +162,7 @@ final class GatewaySession: @unchecked Sendable {
             return Int32(SSH_AUTH_SUCCESS.rawValue)
         case .reject(let log):
             failedAuthAttempts += 1
-            RelayLog.ssh.warning("\(log)")
+            RelayLog.ssh.warning("\(log)", metadata: ["peer": "\(peer)", "connection": "\(id)", "user": "\(PeerText.escaped(user))"])
             if failedAuthAttempts >= maxAuthTries {
                 loop.later { [weak self] in self?.fail("too many authentication failures") }
             }

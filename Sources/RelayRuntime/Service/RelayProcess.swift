@@ -111,12 +111,14 @@ public final class RelayProcess: @unchecked Sendable {
         metrics = RelayMetrics()
         trace = try options.tracePath.map { (p: String) throws(RuntimeError) -> TraceRecorder in try TraceRecorder(path: p) }
         metrics.registry.describe("relay_ready", .gauge, "1 when both listeners are bound and the certificates are valid")
-        metrics.registry.describe("relay_certificate_not_after_seconds", .gauge, "Expiry of the TLS server certificate in use (Unix seconds)")
+        metrics.registry.describe("relay_certificate_not_after_timestamp_seconds", .gauge, "Expiry of the TLS server certificate in use (Unix seconds)")
         metrics.registry.describe("relay_certificate_expires_in_seconds", .gauge, "Seconds until the TLS server certificate in use expires")
         metrics.registry.describe("relay_heartbeat_healthy", .gauge, "1 when the last heartbeat to the platform succeeded")
         metrics.registry.describe("relay_heartbeat_consecutive_failures", .gauge, "Heartbeat failures since the last success")
-        metrics.registry.describe("relay_heartbeat_last_success_seconds", .gauge, "Wall-clock time of the last successful heartbeat (Unix seconds)")
+        metrics.registry.describe("relay_heartbeat_last_success_timestamp_seconds", .gauge, "Wall-clock time of the last successful heartbeat (Unix seconds)")
         metrics.registry.describe("relay_enrollment_state", .gauge, "1 for the enrollment machine's current state")
+        ProcessMetrics.install(metrics.registry, prefix: "relay")
+        RelayLog.setProcessField("relay", options.relayName)
     }
 
     var serverOptions: RelayServer.Options {
@@ -164,6 +166,7 @@ public final class RelayProcess: @unchecked Sendable {
 
     func renderMetrics(enrollmentState: String?) -> String {
         let r = metrics.registry
+        ProcessMetrics.update(r)
         let ready: Bool
         if case .ready = readiness() { ready = true } else { ready = false }
         r.set("relay_ready", ready ? 1 : 0)
@@ -172,7 +175,7 @@ public final class RelayProcess: @unchecked Sendable {
             r.set("relay_tunnels", Double(table.tunnels.count))
         }
         if let notAfter = server.withLock({ $0?.certificateNotAfter }) {
-            r.set("relay_certificate_not_after_seconds", Double(notAfter))
+            r.set("relay_certificate_not_after_timestamp_seconds", Double(notAfter))
             r.set("relay_certificate_expires_in_seconds", Double(notAfter - Clock.wallNow().seconds))
         }
         if let state = enrollmentState {
@@ -264,6 +267,7 @@ public final class RelayProcess: @unchecked Sendable {
 
     /// Starts the data plane, or resumes it after a lapse; nil on success, else why it could not bind.
     func startServing(_ creds: RelayCredentials) -> String? {
+        RelayLog.setProcessField("relayId", creds.relayId)
         let existing = server.withLock { $0 }
         if let s = existing {
             do {
@@ -373,7 +377,7 @@ public final class RelayProcess: @unchecked Sendable {
                                             metrics.registry.set("relay_heartbeat_healthy", report.health == .healthy ? 1 : 0)
                                             metrics.registry.set("relay_heartbeat_consecutive_failures", Double(report.consecutiveFailures))
                                             if report.health == .healthy {
-                                                metrics.registry.set("relay_heartbeat_last_success_seconds", Double(now))
+                                                metrics.registry.set("relay_heartbeat_last_success_timestamp_seconds", Double(now))
                                             }
                                             updateStatus { s in
                                                 let last = report.health == .healthy ? now : s.heartbeat?.lastSuccessAt

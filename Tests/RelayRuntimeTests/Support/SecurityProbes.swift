@@ -253,17 +253,24 @@ extension RelayTestbed {
         var selfSigned = false
         /// Sent after the leaf (e.g. an intermediate).
         var chain: [Certificate] = []
+        var organization = "org-1"
+        var organizationalUnit = "relay-client"
+        /// The raw value of the gateway name extension (`1.3.6.1.4.1.12345.100.3`).
+        var nameExtension: [UInt8] = Array("{\"name\":\"gw\"}".utf8)
+        /// Subject values past RFC 5280's bounds (hostile certificates).
+        var unboundedSubject = false
     }
 
     func clientContext(_ spec: ClientCertificate) throws -> TLSContext {
         let key = try KeyPair.generate(.ecdsaP256)
-        var b = CertificateBuilder(subject: [("O", "org-1"), ("OU", "relay-client"), ("CN", spec.gatewayId)])
+        var b = CertificateBuilder(subject: [("O", spec.organization), ("OU", spec.organizationalUnit), ("CN", spec.gatewayId)])
+        b.unboundedSubject = spec.unboundedSubject
         b.serial = UInt64.random(in: 100...UInt64(1 << 40))
         b.notBeforeOffset = spec.notBeforeOffset
         b.lifetime = spec.notAfterOffset
         b.extensions = [("basicConstraints", "CA:FALSE"), ("keyUsage", "critical,digitalSignature,keyEncipherment,keyAgreement")]
         if let eku = spec.eku { b.extensions.append(("extendedKeyUsage", "critical,\(eku)")) }
-        b.rawExtensions = [("1.3.6.1.4.1.12345.100.3", Array("{\"name\":\"gw\"}".utf8))]
+        b.rawExtensions = [("1.3.6.1.4.1.12345.100.3", spec.nameExtension)]
         let cert = try b.sign(publicKeyOf: key, issuer: spec.selfSigned ? nil : (spec.issuer ?? clientCA))
         return try TLSContext.mutualClient(certificatePEM: cert.pem + spec.chain.map(\.pem).joined(), keyPEM: key.privateKeyPEM,
                                            serverCAsPEM: serverCA.0.pem + rootCA.0.pem)
