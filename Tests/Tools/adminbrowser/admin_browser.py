@@ -242,8 +242,11 @@ def main():
     try:
         b.open()
         origin = a.base
-        b.send("Browser.grantPermissions", {"origin": origin, "permissions": ["clipboardReadWrite", "clipboardSanitizedWrite"]},
-               session=False)
+        try:
+            b.send("Browser.grantPermissions", {"origin": origin, "permissions": ["clipboardReadWrite", "clipboardSanitizedWrite"]},
+                   session=False)
+        except StepFailed:
+            pass  # the copy button falls back to a selection and execCommand('copy')
         steps = scenario(b, a.base, a.token, a.out)
         print(json.dumps({"ok": True, "steps": steps}))
         return 0
