@@ -13,10 +13,25 @@ struct Connect: ParsableCommand {
         Each local connection becomes outer mTLS to the relay (client certificate CN = gateway id), \
         inner mTLS to the gateway (pinned to the gateway CA, ALPN infisical-tcp-proxy), then the \
         target. --ping and --health use the other ALPN modes once and print the answer.
+
+        Credentials (5 minutes) come from the platform: with --domain, --ca-file, an admin token, \
+        --gateway and --target, relay connect fetches them and renews them before they expire. \
+        --credentials-file uses a file from `relay platform admin connect-credentials` until it expires.
         """)
 
-    @Option(help: "Connect credentials JSON (relay address, outer and inner identities).")
-    var credentialsFile: String
+    @Option(help: "Connect credentials JSON (relay address, outer and inner identities), from relay platform admin connect-credentials.")
+    var credentialsFile: String?
+
+    @OptionGroup var platform: AdminConnection
+
+    @Option(help: "With the platform: the gateway (name or ID) in front of the target.")
+    var gateway: String?
+
+    @Option(help: "With the platform: the target behind the gateway, HOST:PORT.")
+    var target: String?
+
+    @Option(help: ArgumentHelp("With the platform: lifetime in seconds (1-300) to ask for.", visibility: .hidden))
+    var credentialsLifetime: Int?
 
     @Option(help: "Local address to listen on, HOST:PORT (port 0 picks one).")
     var listen: String = "127.0.0.1:0"
@@ -30,21 +45,45 @@ struct Connect: ParsableCommand {
     @Option(help: "Log format: text or json.")
     var logFormat: String = "text"
 
+    func validate() throws {
+        let fromPlatform = gateway != nil || target != nil || platform.domain != nil
+        if credentialsFile != nil && fromPlatform {
+            throw ValidationError("give either --credentials-file or --domain/--gateway/--target, not both")
+        }
+        if credentialsFile == nil {
+            guard gateway != nil, let target else {
+                throw ValidationError("give --credentials-file FILE, or --domain URL --gateway NAME --target HOST:PORT with an admin token")
+            }
+            guard ConnectTarget.parse(target) != nil else { throw ValidationError("--target takes HOST:PORT, not \(target)") }
+        }
+        if let l = credentialsLifetime, !(1...300).contains(l) { throw ValidationError("--credentials-lifetime must be 1-300") }
+    }
+
+    func source() throws -> ConnectCredentialSource {
+        let now = ConnectCredentialSource.wallNow()
+        if let credentialsFile {
+            do { return try ConnectCredentialSource(file: credentialsFile, now: now) } catch {
+                fail("\(error)", status: error.description.hasPrefix("cannot read") ? .noInput : .dataError)
+            }
+        }
+        let domain = platform.domain ?? ProcessEnvironment.get("RELAY_PLATFORM_URL")
+        guard let domain else { throw ValidationError("--domain or RELAY_PLATFORM_URL is required with --gateway") }
+        let p = ConnectCredentialSource.Platform(
+            client: PlatformAPIClient(domain: domain, caFile: platform.caFile), adminToken: try platform.token(),
+            gateway: gateway!, target: ConnectTarget.parse(target!)!, lifetime: credentialsLifetime)
+        do { return try ConnectCredentialSource(platform: p, now: now) } catch { fail("\(error)") }
+    }
+
     func run() throws {
         RelayLog.bootstrap(format: RelayLog.Format(rawValue: logFormat) ?? .text, level: RelayLog.level(named: CommandEnv.get("LOG_LEVEL")))
         signal(SIGPIPE, SIG_IGN)
-        let text: String
-        switch ReplayFiles.readFile(credentialsFile, limit: 1 << 20) {
-        case .success(let b): text = String(decoding: b, as: UTF8.self)
-        case .failure(let e): throw ValidationError("cannot read \(credentialsFile): \(e.reason)")
-        }
-        let creds: ConnectCredentials
-        do { creds = try ConnectCredentials.parse(json: text) } catch {
-            throw ValidationError("\(credentialsFile) is not connect credentials: \(error)")
-        }
+        let source = try source()
         if ping || health {
-            let e = try creds.endpoint(alpn: ping ? "infisical-ping" : "infisical-health")
-            let c = try TunnelClient(relayHost: e.relayHost, relayPort: e.relayPort, outer: e.outer, inner: e.inner, alpn: e.alpn)
+            let e: ConnectProxy.Endpoint
+            do { e = try source.endpoint(now: ConnectCredentialSource.wallNow()) } catch { fail("\(error)", status: .dataError) }
+            let probe = ConnectProxy.Endpoint(relayHost: e.relayHost, relayPort: e.relayPort, outer: e.outer, inner: e.inner,
+                                              alpn: ping ? "infisical-ping" : "infisical-health")
+            let c = try TunnelClient(relayHost: probe.relayHost, relayPort: probe.relayPort, outer: probe.outer, inner: probe.inner, alpn: probe.alpn)
             let answer = String(decoding: try c.readToEnd(), as: UTF8.self)
             c.close()
             print(answer, terminator: answer.hasSuffix("\n") ? "" : "\n")
@@ -54,9 +93,9 @@ struct Connect: ParsableCommand {
         let parts = listen.split(separator: ":")
         guard parts.count >= 2, let port = Int(parts.last!) else { throw ValidationError("--listen takes HOST:PORT") }
         let host = parts.dropLast().joined(separator: ":")
-        let endpoint = try creds.endpoint()
-        let proxy = try ConnectProxy(listenHost: host, listenPort: port) { endpoint }
-        Console.line("Listening on \(host):\(proxy.port) → gateway \(creds.gatewayId) via relay \(creds.relayHost):\(creds.relayTlsPort)")
+        let proxy = try ConnectProxy(listenHost: host, listenPort: port) { try source.endpoint(now: ConnectCredentialSource.wallNow()) }
+        let creds = source.credentials
+        Console.line("Listening on \(host):\(proxy.port) → gateway \(creds?.gatewayId ?? "?") via relay \(creds?.relayHost ?? "?"):\(creds?.relayTlsPort ?? 0)")
         let runner = ProxyRunner(proxy)
         runner.start()
         ShutdownSignals.wait()

@@ -210,8 +210,8 @@ final class DemoRun {
         }) else { return false }
 
         guard step("Start the relay from its deploy command (relay start …)", {
-            let args = relayCommand + ["--state-dir", "\(dir)/relay-state", "--listen-address", "127.0.0.1",
-                                       "--ssh-port", String(sshPort), "--tls-port", String(tlsPort)]
+            // The deploy command carries the host and ports on record; add only what the platform cannot know.
+            let args = relayCommand + ["--state-dir", "\(dir)/relay-state", "--listen-address", "127.0.0.1"]
             let c = try DemoChild(name: "relay", arguments: args, log: "\(dir)/relay.log")
             children.append(c)
             guard c.waitFor("Relay server started successfully", seconds: 60) else { throw Failure(description: "relay did not start; see \(c.log)") }
@@ -270,7 +270,8 @@ final class DemoRun {
         print("  curl http://127.0.0.1:\(connectPort)/")
         print("  relay platform admin list --domain \(domain) --ca-file \(caFile) --admin-token-file \(dir)/admin-token")
         print("  relay connect --credentials-file \(dir)/connect.json --ping")
-        print("  open \(domain)/admin?token=$(cat \(dir)/admin-token)   (the platform's page)")
+        print("  relay connect --domain \(domain) --ca-file \(caFile) --admin-token-file \(dir)/admin-token --gateway demo-gateway --target 127.0.0.1:\(target?.port ?? 0)")
+        print("  open \(domain)/admin   (the platform's page; sign in with the token in \(dir)/admin-token)")
         return true
     }
 

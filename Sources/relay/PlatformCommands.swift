@@ -170,13 +170,17 @@ struct AdminConnection: ParsableArguments {
     func client() throws -> AdminClient {
         let env = ProcessEnvironment.self
         guard let url = domain ?? env.get("RELAY_PLATFORM_URL") else { throw ValidationError("--domain or RELAY_PLATFORM_URL is required") }
-        var token = adminToken ?? env.get("RELAY_ADMIN_TOKEN")
+        return AdminClient(baseURL: url, adminToken: try token(), http: HTTPClient(caFile: caFile))
+    }
+
+    func token() throws -> String {
+        var token = adminToken ?? ProcessEnvironment.get("RELAY_ADMIN_TOKEN")
         if token == nil, let f = adminTokenFile {
             guard let text = ProcessEnvironment.read(f) else { throw ValidationError("cannot read \(f)") }
             token = text.split(whereSeparator: \.isNewline).first.map(String.init)
         }
         guard let token, !token.isEmpty else { throw ValidationError("an admin token is required (--admin-token-file, --admin-token or RELAY_ADMIN_TOKEN)") }
-        return AdminClient(baseURL: url, adminToken: token, http: HTTPClient(caFile: caFile))
+        return token
     }
 }
 
@@ -184,7 +188,41 @@ struct PlatformAdmin: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "admin",
         abstract: "Operator commands against a running platform's admin API.",
-        subcommands: [AdminCreateRelay.self, AdminMintToken.self, AdminDeployCommand.self, AdminList.self, AdminRevoke.self])
+        discussion: "Relays: create-relay, update-relay, list, mint-token, deploy-command, revoke. "
+            + "Gateways: create-gateway, update-gateway, list-gateways, mint-gateway-token, gateway-deploy-command, revoke-gateway. "
+            + "relay connect: connect-credentials.",
+        subcommands: [AdminCreateRelay.self, AdminUpdateRelay.self, AdminList.self, AdminMintToken.self, AdminDeployCommand.self, AdminRevoke.self,
+                      AdminCreateGateway.self, AdminUpdateGateway.self, AdminListGateways.self, AdminMintGatewayToken.self,
+                      AdminGatewayDeployCommand.self, AdminRevokeGateway.self, AdminConnectCredentials.self])
+}
+
+/// `--auth-method` and the AWS allowlists, shared by the create and update commands.
+struct AuthMethodOptions: ParsableArguments {
+    @Option(help: "token or aws.") var authMethod: String?
+    @Option(help: "AWS: STS endpoint.") var stsEndpoint: String?
+    @Option(help: "AWS: allowed principal ARNs, comma-separated.") var allowedPrincipalArns: String?
+    @Option(help: "AWS: allowed account IDs, comma-separated.") var allowedAccountIds: String?
+
+    func validate() throws {
+        if let m = authMethod, m != "token" && m != "aws" { throw ValidationError("--auth-method must be token or aws, not \(m)") }
+        if authMethod != "aws" && (stsEndpoint != nil || allowedPrincipalArns != nil || allowedAccountIds != nil) {
+            throw ValidationError("--sts-endpoint, --allowed-principal-arns and --allowed-account-ids go with --auth-method aws")
+        }
+    }
+
+    /// The API's `authMethod` object, or nil when no method was given.
+    func json(default method: String?) -> JSONValue? {
+        guard let m = authMethod ?? method else { return nil }
+        var auth: [(key: String, value: JSONValue)] = [("method", .string(m))]
+        if let stsEndpoint { auth.append(("stsEndpoint", .string(stsEndpoint))) }
+        if let allowedPrincipalArns { auth.append(("allowedPrincipalArns", .string(allowedPrincipalArns))) }
+        if let allowedAccountIds { auth.append(("allowedAccountIds", .string(allowedAccountIds))) }
+        return .object(auth)
+    }
+}
+
+func validatePort(_ p: Int?, _ flag: String) throws {
+    if let p, !(1...65535).contains(p) { throw ValidationError("\(flag) must be a port number (1-65535), not \(p)") }
 }
 
 struct AdminCreateRelay: ParsableCommand {
@@ -192,70 +230,110 @@ struct AdminCreateRelay: ParsableCommand {
     @OptionGroup var connection: AdminConnection
     @Option(help: "Relay name (slug, 1-32 characters).") var name: String
     @Option(help: "Host gateways and the platform reach the relay at.") var host: String
-    @Option(help: "token or aws.") var authMethod = "token"
-    @Option(help: "AWS: STS endpoint.") var stsEndpoint: String?
-    @Option(help: "AWS: allowed principal ARNs, comma-separated.") var allowedPrincipalArns: String?
-    @Option(help: "AWS: allowed account IDs, comma-separated.") var allowedAccountIds: String?
+    @OptionGroup var auth: AuthMethodOptions
     @Option(help: "SSH port when not 2222.") var sshPort: Int?
     @Option(help: "TLS port when not 8443.") var tlsPort: Int?
 
+    func validate() throws { try validatePort(sshPort, "--ssh-port"); try validatePort(tlsPort, "--tls-port") }
+
     func run() throws {
-        var auth: [(key: String, value: JSONValue)] = [("method", .string(authMethod))]
-        if let stsEndpoint { auth.append(("stsEndpoint", .string(stsEndpoint))) }
-        if let allowedPrincipalArns { auth.append(("allowedPrincipalArns", .string(allowedPrincipalArns))) }
-        if let allowedAccountIds { auth.append(("allowedAccountIds", .string(allowedAccountIds))) }
-        var body: [(key: String, value: JSONValue)] = [("name", .string(name)), ("host", .string(host)), ("authMethod", .object(auth))]
+        var body: [(key: String, value: JSONValue)] = [("name", .string(name)), ("host", .string(host)), ("authMethod", auth.json(default: "token")!)]
         if let sshPort { body.append(("sshPort", .integer(Int64(sshPort)))) }
         if let tlsPort { body.append(("tlsPort", .integer(Int64(tlsPort)))) }
         let relay = try connection.client().call("POST", "/api/v2/relays", body: .object(body))
         print("Created relay \(relay["name"]?.stringValue ?? name) (\(relay["id"]?.stringValue ?? "?"))")
-        if authMethod == "aws", let cmd = relay["deployCommand"]?.stringValue { print(cmd) }
+        if auth.authMethod == "aws", let cmd = relay["deployCommand"]?.stringValue { print(cmd) }
     }
 }
 
-struct RelaySelector: ParsableArguments {
-    @Option(help: "Relay name.") var name: String?
-    @Option(help: "Relay ID.") var id: String?
+struct AdminUpdateRelay: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "update-relay", abstract: "Change a relay's host, ports or auth method on record.",
+        discussion: "The platform probes host:tls-port on every heartbeat and certifies host:ssh-port for gateways: "
+            + "they must be where the relay serves (relay start --ssh-port/--tls-port). A running relay picks up a new host or "
+            + "SSH port when it is restarted.")
+    @OptionGroup var connection: AdminConnection
+    @OptionGroup var selector: ResourceSelector
+    @Option(help: "New host.") var host: String?
+    @Option(help: "New SSH port.") var sshPort: Int?
+    @Option(help: "New TLS port.") var tlsPort: Int?
+    @OptionGroup var auth: AuthMethodOptions
 
-    func resolve(_ client: AdminClient) throws -> String {
-        if let id { return id }
-        guard let name else { throw ValidationError("--name or --id is required") }
-        let list = try client.call("GET", "/api/v2/relays", body: nil)
-        guard let match = list.arrayValue?.first(where: { $0["name"]?.stringValue == name }), let id = match["id"]?.stringValue else {
-            throw AdminClient.Failure(message: "no relay named \(name)")
+    func validate() throws {
+        try validatePort(sshPort, "--ssh-port"); try validatePort(tlsPort, "--tls-port")
+        if host == nil && sshPort == nil && tlsPort == nil && auth.authMethod == nil {
+            throw ValidationError("nothing to change: give --host, --ssh-port, --tls-port or --auth-method")
         }
-        return id
+    }
+
+    func run() throws {
+        let client = try connection.client()
+        let id = try selector.resolve(client, kind: .relay)
+        var body: [(key: String, value: JSONValue)] = []
+        if let host { body.append(("host", .string(host))) }
+        if let sshPort { body.append(("sshPort", .integer(Int64(sshPort)))) }
+        if let tlsPort { body.append(("tlsPort", .integer(Int64(tlsPort)))) }
+        if let a = auth.json(default: nil) { body.append(("authMethod", a)) }
+        let r = try client.call("PATCH", "/api/v2/relays/\(id)", body: .object(body))
+        print("Updated relay \(r["name"]?.stringValue ?? id): host \(r["host"]?.stringValue ?? "?"), ssh port \(r["sshPort"]?.intValue ?? 0), "
+              + "tls port \(r["tlsPort"]?.intValue ?? 0), \(r["authMethod"]?["method"]?.stringValue ?? "?") auth")
+    }
+}
+
+/// Which relay or gateway a command is about: `--name` or `--id`.
+struct ResourceSelector: ParsableArguments {
+    @Option(help: "Name.") var name: String?
+    @Option(help: "ID.") var id: String?
+
+    func validate() throws {
+        if name == nil && id == nil { throw ValidationError("--name or --id is required") }
+    }
+
+    func resolve(_ client: AdminClient, kind: AdminClient.Kind) throws -> String {
+        if let id { return id }
+        return try client.id(of: kind, named: name ?? "")
     }
 }
 
 struct AdminMintToken: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "mint-token", abstract: "Mint a one-time enrollment token (1 h) and print the deploy command that uses it.")
+        commandName: "mint-token", abstract: "Mint a relay's one-time enrollment token (1 h) and print the deploy command that uses it.")
     @OptionGroup var connection: AdminConnection
-    @OptionGroup var relay: RelaySelector
+    @OptionGroup var selector: ResourceSelector
     @Flag(help: "Print only the token.") var tokenOnly = false
 
-    func run() throws {
-        let client = try connection.client()
-        let id = try relay.resolve(client)
-        let r = try client.call("POST", "/api/v2/relays/\(id)/token-auth/generate-enrollment-token", body: .object([]))
-        if tokenOnly { print(r["token"]?.stringValue ?? ""); return }
-        print("Enrollment token (shown once, expires \(r["expiresAt"]?.stringValue ?? "?")):")
-        print(r["token"]?.stringValue ?? "")
-        print("Deploy command:")
-        print(r["deployCommand"]?.stringValue ?? "")
-    }
+    func run() throws { try adminMint(.relay, connection, selector, tokenOnly: tokenOnly) }
+}
+
+func adminMint(_ kind: AdminClient.Kind, _ connection: AdminConnection, _ selector: ResourceSelector, tokenOnly: Bool) throws {
+    let client = try connection.client()
+    let id = try selector.resolve(client, kind: kind)
+    let r = try client.call("POST", "/api/v2/\(kind.rawValue)s/\(id)/token-auth/generate-enrollment-token", body: .object([]))
+    if tokenOnly { print(r["token"]?.stringValue ?? ""); return }
+    print("Enrollment token (shown once, expires \(r["expiresAt"]?.stringValue ?? "?")):")
+    print(r["token"]?.stringValue ?? "")
+    print("Deploy command:")
+    print(r["deployCommand"]?.stringValue ?? "")
 }
 
 struct AdminDeployCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "deploy-command", abstract: "Print a relay's deploy command.")
+    static let configuration = CommandConfiguration(commandName: "deploy-command", abstract: "Print a relay's deploy command (without a token).")
     @OptionGroup var connection: AdminConnection
-    @OptionGroup var relay: RelaySelector
+    @OptionGroup var selector: ResourceSelector
 
     func run() throws {
         let client = try connection.client()
-        let id = try relay.resolve(client)
+        let id = try selector.resolve(client, kind: .relay)
         print(try client.call("GET", "/api/v2/relays/\(id)/deploy-command", body: nil)["command"]?.stringValue ?? "")
+    }
+}
+
+/// Prints rows as aligned columns.
+func printTable(_ header: [String], _ rows: [[String]]) {
+    let widths = header.indices.map { i in ([header] + rows).map { $0[i].count }.max() ?? 0 }
+    for row in [header] + rows {
+        print(row.indices.map { i in row[i] + String(repeating: " ", count: widths[i] - row[i].count) }.joined(separator: "  ")
+            .trimmingTrailingSpaces)
     }
 }
 
@@ -267,29 +345,144 @@ struct AdminList: ParsableCommand {
     func run() throws {
         let list = try connection.client().call("GET", "/api/v2/relays", body: nil)
         if json { print(Jansson.serialize(list, pretty: true)); return }
-        let rows = (list.arrayValue ?? []).map { r -> [String] in
-            [r["name"]?.stringValue ?? "", r["host"]?.stringValue ?? "", r["authMethod"]?["method"]?.stringValue ?? "",
+        printTable(["NAME", "HOST", "SSH", "TLS", "AUTH", "STATUS", "LAST HEARTBEAT", "ID"], (list.arrayValue ?? []).map { r in
+            [r["name"]?.stringValue ?? "", r["host"]?.stringValue ?? "", r["sshPort"]?.intValue.map { "\($0)" } ?? "",
+             r["tlsPort"]?.intValue.map { "\($0)" } ?? "", r["authMethod"]?["method"]?.stringValue ?? "",
              r["status"]?.stringValue ?? "", r["heartbeat"]?.stringValue ?? "-", r["id"]?.stringValue ?? ""]
-        }
-        let header = ["NAME", "HOST", "AUTH", "STATUS", "LAST HEARTBEAT", "ID"]
-        let widths = header.indices.map { i in ([header] + rows).map { $0[i].count }.max() ?? 0 }
-        for row in [header] + rows {
-            print(row.indices.map { i in row[i] + String(repeating: " ", count: widths[i] - row[i].count) }.joined(separator: "  ")
-                .trimmingTrailingSpaces)
-        }
+        })
     }
 }
 
 struct AdminRevoke: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "revoke", abstract: "Revoke a relay's access token.")
     @OptionGroup var connection: AdminConnection
-    @OptionGroup var relay: RelaySelector
+    @OptionGroup var selector: ResourceSelector
+
+    func run() throws { try adminRevoke(.relay, connection, selector) }
+}
+
+func adminRevoke(_ kind: AdminClient.Kind, _ connection: AdminConnection, _ selector: ResourceSelector) throws {
+    let client = try connection.client()
+    let id = try selector.resolve(client, kind: kind)
+    _ = try client.call("POST", "/api/v2/\(kind.rawValue)s/\(id)/revoke", body: .object([]))
+    print("Revoked the access token of \(kind.rawValue) \(selector.name ?? id)")
+}
+
+// MARK: Gateways
+
+struct AdminCreateGateway: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "create-gateway", abstract: "Create a gateway.")
+    @OptionGroup var connection: AdminConnection
+    @Option(help: "Gateway name (slug, 1-32 characters).") var name: String
+    @OptionGroup var auth: AuthMethodOptions
+
+    func run() throws {
+        let g = try connection.client().call("POST", "/api/v2/gateways", body: .object([
+            ("name", .string(name)), ("authMethod", auth.json(default: "token")!)]))
+        print("Created gateway \(g["name"]?.stringValue ?? name) (\(g["id"]?.stringValue ?? "?"))")
+        if auth.authMethod == "aws", let cmd = g["deployCommand"]?.stringValue { print(cmd) }
+    }
+}
+
+struct AdminUpdateGateway: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "update-gateway", abstract: "Change a gateway's auth method.")
+    @OptionGroup var connection: AdminConnection
+    @OptionGroup var selector: ResourceSelector
+    @OptionGroup var auth: AuthMethodOptions
+
+    func validate() throws {
+        if auth.authMethod == nil { throw ValidationError("nothing to change: give --auth-method") }
+    }
 
     func run() throws {
         let client = try connection.client()
-        let id = try relay.resolve(client)
-        _ = try client.call("POST", "/api/v2/relays/\(id)/revoke", body: .object([]))
-        print("Revoked the access token of relay \(id)")
+        let id = try selector.resolve(client, kind: .gateway)
+        let g = try client.call("PATCH", "/api/v2/gateways/\(id)", body: .object([("authMethod", auth.json(default: nil)!)]))
+        print("Updated gateway \(g["name"]?.stringValue ?? id): \(g["authMethod"]?["method"]?.stringValue ?? "?") auth")
+    }
+}
+
+struct AdminListGateways: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "list-gateways", abstract: "List gateways with their relay and health.")
+    @OptionGroup var connection: AdminConnection
+    @Flag(help: "Print the JSON array.") var json = false
+
+    func run() throws {
+        let client = try connection.client()
+        let list = try client.call("GET", "/api/v2/gateways", body: nil)
+        if json { print(Jansson.serialize(list, pretty: true)); return }
+        let relays = try client.call("GET", "/api/v2/relays", body: nil).arrayValue ?? []
+        func relayName(_ id: String?) -> String {
+            guard let id else { return "-" }
+            return relays.first { $0["id"]?.stringValue == id }?["name"]?.stringValue ?? id
+        }
+        printTable(["NAME", "RELAY", "AUTH", "STATUS", "LAST HEARTBEAT", "ID"], (list.arrayValue ?? []).map { g in
+            [g["name"]?.stringValue ?? "", relayName(g["relayId"]?.stringValue), g["authMethod"]?["method"]?.stringValue ?? "",
+             g["status"]?.stringValue ?? "", g["heartbeat"]?.stringValue ?? "-", g["id"]?.stringValue ?? ""]
+        })
+    }
+}
+
+struct AdminMintGatewayToken: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "mint-gateway-token", abstract: "Mint a gateway's one-time enrollment token (1 h) and print the deploy command that uses it.")
+    @OptionGroup var connection: AdminConnection
+    @OptionGroup var selector: ResourceSelector
+    @Flag(help: "Print only the token.") var tokenOnly = false
+
+    func run() throws { try adminMint(.gateway, connection, selector, tokenOnly: tokenOnly) }
+}
+
+struct AdminGatewayDeployCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "gateway-deploy-command", abstract: "Print a gateway's deploy command (without a token).")
+    @OptionGroup var connection: AdminConnection
+    @OptionGroup var selector: ResourceSelector
+
+    func run() throws {
+        let client = try connection.client()
+        let id = try selector.resolve(client, kind: .gateway)
+        print(try client.call("GET", "/api/v2/gateways/\(id)/deploy-command", body: nil)["command"]?.stringValue ?? "")
+    }
+}
+
+struct AdminRevokeGateway: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "revoke-gateway", abstract: "Revoke a gateway's access token.")
+    @OptionGroup var connection: AdminConnection
+    @OptionGroup var selector: ResourceSelector
+
+    func run() throws { try adminRevoke(.gateway, connection, selector) }
+}
+
+struct AdminConnectCredentials: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "connect-credentials",
+        abstract: "Fetch short-lived (5 min) credentials for relay connect --credentials-file.",
+        discussion: "relay connect can fetch and renew them itself: relay connect --domain URL --ca-file FILE "
+            + "--admin-token-file FILE --gateway NAME --target HOST:PORT.")
+    @OptionGroup var connection: AdminConnection
+    @Option(help: "The gateway (name or ID) in front of the target.") var gateway: String
+    @Option(help: "The target behind the gateway, HOST:PORT.") var target: String
+    @Option(help: "Write the credentials here (mode 0600) instead of standard output.") var output: String?
+    @Option(help: ArgumentHelp("Lifetime in seconds (1-300).", visibility: .hidden)) var lifetime: Int?
+
+    func validate() throws {
+        guard ConnectTarget.parse(target) != nil else { throw ValidationError("--target takes HOST:PORT, not \(target)") }
+        if let lifetime, !(1...300).contains(lifetime) { throw ValidationError("--lifetime must be 1-300") }
+    }
+
+    func run() throws {
+        let t = ConnectTarget.parse(target)!
+        let client = try connection.client()
+        let id = try client.id(of: .gateway, named: gateway, allowId: true)
+        var body: [(key: String, value: JSONValue)] = [("targetHost", .string(t.host)), ("targetPort", .integer(Int64(t.port)))]
+        if let lifetime { body.append(("lifetimeSeconds", .integer(Int64(lifetime)))) }
+        let creds = try client.call("POST", "/api/v2/gateways/\(id)/connect-credentials", body: .object(body))
+        let text = Jansson.serialize(creds, pretty: true) + "\n"
+        guard let output else { print(text, terminator: ""); return }
+        do { try ConnectCredentialSource.writePrivately(text, to: output) } catch {
+            throw AdminClient.Failure(message: "cannot write \(output): \(error)")
+        }
+        print("Wrote connect credentials for gateway \(gateway) → \(t.host):\(t.port) to \(output) (valid \(lifetime ?? 300) s)")
     }
 }
 
@@ -300,9 +493,19 @@ struct AdminClient {
         var description: String { message }
     }
 
+    enum Kind: String { case relay, gateway }
+
     var baseURL: String
     var adminToken: String
     var http: HTTPClient
+
+    /// The id of the relay or gateway called `name` (or `name` itself when `allowId` and it is one).
+    func id(of kind: Kind, named name: String, allowId: Bool = false) throws -> String {
+        let list = try call("GET", "/api/v2/\(kind.rawValue)s", body: nil)
+        if let match = list.arrayValue?.first(where: { $0["name"]?.stringValue == name }), let id = match["id"]?.stringValue { return id }
+        if allowId, list.arrayValue?.contains(where: { $0["id"]?.stringValue == name }) == true { return name }
+        throw Failure(message: "no \(kind.rawValue) named \(name)")
+    }
 
     func call(_ method: String, _ path: String, body: JSONValue?) throws -> JSONValue {
         var headers: [(name: String, value: String)] = [("Authorization", "Bearer \(adminToken)")]

@@ -216,14 +216,14 @@ struct PlatformEnrollmentTests {
         await p.stop()
     }
 
-    @Test("deploy commands: Infisical's shape with relay, --ca-file for the platform's own CA")
+    @Test("deploy commands: Infisical's shape with relay, --ca-file for the platform's own CA, the host and ports on record")
     func deployCommands() async throws {
         let p = try await PlatformHarness.shared.value
         let id = try await p.createRelay("deploy-me")
         let r = try await p.admin("POST", "/api/v2/relays/\(id)/token-auth/generate-enrollment-token", .object([]))
         let token = try #require(r.json["token"]?.stringValue)
         #expect(r.json["deployCommand"]?.stringValue ==
-                "sudo relay start --name=deploy-me --enroll-method=token --token=\(token) --domain=\(p.base) --ca-file=\(p.service.caFilePath)")
+                "sudo relay start --name=deploy-me --enroll-method=token --token=\(token) --domain=\(p.base) --ca-file=\(p.service.caFilePath) --host=127.0.0.1 --ssh-port=2222 --tls-port=8443")
         let c = try await p.admin("GET", "/api/v2/relays/\(id)/deploy-command")
         #expect(c.json["command"]?.stringValue?.contains("--token=<enrollment-token>") == true)
         #expect(c.json["command"]?.stringValue?.contains(token) == false, "a token is shown once")

@@ -10,9 +10,23 @@ import Testing
 struct PlatformOperatorTests {
     static func chromium() -> String? { Run.find("chromium") ?? Run.find("chromium-browser") }
 
-    @Test("the /admin page in headless Chromium: relays with Healthy / Unreachable / Never connected and deploy commands")
-    func webPageInChromium() async throws {
+    /// One step of Tests/Tools/adminbrowser/admin_browser.py's click-through.
+    struct BrowserStep: Decodable {
+        struct Cookie: Decodable { var name: String; var value: String; var httpOnly: Bool?; var secure: Bool?; var sameSite: String?; var expires: Double?; var session: Bool? }
+        var step: String
+        var url: String
+        var text: String
+        var html: String
+        var cookies: [Cookie]
+    }
+    struct BrowserReport: Decodable { var ok: Bool; var error: String?; var steps: [BrowserStep] }
+
+    static var repository: URL { URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent() }
+
+    @Test("the /admin page clicked through in headless Chromium: sign-in form, create a relay, show and copy its deploy command, switch to AWS, revoke, sign out")
+    func adminPageClickThrough() async throws {
         let browser = try #require(Self.chromium(), "chromium is installed by scripts/setup")
+        let python = try #require(PlatformTools.python())
         let p = try await PlatformHarness.start(fromTemplate: true)
         let beats = PlatformHeartbeatTests()
         // Unreachable: a relay that was probed successfully two hours ago (the store's heartbeat
@@ -20,42 +34,129 @@ struct PlatformOperatorTests {
         let gone = try await beats.startRelay(p, "relay-gone")
         gone.server.stop()
         let twoHoursAgo = PlatformClock.now() - 7200
-        try await p.service.store.write { db in
-            try PlatformStore.recordHeartbeat(db, id: gone.id, at: twoHoursAgo)
-        }
+        try await p.service.store.write { db in try PlatformStore.recordHeartbeat(db, id: gone.id, at: twoHoursAgo) }
         _ = try await p.createRelay("relay-new", host: "relay-new.example.com")
         let alive = try await beats.startRelay(p, "relay-alive")
         #expect(try await p.request("POST", "/api/v2/relays/heartbeat", bearer: alive.access).status == 200)
+        let gw = try await p.createGateway("office-gateway")
+        try await p.service.store.write { db in try PlatformStore.setGatewayRelay(db, id: gw, relayId: alive.id) }
 
-        let url = "\(p.base)/admin?token=\(p.adminToken)"
-        let flags = ["--headless", "--no-sandbox", "--disable-gpu", "--ignore-certificate-errors", "--window-size=1280,800",
-                     "--user-data-dir=\(p.dir.path("chromium"))"]
-        let dom = try Run.command(browser, flags + ["--dump-dom", url], timeout: 60)
-        #expect(dom.status == 0, "\(dom.stderr.suffix(500))")
-        func row(_ name: String) -> String {
-            guard let r = dom.stdout.range(of: "data-name=\"\(name)\"") else { return "" }
-            let rest = dom.stdout[r.upperBound...]
+        let shots = p.dir.path("shots")
+        try FileManager.default.createDirectory(atPath: shots, withIntermediateDirectories: true)
+        let script = Self.repository.appendingPathComponent("Tests/Tools/adminbrowser/admin_browser.py").path
+        let run = try Run.command(python, [script, "--chromium", browser, "--base", p.base, "--token", p.adminToken, "--out", shots], timeout: 180)
+        let report = try JSONDecoder().decode(BrowserReport.self, from: Data(run.stdout.utf8))
+        #expect(report.ok, "\(report.error ?? "") at \(report.steps.last.map { "\($0.step) \($0.url)\n\($0.text)" } ?? "") \(run.stderr.suffix(400))")
+        func step(_ name: String) -> BrowserStep? { report.steps.first { $0.step == name } }
+        func row(_ s: BrowserStep?, _ name: String) -> String {
+            guard let html = s?.html, let r = html.range(of: "data-name=\"\(name)\"") else { return "" }
+            let rest = html[r.upperBound...]
             return String(rest[..<(rest.range(of: "</tr>")?.lowerBound ?? rest.endIndex)])
         }
-        #expect(row("relay-alive").contains(">Healthy<"), "\(row("relay-alive"))")
-        #expect(row("relay-gone").contains(">Unreachable<"), "\(row("relay-gone"))")
-        #expect(row("relay-new").contains(">Never connected<"))
-        #expect(row("relay-new").contains("relay-new.example.com"))
-        #expect(row("relay-new").contains("sudo relay start --name=relay-new --enroll-method=token --token=&lt;enrollment-token&gt; --domain=\(p.base) --ca-file="))
-        #expect(!row("relay-alive").contains("<td>—</td>"), "a last heartbeat is shown")
 
-        let shot = p.dir.path("admin.png")
-        let s = try Run.command(browser, flags + ["--screenshot=\(shot)", url], timeout: 60)
-        #expect(s.status == 0)
-        let png = try Data(contentsOf: URL(fileURLWithPath: shot))
-        #expect(png.count > 10_000)
-        #expect(png.prefix(8) == Data([0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A]))
+        // ?token= only redirects to the form; no cookie comes from a URL.
+        let viaURL = try #require(step("token-in-url"))
+        #expect(viaURL.url == "\(p.base)/admin/login", "\(viaURL.url)")
+        #expect(viaURL.cookies.isEmpty)
+        #expect(!viaURL.text.contains("relay-alive"))
+        #expect(step("wrong-token")?.text.contains("That admin token is not valid") == true)
+        #expect(step("wrong-token")?.cookies.isEmpty == true)
 
-        // Without the token: the sign-in hint, no relay data.
-        let anonymous = try Run.command(browser, flags + ["--dump-dom", "\(p.base)/admin"], timeout: 60)
-        #expect(!anonymous.stdout.contains("relay-alive"))
-        #expect(anonymous.stdout.contains("/admin?token="))
+        // Signed in: a random session id in an HttpOnly, Secure, SameSite=Strict cookie with an expiry.
+        let signedIn = try #require(step("signed-in"))
+        #expect(signedIn.url == "\(p.base)/admin")
+        let cookie = try #require(signedIn.cookies.first { $0.name == "relay_session" }, "\(signedIn.cookies.map(\.name))")
+        #expect(cookie.httpOnly == true && cookie.secure == true && cookie.sameSite == "Strict" && cookie.session == false)
+        #expect(cookie.value != p.adminToken && !cookie.value.contains(p.adminToken) && cookie.value.count >= 32)
+        #expect(signedIn.cookies.count == 1)
+        #expect(row(signedIn, "relay-alive").contains(">Healthy<"), "\(row(signedIn, "relay-alive"))")
+        #expect(row(signedIn, "relay-alive").contains("s ago") || row(signedIn, "relay-alive").contains("just now"))
+        #expect(row(signedIn, "relay-gone").contains(">Unreachable<"))
+        #expect(row(signedIn, "relay-gone").contains("2 h ago"), "\(row(signedIn, "relay-gone"))")
+        #expect(row(signedIn, "relay-new").contains(">Never connected<"))
+        #expect(row(signedIn, "office-gateway").contains("relay-alive"), "the gateway's relay: \(row(signedIn, "office-gateway"))")
+        #expect(signedIn.html.contains("name=\"csrf\""))
+
+        // Created from the form, with its host and ports.
+        let created = try #require(step("relay-created"))
+        #expect(row(created, "web-relay").contains("relay.example.com") && row(created, "web-relay").contains("ssh 2200 · tls 8400"),
+                "\(row(created, "web-relay"))")
+        // The deploy command: a minted token, absolute --ca-file, the recorded host and ports; copied.
+        let deploy = try #require(step("deploy-command"))
+        #expect(deploy.text.contains("sudo relay start --name=web-relay --enroll-method=token --token=gwe_"), "\(deploy.text)")
+        #expect(deploy.text.contains("--ca-file=\(p.service.caFilePath) --host=relay.example.com --ssh-port=2200 --tls-port=8400"))
+        #expect(deploy.html.contains("id=\"copy-deploy\"") && deploy.text.contains("Copied"), "\(deploy.text)")
+        #expect(!deploy.html.contains("http-equiv=\"refresh\""), "the dialog does not refresh the token away")
+        // Switched to AWS with the allowlists.
+        let aws = try #require(step("auth-switched"))
+        #expect(row(aws, "web-relay").contains(">aws<"), "\(row(aws, "web-relay"))")
+        #expect(row(aws, "web-relay").contains("arn:aws:iam::123456789012:role/relay"))
+        let relays = try await p.admin("GET", "/api/v2/relays").json.arrayValue ?? []
+        let web = try #require(relays.first { $0["name"]?.stringValue == "web-relay" })
+        #expect(web["authMethod"]?["method"]?.stringValue == "aws")
+        #expect(web["authMethod"]?["allowedAccountIds"]?.stringValue == "123456789012")
+        #expect(step("revoked")?.text.contains("Revoked the access of relay web-relay") == true, "\(step("revoked")?.text ?? "")")
+        // Signed out: cookie gone, the page asks to sign in again.
+        #expect(step("signed-out")?.url == "\(p.base)/admin/login")
+        #expect(step("signed-out")?.cookies.isEmpty == true)
+        #expect(step("after-sign-out")?.text.contains("Sign in") == true && step("after-sign-out")?.text.contains("relay-alive") == false)
+
+        for name in ["admin-relays.png", "admin-deploy-command.png"] {
+            let png = try Data(contentsOf: URL(fileURLWithPath: "\(shots)/\(name)"))
+            #expect(png.count > 10_000 && png.prefix(8) == Data([0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A]))
+            // Regenerate the README's screenshots only when asked.
+            if ProcessInfo.processInfo.environment["RELAY_UPDATE_SCREENSHOTS"] == "1" {
+                let dest = Self.repository.appendingPathComponent("docs/\(name)")
+                try? FileManager.default.removeItem(at: dest)
+                try png.write(to: dest)
+            }
+        }
         alive.server.stop()
+        await p.stop()
+    }
+
+    @Test("/admin's forms: a POST without the session's CSRF token, or from another origin, is refused; the session cookie is not the admin token")
+    func adminFormsNeedTheSessionsCSRFToken() async throws {
+        let p = try await PlatformHarness.start(fromTemplate: true)
+        let client = p.client
+        func send(_ method: String, _ path: String, form: String? = nil, cookie: String? = nil, origin: String? = nil) async throws -> HTTPClient.Response {
+            var headers: [(name: String, value: String)] = []
+            if form != nil { headers.append(("Content-Type", "application/x-www-form-urlencoded")) }
+            if let cookie { headers.append(("Cookie", cookie)) }
+            if let origin { headers.append(("Origin", origin)) }
+            let req = HTTPClient.Request(method: method, url: p.base + path, headers: headers, body: Array((form ?? "").utf8))
+            return try await PlatformService.blocking { try client.send(req) }
+        }
+        let escaped = p.adminToken.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? p.adminToken
+        // ?token= never sets a cookie.
+        let viaURL = try await send("GET", "/admin?token=\(escaped)")
+        #expect(viaURL.status == 303 && viaURL.header("location") == "/admin/login" && viaURL.header("set-cookie") == nil)
+        #expect(try await send("POST", "/admin/login", form: "token=\(escaped)", origin: "https://evil.example").status == 403)
+        let login = try await send("POST", "/admin/login", form: "token=\(escaped)")
+        #expect(login.status == 303 && login.header("location") == "/admin")
+        let setCookie = try #require(login.header("set-cookie"))
+        #expect(setCookie.contains("HttpOnly") && setCookie.contains("SameSite=Strict") && setCookie.contains("Secure") && setCookie.contains("Max-Age="))
+        #expect(!setCookie.contains(p.adminToken))
+        let cookie = String(setCookie.split(separator: ";")[0])
+        let page = try await send("GET", "/admin", cookie: cookie)
+        #expect(page.status == 200)
+        let csp = try #require(page.header("content-security-policy"))
+        #expect(csp.contains("script-src 'nonce-") && !csp.contains("unsafe-inline") && csp.contains("form-action 'self'"), "\(csp)")
+        let html = page.text
+        let csrf = try #require(html.range(of: "name=\"csrf\" value=\"").map { r in String(html[r.upperBound...].prefix { $0 != "\"" }) })
+        let form = "name=csrf-relay&host=10.0.0.9&sshPort=&tlsPort=&method=token"
+        #expect(try await send("POST", "/admin/relays", form: form, cookie: cookie).status == 403, "no CSRF token")
+        #expect(try await send("POST", "/admin/relays", form: form + "&csrf=nope", cookie: cookie).status == 403, "wrong CSRF token")
+        #expect(try await send("POST", "/admin/relays", form: form + "&csrf=\(csrf)").status == 303, "no session: back to sign-in")
+        #expect(try await p.admin("GET", "/api/v2/relays").json.arrayValue?.contains { $0["name"]?.stringValue == "csrf-relay" } == false)
+        #expect(try await send("POST", "/admin/relays", form: form + "&csrf=\(csrf)", cookie: cookie).status == 303)
+        #expect(try await p.admin("GET", "/api/v2/relays").json.arrayValue?.contains { $0["name"]?.stringValue == "csrf-relay" } == true)
+        // Values are escaped.
+        let evil = try await send("POST", "/admin/relays", form: "name=%3Cscript%3E&host=x&method=token&csrf=\(csrf)", cookie: cookie)
+        #expect(evil.status == 400 && !evil.text.contains("<script>") && evil.text.contains("&lt;script&gt;"))
+        // Sign out ends the session on the server.
+        #expect(try await send("POST", "/admin/logout", form: "csrf=\(csrf)", cookie: cookie).status == 303)
+        #expect(try await send("GET", "/admin", cookie: cookie).status == 303)
         await p.stop()
     }
 
@@ -66,7 +167,7 @@ struct PlatformOperatorTests {
         let stdoutPath: String
         var url = ""
 
-        init(dataDir: String, dir: TempDir, extra: [String]) throws {
+        init(dataDir: String, dir: TempDir, extra: [String], cwd: String? = nil) throws {
             stderrPath = dir.path("serve-\(UUID().uuidString).err")
             stdoutPath = dir.path("serve-\(UUID().uuidString).out")
             _ = FileManager.default.createFile(atPath: stderrPath, contents: nil)
@@ -75,6 +176,7 @@ struct PlatformOperatorTests {
             process.arguments = ["platform", "serve", "--data-dir", dataDir, "--listen", "127.0.0.1:0", "--log-level", "trace"] + extra
             process.standardError = FileHandle(forWritingAtPath: stderrPath)
             process.standardOutput = FileHandle(forWritingAtPath: stdoutPath)
+            if let cwd { process.currentDirectoryURL = URL(fileURLWithPath: cwd) }
             try process.run()
             let deadline = Date().addingTimeInterval(60)
             while Date() < deadline {
@@ -120,7 +222,7 @@ struct PlatformOperatorTests {
         let minted = try admin(["mint-token", "--name", "cli-relay"])
         let lines = minted.stdout.split(separator: "\n").map(String.init)
         let token = try #require(lines.first { $0.hasPrefix("gwe_") })
-        #expect(lines.last == "sudo relay start --name=cli-relay --enroll-method=token --token=\(token) --domain=\(serve.url) --ca-file=\(data)/ca.pem")
+        #expect(lines.last == "sudo relay start --name=cli-relay --enroll-method=token --token=\(token) --domain=\(serve.url) --ca-file=\(data)/ca.pem --host=127.0.0.1 --ssh-port=2022 --tls-port=8443")
         let deploy = try admin(["deploy-command", "--name", "cli-relay"])
         #expect(deploy.stdout.contains("--token=<enrollment-token>"))
         // A wrong admin token or a missing CA file fails cleanly.

@@ -55,8 +55,12 @@ public final class ConnectProxy: @unchecked Sendable {
             let box = UncheckedBox((fd, peer))
             let t = ConnectionThread { [self] in
                 defer { active.subtract(1, ordering: .relaxed); close(box.value.0) }
+                let e: Endpoint
+                do { e = try source() } catch {
+                    RelayLog.relay.error("relay connect: connection from \(box.value.1) refused: \(error)")
+                    return
+                }
                 do {
-                    let e = try source()
                     let c = try TunnelClient(relayHost: e.relayHost, relayPort: e.relayPort, outer: e.outer, inner: e.inner, alpn: e.alpn)
                     defer { c.close() }
                     try c.pump(local: box.value.0)

@@ -62,9 +62,12 @@ public struct PlatformAPIClient: Sendable {
     }
 
     /// Ours (admin): identities for `relay connect` to reach a target through a gateway.
-    public func connectCredentials(adminToken: String, gatewayId: String, targetHost: String, targetPort: Int) throws(Failure) -> ConnectCredentials {
-        let r = try call("POST", "/api/v2/gateways/\(gatewayId)/connect-credentials", bearer: adminToken,
-                         body: .object([("targetHost", .string(targetHost)), ("targetPort", .integer(Int64(targetPort)))]))
+    /// `lifetimeSeconds` (ours, 1-300): shorter-lived credentials; nil: the platform's 5 minutes.
+    public func connectCredentials(adminToken: String, gatewayId: String, targetHost: String, targetPort: Int,
+                                   lifetimeSeconds: Int? = nil) throws(Failure) -> ConnectCredentials {
+        var body: [(key: String, value: JSONValue)] = [("targetHost", .string(targetHost)), ("targetPort", .integer(Int64(targetPort)))]
+        if let lifetimeSeconds { body.append(("lifetimeSeconds", .integer(Int64(lifetimeSeconds)))) }
+        let r = try call("POST", "/api/v2/gateways/\(gatewayId)/connect-credentials", bearer: adminToken, body: .object(body))
         do { return try JSONValueDecoder().decode(ConnectCredentials.self, from: r) } catch {
             throw Failure(status: nil, message: "answer is not connect credentials: \(error)")
         }

@@ -25,6 +25,8 @@ struct PlatformAPI: Sendable {
     var store: PlatformStore { service.store }
     var ca: PlatformCA { service.ca }
     var log: Logger { RelayLog.platform }
+    /// Signed-in sessions of the `/admin` page (AdminRoutes.swift).
+    let sessions = AdminSessions()
 
     func register(_ router: Router<PlatformRequestContext>) {
         // Admin (Bearer admin token)
@@ -47,7 +49,7 @@ struct PlatformAPI: Sendable {
         router.post("/api/v3/gateways/connect") { req, ctx in try await guarded { try await gatewayConnect(req) } }
         router.post("/api/v2/gateways/heartbeat") { req, ctx in try await guarded { try await gatewayHeartbeat(req) } }
         router.post("/api/v2/gateways/:id/connect-credentials") { req, ctx in try await guarded { try await connectCredentials(req, ctx) } }
-        router.get("/admin") { req, ctx in try await guarded { try await adminPage(req) } }
+        registerAdminPage(router)
         router.get("/api/status") { _, _ in json(.object([("status", .string("ok"))])) }
         registerOperations(router)
     }
@@ -160,22 +162,25 @@ struct PlatformAPI: Sendable {
     func createResource(_ kind: ResourceKind, _ req: Request) async throws -> Response {
         try requireAdmin(req)
         let b = try await body(req)
-        guard let name = b["name"]?.stringValue, Validation.isSlug(name) else {
+        let record = try await createRecord(kind, name: b["name"]?.stringValue ?? "", host: b["host"]?.stringValue,
+                                            auth: try parseAuthMethod(b["authMethod"]),
+                                            sshPort: try Validation.port(b["sshPort"], "sshPort"), tlsPort: try Validation.port(b["tlsPort"], "tlsPort"))
+        return json(representation(record, now: record.createdAt))
+    }
+
+    /// Validates and stores a new relay or gateway (the API's and the page's create).
+    func createRecord(_ kind: ResourceKind, name: String, host: String?, auth: AuthMethodConfig, sshPort: Int?, tlsPort: Int?) async throws -> ResourceRecord {
+        guard Validation.isSlug(name) else {
             throw APIError.badRequest("name must be a slug of 1 to 32 characters: lowercase letters, digits and single hyphens")
         }
-        var host: String?
         if kind == .relay {
-            guard let h = b["host"]?.stringValue, Validation.isHost(h) else {
+            guard let host, Validation.isHost(host) else {
                 throw APIError.badRequest("host must be an IP address or a hostname, without scheme or port")
             }
-            host = h
         }
-        let auth = try parseAuthMethod(b["authMethod"])
-        let sshPort = try Validation.port(b["sshPort"], "sshPort")
-        let tlsPort = try Validation.port(b["tlsPort"], "tlsPort")
         let now = PlatformClock.now()
         let record = ResourceRecord(
-            id: try UUID4.make(), type: kind, name: name, host: host, sshPort: kind == .relay ? sshPort : nil,
+            id: try UUID4.make(), type: kind, name: name, host: kind == .relay ? host : nil, sshPort: kind == .relay ? sshPort : nil,
             tlsPort: kind == .relay ? tlsPort : nil, authMethod: auth, tokenVersion: 0, createdAt: now, updatedAt: now,
             heartbeat: nil, healthAlertedAt: nil, lastFailureAt: nil, lastFailureReason: nil, relayId: nil)
         let created = try await store.write { db -> Bool in
@@ -185,7 +190,7 @@ struct PlatformAPI: Sendable {
         }
         guard created else { throw APIError(status: .conflict, message: "\(kind.label) with name \(name) already exists") }
         log.info("\(kind.label) created", metadata: ["id": "\(record.id)", "name": "\(name)", "authMethod": "\(auth.name)"])
-        return json(representation(record, now: now))
+        return record
     }
 
     func parseAuthMethod(_ v: JSONValue?) throws -> AuthMethodConfig {
@@ -249,17 +254,29 @@ struct PlatformAPI: Sendable {
     func revoke(_ kind: ResourceKind, _ req: Request, _ ctx: PlatformRequestContext) async throws -> Response {
         try requireAdmin(req)
         let r = try await resource(kind, ctx)
+        try await revokeAccess(kind, r)
+        return json(.object([("method", .string(r.authMethod.name))]))
+    }
+
+    /// Revokes the resource's access tokens (and any unused enrollment token) in the ledger.
+    func revokeAccess(_ kind: ResourceKind, _ r: ResourceRecord) async throws {
         let now = PlatformClock.now()
         let outcome = try await store.write { db in
             try PlatformLedger.handle(db, resource: r, event: .revoke(wallNow: UnixTime(seconds: now)), now: now, ttl: service.configuration.enrollmentTokenTTLSeconds)
         }
         log.info("\(kind.label) access revoked", metadata: ["id": "\(r.id)", "name": "\(r.name)", "outcome": "\(outcome)"])
-        return json(.object([("method", .string(r.authMethod.name))]))
     }
 
     func mintToken(_ kind: ResourceKind, _ req: Request, _ ctx: PlatformRequestContext) async throws -> Response {
         try requireAdmin(req)
         let r = try await resource(kind, ctx)
+        let (token, expiresAt) = try await mintEnrollmentToken(kind, r)
+        return json(.object([("token", .string(token)), ("expiresAt", .string(PlatformClock.iso(expiresAt))),
+                             ("deployCommand", .string(DeployCommand.text(for: r, token: token, service: service)))]))
+    }
+
+    /// A new one-time enrollment token for a token-auth resource: the token and its expiry.
+    func mintEnrollmentToken(_ kind: ResourceKind, _ r: ResourceRecord) async throws -> (token: String, expiresAt: Int64) {
         guard r.authMethod == .token else { throw APIError.badRequest("\(kind.label) \(r.name) does not use token auth") }
         let token = try PlatformSecrets.newEnrollmentToken()
         let hash = PlatformSecrets.hash(token)
@@ -270,8 +287,7 @@ struct PlatformAPI: Sendable {
         }
         guard case .minted(let expiresAt) = outcome else { throw APIError(status: .internalServerError, message: "Could not mint a token") }
         log.info("Enrollment token minted", metadata: ["id": "\(r.id)", "name": "\(r.name)", "expiresAt": "\(PlatformClock.iso(expiresAt))"])
-        return json(.object([("token", .string(token)), ("expiresAt", .string(PlatformClock.iso(expiresAt))),
-                             ("deployCommand", .string(DeployCommand.text(for: r, token: token, service: service)))]))
+        return (token, expiresAt)
     }
 
     func deployCommand(_ kind: ResourceKind, _ req: Request, _ ctx: PlatformRequestContext) async throws -> Response {
@@ -442,8 +458,18 @@ struct PlatformAPI: Sendable {
             return json(.object([("message", .string("Successfully triggered heartbeat"))]))
         case .failure(let e):
             log.info("Relay heartbeat: not reachable", metadata: ["id": "\(r.id)", "name": "\(r.name)", "error": "\(e)"])
-            throw APIError.badRequest("Relay \(r.name) is not reachable: \(e)")
+            throw APIError.badRequest(Self.unreachableMessage(r, error: "\(e)"))
         }
+    }
+
+    /// The heartbeat error a relay logs when the platform's probe to its record fails: where
+    /// the platform looked, and the command that changes the record.
+    static func unreachableMessage(_ r: ResourceRecord, error: String) -> String {
+        let host = r.host ?? ""
+        let address = host.contains(":") ? "[\(host)]:\(r.effectiveTLSPort)" : "\(host):\(r.effectiveTLSPort)"
+        return "Relay \(r.name) is not reachable: \(error); the platform reaches this relay at \(address) (its record); "
+            + "is it serving there (relay start --tls-port)? If it serves elsewhere, update the record: "
+            + "relay platform admin update-relay --name \(r.name) --host HOST --tls-port PORT --ssh-port PORT"
     }
 
     // MARK: Gateways
@@ -499,14 +525,21 @@ struct PlatformAPI: Sendable {
               let port = b["targetPort"]?.intValue, (1...65535).contains(port) else {
             throw APIError.badRequest("targetHost (string) and targetPort (1-65535) are required")
         }
+        // Ours: a shorter lifetime on request (tests, cautious operators); at most 5 minutes.
+        var requested: Int64 = 300
+        if let l = b["lifetimeSeconds"], l != .null {
+            guard let v = l.intValue, (1...300).contains(v) else { throw APIError.badRequest("lifetimeSeconds must be 1-300") }
+            requested = v
+        }
+        let lifetime = requested
         let relay = try await store.read { db in try g.relayId.flatMap { try PlatformStore.resource(db, id: $0) } }
         guard let relay, let host = relay.host else {
             throw APIError.badRequest("Gateway \(g.name) is not connected to a relay yet")
         }
         let ca = self.ca
         let creds = try await PlatformService.blocking { () throws -> JSONValue in
-            let outer = try ca.platformClientCertificate(gatewayId: g.id, gatewayName: g.name)
-            let inner = try ca.gatewayClientCertificate(gatewayId: g.id, targetHost: targetHost, targetPort: Int(port))
+            let outer = try ca.platformClientCertificate(gatewayId: g.id, gatewayName: g.name, lifetime: lifetime)
+            let inner = try ca.gatewayClientCertificate(gatewayId: g.id, targetHost: targetHost, targetPort: Int(port), lifetime: lifetime)
             return try JSONValueEncoder().encode(ConnectCredentials(
                 gatewayId: g.id, relayHost: host, relayTlsPort: relay.effectiveTLSPort,
                 outer: .init(certificate: outer.certificatePEM, privateKey: outer.privateKeyPEM, caChain: ca.relayServerChainPEM),
@@ -568,35 +601,6 @@ struct PlatformAPI: Sendable {
             throw APIError.badRequest("Gateway \(g.name) is not reachable: \(e)")
         }
     }
-
-    // MARK: Page
-
-    func adminPage(_ req: Request) async throws -> Response {
-        // The admin token comes as a Bearer header, the `relay_admin` cookie, or once as
-        // `?token=` (which also sets the cookie).
-        var presented = bearer(req) ?? req.cookies["relay_admin"]?.value
-        var setCookie = false
-        if presented == nil, let q = req.uri.queryParameters["token"] { presented = String(q); setCookie = true }
-        guard let t = presented, PlatformSecrets.matches(t, storedHash: service.adminTokenHash) else {
-            var headers = HTTPFields()
-            headers[.contentType] = "text/html; charset=utf-8"
-            return Response(status: .unauthorized, headers: headers,
-                            body: .init(byteBuffer: ByteBuffer(string: AdminPage.login)))
-        }
-        let relays = try await store.read { db in try PlatformStore.resources(db, type: .relay) }
-        let gateways = try await store.read { db in try PlatformStore.resources(db, type: .gateway) }
-        let html = AdminPage.render(relays: relays, gateways: gateways, now: PlatformClock.now(), api: self)
-        var headers = HTTPFields()
-        headers[.contentType] = "text/html; charset=utf-8"
-        headers[.cacheControl] = "no-store"
-        headers[.contentSecurityPolicy] = "default-src 'none'; style-src 'unsafe-inline'"
-        headers[HTTPFields.Key("Referrer-Policy")!] = "no-referrer"
-        if setCookie {
-            let secure = service.configuration.insecureHTTP ? "" : "; Secure"
-            headers[.setCookie] = "relay_admin=\(t); Path=/admin; HttpOnly; SameSite=Strict\(secure)"
-        }
-        return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(string: html)))
-    }
 }
 
 extension ResourceKind {
@@ -604,7 +608,9 @@ extension ResourceKind {
 }
 
 /// The deploy command an operator runs: Infisical's `infisical relay start …` with `relay` in
-/// its place, plus `--ca-file` when the platform serves HTTPS with its own CA.
+/// its place, plus `--ca-file` (an absolute path) when the platform serves HTTPS with its own
+/// CA, and for a relay every flag the platform has on record (host, SSH and TLS ports), so the
+/// command works as printed from any directory.
 public enum DeployCommand {
     static func text(for r: ResourceRecord, token: String?, service: PlatformService) -> String {
         let verb = r.type == .relay ? "relay start" : "relay gateway start"
@@ -615,6 +621,12 @@ public enum DeployCommand {
         }
         parts.append("--domain=\(service.baseURL)")
         if service.usesOwnCA { parts.append("--ca-file=\(shellQuote(service.caFilePath))") }
+        if r.type == .relay {
+            // What the record says the relay serves: gateways dial host:sshPort, the platform
+            // probes host:tlsPort, and the host certificate names host:sshPort.
+            if let host = r.host { parts.append("--host=\(shellQuote(host))") }
+            parts += ["--ssh-port=\(r.effectiveSSHPort)", "--tls-port=\(r.effectiveTLSPort)"]
+        }
         return parts.joined(separator: " ")
     }
 

@@ -66,8 +66,21 @@ public final class PlatformService: Sendable {
     private let boundPort = Mutex<Int?>(nil)
     private let shutdown = Mutex<(@Sendable () -> Void)?>(nil)
 
-    /// The CA certificate clients trust for the platform's own HTTPS (`--ca-file`).
-    public var caFilePath: String { configuration.dataDirectory + "/ca.pem" }
+    /// The CA certificate clients trust for the platform's own HTTPS (`--ca-file`): an absolute
+    /// path, so deploy commands work from any directory.
+    public var caFilePath: String { PlatformService.absolute(configuration.dataDirectory) + "/ca.pem" }
+
+    /// `path` made absolute against the working directory (a relative `--data-dir`).
+    static func absolute(_ path: String) -> String {
+        if path.hasPrefix("/") { return path }
+        var buf = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        guard getcwd(&buf, buf.count) != nil else { return path }
+        let cwd = String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        var rest = Substring(path)
+        while rest.hasPrefix("./") { rest = rest.dropFirst(2) }
+        if rest == "." || rest.isEmpty { return cwd }
+        return (cwd == "/" ? "" : cwd) + "/" + rest
+    }
     public var port: Int? { boundPort.withLock { $0 } }
     public var baseURL: String {
         if let u = configuration.publicURL { return u.hasSuffix("/") ? String(u.dropLast()) : u }
