@@ -134,7 +134,7 @@ struct BenchPKI: ParsableCommand {
 
     private func keygen(_ args: [String]) throws {
         let status = Spawn.run(["ssh-keygen"] + args)
-        guard status == 0 else { throw ValidationError("ssh-keygen \(args.joined(separator: " ")) exited \(status)") }
+        guard status == 0 else { fail("ssh-keygen \(args.joined(separator: " ")) exited \(status)", status: .failure) }
     }
 }
 
@@ -173,7 +173,7 @@ struct BenchRelay: ParsableCommand {
         let text: String
         switch ReplayFiles.readFile(credentialsFile, limit: 1 << 20) {
         case .success(let b): text = String(decoding: b, as: UTF8.self)
-        case .failure(let e): throw ValidationError("cannot read \(credentialsFile): \(e.reason)")
+        case .failure(let e): fail("cannot read \(credentialsFile): \(e.reason)", status: .noInput)
         }
         let creds = try RelayCredentials.parse(json: text)
         var registry = TunnelRegistryMachine.Config()
@@ -226,7 +226,7 @@ struct BenchProbe: ParsableCommand {
             let text: String
             switch ReplayFiles.readFile(connect, limit: 1 << 20) {
             case .success(let b): text = String(decoding: b, as: UTF8.self)
-            case .failure(let e): throw ValidationError("cannot read \(connect): \(e.reason)")
+            case .failure(let e): fail("cannot read \(connect): \(e.reason)", status: .noInput)
             }
             let e = try ConnectCredentials.parse(json: text).endpoint(alpn: "infisical-ping")
             let c = try TunnelClient(relayHost: e.relayHost, relayPort: e.relayPort, outer: e.outer, inner: e.inner, alpn: e.alpn)
@@ -295,19 +295,19 @@ enum Spawn {
 private func read(_ path: String) throws -> String {
     switch ReplayFiles.readFile(path, limit: 1 << 20) {
     case .success(let b): return String(decoding: b, as: UTF8.self).trimmingCharacters()
-    case .failure(let e): throw ValidationError("cannot read \(path): \(e.reason)")
+    case .failure(let e): fail("cannot read \(path): \(e.reason)", status: .noInput)
     }
 }
 
 private func write(_ path: String, _ text: String) throws {
     let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
-    guard fd >= 0 else { throw ValidationError("cannot write \(path)") }
+    guard fd >= 0 else { fail("cannot write \(path)", status: .failure) }
     defer { close(fd) }
     let bytes = Array(text.utf8)
     var off = 0
     while off < bytes.count {
         let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + off, $0.count - off) }
-        guard n > 0 else { throw ValidationError("cannot write \(path)") }
+        guard n > 0 else { fail("cannot write \(path)", status: .failure) }
         off += n
     }
 }

@@ -9,6 +9,10 @@ import RelayRuntime
 struct Connect: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Open a local port that reaches a target through relay and gateway (two TLS layers).",
+        usage: """
+        relay connect --credentials-file FILE [<options>]
+        relay connect --domain URL --gateway NAME --target HOST:PORT [<options>]
+        """,
         discussion: """
         Each local connection becomes outer mTLS to the relay (client certificate CN = gateway id), \
         inner mTLS to the gateway (pinned to the gateway CA, ALPN infisical-tcp-proxy), then the \
@@ -75,7 +79,10 @@ struct Connect: ParsableCommand {
     }
 
     func run() throws {
-        RelayLog.bootstrap(format: RelayLog.Format(rawValue: logFormat) ?? .text, level: RelayLog.level(named: CommandEnv.get("LOG_LEVEL")))
+        guard let format = RelayLog.Format(rawValue: logFormat) else { fail(StartSettings.Problem.logFormatInvalid(value: logFormat).text, status: .usage) }
+        let level = CommandEnv.get("LOG_LEVEL").flatMap { $0.isEmpty ? nil : $0 } ?? "info"
+        if let problem = StartSettings.logLevelProblem(level) { fail(problem.text, status: .usage) }
+        RelayLog.bootstrap(format: format, level: RelayLog.level(named: level))
         signal(SIGPIPE, SIG_IGN)
         let source = try source()
         if ping || health {

@@ -56,7 +56,7 @@ final class DemoChild {
         defer { argv.forEach { free($0) }; envp.forEach { free($0) } }
         var p: pid_t = 0
         let rc = posix_spawn(&p, exe, &actions, nil, argv, envp)
-        guard rc == 0 else { throw ValidationError("cannot start \(name): \(String(cString: strerror(rc)))") }
+        guard rc == 0 else { fail("cannot start \(name): \(String(cString: strerror(rc)))", status: .failure) }
         pid = p
     }
 
@@ -111,12 +111,12 @@ enum DemoFiles {
     static func read(_ path: String) throws -> String {
         switch ReplayFiles.readFile(path, limit: 64 << 20) {
         case .success(let b): return String(decoding: b, as: UTF8.self)
-        case .failure(let e): throw ValidationError("cannot read \(path): \(e.reason)")
+        case .failure(let e): fail("cannot read \(path): \(e.reason)", status: .noInput)
         }
     }
     static func write(_ path: String, _ text: String) throws {
         let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw ValidationError("cannot write \(path)") }
+        guard fd >= 0 else { fail("cannot write \(path)", status: .failure) }
         defer { close(fd) }
         let b = Array(text.utf8)
         _ = b.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
@@ -153,7 +153,7 @@ final class DemoRun {
             dir = directory
         } else {
             var template = Array("/tmp/relay-demo-XXXXXX".utf8CString)
-            guard let p = mkdtemp(&template) else { throw ValidationError("cannot create a temporary directory") }
+            guard let p = mkdtemp(&template) else { fail("cannot create a temporary directory", status: .failure) }
             dir = String(cString: p)
         }
     }
@@ -318,7 +318,7 @@ enum DemoNet {
         addr.sin_addr.s_addr = inet_addr("127.0.0.1")
         addr.sin_port = UInt16(port).bigEndian
         let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-        guard rc == 0 else { close(fd); throw ValidationError("cannot connect to 127.0.0.1:\(port)") }
+        guard rc == 0 else { close(fd); fail("cannot connect to 127.0.0.1:\(port)", status: .temporaryFailure) }
         return fd
     }
 }

@@ -219,7 +219,7 @@ struct GatewaySystemdInstall: ParsableCommand {
     @Option(name: .customLong("gateway-id"), help: "The gateway's id (aws).") var gatewayId: String?
     @Option(name: .customLong("target-relay-name"), help: "The relay the gateway should use (written as INFISICAL_RELAY_NAME).") var targetRelayName: String?
     @Option(name: .customLong("log-file"), help: "Absolute path for the service's log (adds a logrotate file).") var logFile: String?
-    @Option(help: "The platform's URL.") var domain: String?
+    @Option(help: "The platform's URL (env INFISICAL_DOMAIN, INFISICAL_API_URL).") var domain: String?
     @OptionGroup(title: "Passed on to relay gateway start") var start: GatewayStartFlags
     // Ours.
     @Option(help: "Write everything under this directory instead of / (systemctl is not run).") var root: String = "/"
@@ -291,7 +291,7 @@ struct GatewayStartFlags: ParsableArguments {
             if let v, !(v > 0 && v <= 86_400) { return "\(flag) must be between 0 and 86400 seconds" }
         }
         if let h = heartbeatInterval, h <= 0 { return "--heartbeat-interval must be a positive number of seconds" }
-        if let l = logLevel, !LogLevelNames.known.contains(l.lowercased()) { return LogLevelNames.problem(l) }
+        if let l = logLevel, let problem = StartSettings.logLevelProblem(l) { return problem.text }
         return nil
     }
 

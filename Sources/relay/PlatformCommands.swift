@@ -226,7 +226,8 @@ func validatePort(_ p: Int?, _ flag: String) throws {
 }
 
 struct AdminCreateRelay: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "create-relay", abstract: "Create a relay.")
+    static let configuration = CommandConfiguration(commandName: "create-relay", abstract: "Create a relay.",
+        usage: "relay platform admin create-relay --name NAME --host HOST [<options>]")
     @OptionGroup var connection: AdminConnection
     @Option(help: "Relay name (slug, 1-32 characters).") var name: String
     @Option(help: "Host gateways and the platform reach the relay at.") var host: String
@@ -249,6 +250,7 @@ struct AdminCreateRelay: ParsableCommand {
 struct AdminUpdateRelay: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "update-relay", abstract: "Change a relay's host, ports or auth method on record.",
+        usage: "relay platform admin update-relay (--name NAME | --id ID) [<options>]",
         discussion: "The platform probes host:tls-port on every heartbeat and certifies host:ssh-port for gateways: "
             + "they must be where the relay serves (relay start --ssh-port/--tls-port). A running relay picks up a new host or "
             + "SSH port when it is restarted.")
@@ -297,7 +299,8 @@ struct ResourceSelector: ParsableArguments {
 
 struct AdminMintToken: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "mint-token", abstract: "Mint a relay's one-time enrollment token (1 h) and print the deploy command that uses it.")
+        commandName: "mint-token", abstract: "Mint a relay's one-time enrollment token (1 h) and print the deploy command that uses it.",
+        usage: "relay platform admin mint-token (--name NAME | --id ID) [<options>]")
     @OptionGroup var connection: AdminConnection
     @OptionGroup var selector: ResourceSelector
     @Flag(help: "Print only the token.") var tokenOnly = false
@@ -317,7 +320,8 @@ func adminMint(_ kind: AdminClient.Kind, _ connection: AdminConnection, _ select
 }
 
 struct AdminDeployCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "deploy-command", abstract: "Print a relay's deploy command (without a token).")
+    static let configuration = CommandConfiguration(commandName: "deploy-command", abstract: "Print a relay's deploy command (without a token).",
+        usage: "relay platform admin deploy-command (--name NAME | --id ID) [<options>]")
     @OptionGroup var connection: AdminConnection
     @OptionGroup var selector: ResourceSelector
 
@@ -338,7 +342,8 @@ func printTable(_ header: [String], _ rows: [[String]]) {
 }
 
 struct AdminList: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "list", abstract: "List relays with their health.")
+    static let configuration = CommandConfiguration(commandName: "list", abstract: "List relays with their health.",
+        usage: "relay platform admin list [<options>]")
     @OptionGroup var connection: AdminConnection
     @Flag(help: "Print the JSON array.") var json = false
 
@@ -354,7 +359,8 @@ struct AdminList: ParsableCommand {
 }
 
 struct AdminRevoke: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "revoke", abstract: "Revoke a relay's access token.")
+    static let configuration = CommandConfiguration(commandName: "revoke", abstract: "Revoke a relay's access token.",
+        usage: "relay platform admin revoke (--name NAME | --id ID) [<options>]")
     @OptionGroup var connection: AdminConnection
     @OptionGroup var selector: ResourceSelector
 
@@ -371,7 +377,8 @@ func adminRevoke(_ kind: AdminClient.Kind, _ connection: AdminConnection, _ sele
 // MARK: Gateways
 
 struct AdminCreateGateway: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "create-gateway", abstract: "Create a gateway.")
+    static let configuration = CommandConfiguration(commandName: "create-gateway", abstract: "Create a gateway.",
+        usage: "relay platform admin create-gateway --name NAME [<options>]")
     @OptionGroup var connection: AdminConnection
     @Option(help: "Gateway name (slug, 1-32 characters).") var name: String
     @OptionGroup var auth: AuthMethodOptions
@@ -385,7 +392,8 @@ struct AdminCreateGateway: ParsableCommand {
 }
 
 struct AdminUpdateGateway: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "update-gateway", abstract: "Change a gateway's auth method.")
+    static let configuration = CommandConfiguration(commandName: "update-gateway", abstract: "Change a gateway's auth method.",
+        usage: "relay platform admin update-gateway (--name NAME | --id ID) [<options>]")
     @OptionGroup var connection: AdminConnection
     @OptionGroup var selector: ResourceSelector
     @OptionGroup var auth: AuthMethodOptions
@@ -403,7 +411,8 @@ struct AdminUpdateGateway: ParsableCommand {
 }
 
 struct AdminListGateways: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "list-gateways", abstract: "List gateways with their relay and health.")
+    static let configuration = CommandConfiguration(commandName: "list-gateways", abstract: "List gateways with their relay and health.",
+        usage: "relay platform admin list-gateways [<options>]")
     @OptionGroup var connection: AdminConnection
     @Flag(help: "Print the JSON array.") var json = false
 
@@ -425,7 +434,8 @@ struct AdminListGateways: ParsableCommand {
 
 struct AdminMintGatewayToken: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "mint-gateway-token", abstract: "Mint a gateway's one-time enrollment token (1 h) and print the deploy command that uses it.")
+        commandName: "mint-gateway-token", abstract: "Mint a gateway's one-time enrollment token (1 h) and print the deploy command that uses it.",
+        usage: "relay platform admin mint-gateway-token (--name N | --id ID) [<options>]")
     @OptionGroup var connection: AdminConnection
     @OptionGroup var selector: ResourceSelector
     @Flag(help: "Print only the token.") var tokenOnly = false
@@ -434,7 +444,8 @@ struct AdminMintGatewayToken: ParsableCommand {
 }
 
 struct AdminGatewayDeployCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "gateway-deploy-command", abstract: "Print a gateway's deploy command (without a token).")
+    static let configuration = CommandConfiguration(commandName: "gateway-deploy-command", abstract: "Print a gateway's deploy command (without a token).",
+        usage: "relay platform admin gateway-deploy-command\n  (--name NAME | --id ID) [<options>]")
     @OptionGroup var connection: AdminConnection
     @OptionGroup var selector: ResourceSelector
 
@@ -446,7 +457,8 @@ struct AdminGatewayDeployCommand: ParsableCommand {
 }
 
 struct AdminRevokeGateway: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "revoke-gateway", abstract: "Revoke a gateway's access token.")
+    static let configuration = CommandConfiguration(commandName: "revoke-gateway", abstract: "Revoke a gateway's access token.",
+        usage: "relay platform admin revoke-gateway (--name NAME | --id ID) [<options>]")
     @OptionGroup var connection: AdminConnection
     @OptionGroup var selector: ResourceSelector
 
@@ -457,6 +469,7 @@ struct AdminConnectCredentials: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "connect-credentials",
         abstract: "Fetch short-lived (5 min) credentials for relay connect --credentials-file.",
+        usage: "relay platform admin connect-credentials\n  --gateway NAME --target HOST:PORT [<options>]",
         discussion: "relay connect can fetch and renew them itself: relay connect --domain URL --ca-file FILE "
             + "--admin-token-file FILE --gateway NAME --target HOST:PORT.")
     @OptionGroup var connection: AdminConnection

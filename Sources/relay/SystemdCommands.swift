@@ -34,7 +34,7 @@ struct SystemdInstall: ParsableCommand {
     @Option(name: .customLong("enroll-method"), help: "token or aws.") var enrollMethod: String?
     @Option(name: .customLong("relay-id"), help: "The relay's id (aws).") var relayId: String?
     @Option(name: .customLong("log-file"), help: "Absolute path for the service's log (adds a logrotate file).") var logFile: String?
-    @Option(help: "The platform's URL.") var domain: String?
+    @Option(help: "The platform's URL (env INFISICAL_DOMAIN, INFISICAL_API_URL).") var domain: String?
     @Option(name: .customLong("relay-auth-secret"), help: .hidden) var relayAuthSecret: String?
     @OptionGroup(title: "Passed on to relay start") var start: RelayStartFlags
     // Ours.
@@ -103,7 +103,7 @@ struct RelayStartFlags: ParsableArguments {
             return "invalid --metrics-listen \"\(address)\": expected HOST:PORT, [IPv6]:PORT or :PORT"
         }
         if let d = drainTimeout, !(d >= 0 && d <= 86_400) { return "--drain-timeout must be between 0 and 86400 seconds" }
-        if let l = logLevel, !LogLevelNames.known.contains(l.lowercased()) { return LogLevelNames.problem(l) }
+        if let l = logLevel, let problem = StartSettings.logLevelProblem(l) { return problem.text }
         if let a = listenAddress, a.contains(where: { $0.isWhitespace }) { return "invalid --listen-address \"\(a)\"" }
         return nil
     }
@@ -125,14 +125,6 @@ struct RelayStartFlags: ParsableArguments {
         if let traceOut { out.append(A("--trace-out", absolute(traceOut), isPath: true)) }
         if let drainTimeout { out.append(A("--drain-timeout", drainTimeout == drainTimeout.rounded() ? String(Int(drainTimeout)) : String(drainTimeout))) }
         return out
-    }
-}
-
-/// The log level names `relay start` and `relay gateway start` know (RelayLog.level(named:)).
-enum LogLevelNames {
-    static let known: Set<String> = ["trace", "debug", "info", "warn", "warning", "error", "fatal", "critical", "panic"]
-    static func problem(_ value: String) -> String {
-        "invalid --log-level \"\(value)\": supported values are trace, debug, info, warn, error"
     }
 }
 

@@ -208,7 +208,7 @@ struct RelayEnrollmentTests {
             try await restart.waitForLog("Relay server started successfully")
             #expect(s.platform.count("login", outcome: "ok") == 1)
         case "already used":
-            #expect(await restart.waitForExit() == .exited(1))
+            #expect(await restart.waitForExit() == .exited(77))
             #expect(restart.log.contains("Enrollment token has already been used"), "\(restart.log)")
             #expect(!FileManager.default.fileExists(atPath: s.statePath))
         default:

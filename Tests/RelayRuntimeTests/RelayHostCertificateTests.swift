@@ -80,7 +80,7 @@ struct RelayHostCertificateTests {
         let good = try RelayTestbed()
         try good.startRelay()
         let port = good.server.boundSSHPort
-        let (ok, okDetail) = Doctor.hostCertificate(host: "127.0.0.1", sshPort: port, relayHost: "127.0.0.1", now: Clock.wallNow())
+        let (ok, okDetail) = Doctor.hostCertificate(try SSHNegotiationProbe.run(host: "127.0.0.1", port: port), host: "127.0.0.1", sshPort: port, relayHost: "127.0.0.1", now: Clock.wallNow())
         #expect(ok == .ok, "\(okDetail)")
         #expect(okDetail.contains("presents ssh-rsa-cert-v01@openssh.com for 127.0.0.1:\(port) (key id \"relay-server\")"), "\(okDetail)")
         #expect(okDetail.contains("valid until"), "\(okDetail)")
@@ -89,14 +89,14 @@ struct RelayHostCertificateTests {
         let otherPort = try RelayTestbed()
         try otherPort.startRelay(hostCertificate: { try otherPort.hostCertificate(principal: "127.0.0.1:\($0 + 1)") }, uncheckedHostCertificate: true)
         let p2 = otherPort.server.boundSSHPort
-        let (bad, badDetail) = Doctor.hostCertificate(host: "127.0.0.1", sshPort: p2, relayHost: "127.0.0.1", now: Clock.wallNow())
+        let (bad, badDetail) = Doctor.hostCertificate(try SSHNegotiationProbe.run(host: "127.0.0.1", port: p2), host: "127.0.0.1", sshPort: p2, relayHost: "127.0.0.1", now: Clock.wallNow())
         #expect(bad == .fail)
         #expect(badDetail.contains("not in the set of valid principals") && badDetail.contains("Gateways dialling 127.0.0.1:\(p2) refuse this relay"), "\(badDetail)")
         otherPort.server.stop()
 
         let plain = try RelayTestbed()
         try plain.startRelay(hostCertificate: { _ in "" }, uncheckedHostCertificate: true)
-        let (none, noneDetail) = Doctor.hostCertificate(host: "127.0.0.1", sshPort: plain.server.boundSSHPort, relayHost: "127.0.0.1", now: Clock.wallNow())
+        let (none, noneDetail) = Doctor.hostCertificate(try SSHNegotiationProbe.run(host: "127.0.0.1", port: plain.server.boundSSHPort), host: "127.0.0.1", sshPort: plain.server.boundSSHPort, relayHost: "127.0.0.1", now: Clock.wallNow())
         #expect(none == .fail)
         #expect(noneDetail.contains("host certificates required, raw host keys not allowed"), "\(noneDetail)")
         plain.server.stop()

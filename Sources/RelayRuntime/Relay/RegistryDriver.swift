@@ -66,8 +66,8 @@ final class RegistryDriver: GatewaySessionDelegate, @unchecked Sendable {
         }
         if !wasAuthenticated {
             server?.releaseAdmission(session.peer)
-            // relay doctor's key-exchange probe says goodbye by name: not worth an info line.
-            if session.peerDisconnectMessage == SSHNegotiationProbe.disconnectMessage {
+            // relay doctor's key-exchange probe introduces itself: not worth an info line.
+            if session.isDoctorProbe {
                 RelayLog.ssh.debug("SSH connection from \(session.peer) closed by relay doctor's probe")
             } else if reason != "done" {
                 RelayLog.ssh.info("SSH connection from \(session.peer) closed before authentication: \(PeerText.escaped(reason, limit: PeerText.detailLimit))",

@@ -39,6 +39,9 @@ final class GatewaySession: @unchecked Sendable {
     private let receiveCounter: UnsafeMutablePointer<ssh_counter_struct>
     private let sendCounter: UnsafeMutablePointer<ssh_counter_struct>
     private var failedAuthAttempts = 0
+    /// The client introduced itself as `relay doctor`'s probe (a `none` authentication request
+    /// with `SSHNegotiationProbe.user`): its close is not worth an info line.
+    private(set) var isDoctorProbe = false
     private var lastSeenPackets: UInt64 = 0
     var splices: [UInt64: Splice] = [:]
     private var hangup: HangupWatch?
@@ -79,6 +82,11 @@ final class GatewaySession: @unchecked Sendable {
         serverCallbacks.pointee.auth_pubkey_function = { _, user, key, state, ud in
             let s = Unmanaged<GatewaySession>.fromOpaque(ud!).takeUnretainedValue()
             return s.authPubkey(user: user.map { String(cString: $0) } ?? "", key: key, state: state)
+        }
+        serverCallbacks.pointee.auth_none_function = { _, user, ud in
+            let s = Unmanaged<GatewaySession>.fromOpaque(ud!).takeUnretainedValue()
+            if let user, String(cString: user) == SSHNegotiationProbe.user, s.phase != .authenticated { s.isDoctorProbe = true }
+            return Int32(SSH_AUTH_DENIED.rawValue)  // what libssh answers `none` without a callback
         }
         // Gateways may not open channels of any type (session, direct-tcpip, x11, …): returning
         // nil refuses; other channel types get libssh's default refusal.
@@ -202,12 +210,6 @@ final class GatewaySession: @unchecked Sendable {
             if ssh_is_connected(session) != 0 { ssh_disconnect(session) }
             delegate?.closed(self, reason: reason)
         }
-    }
-
-    /// The description of the client's SSH_MSG_DISCONNECT, once it sent one.
-    var peerDisconnectMessage: String? {
-        guard ssh_get_status(session) & Int32(SSH_CLOSED) != 0, let m = ssh_get_disconnect_message(session) else { return nil }
-        return String(cString: m)
     }
 
     /// Checked after polls by the owner: a dead socket closes the session.

@@ -9,9 +9,9 @@ import RelayModel
 /// server presented (`relay doctor`, the benchmark harness). The connection is dropped before
 /// authentication.
 public enum SSHNegotiationProbe {
-    /// The probe's SSH_MSG_DISCONNECT description, by which the relay recognises it (and logs
-    /// nothing above debug: `relay doctor` must leave no error in the relay's log).
-    public static let disconnectMessage = "relay doctor probe"
+    /// The user of the probe's one `none` authentication request, by which the relay recognises
+    /// it (and logs its close at debug only: `relay doctor` must leave nothing in the relay's log).
+    public static let user = "relay-doctor-probe"
 
     public struct Negotiated: Sendable, Equatable {
         public var kex: String
@@ -22,6 +22,8 @@ public enum SSHNegotiationProbe {
         public var macServerToClient: String
         /// The presented host key's blob: a certificate blob for a relay presenting one (D1).
         public var presentedKey: [UInt8]
+        /// The server's identification line (`SSH-2.0-…`).
+        public var banner: String
     }
 
     public static func run(host: String, port: Int, algorithms: GatewayAlgorithms = .modern,
@@ -32,8 +34,7 @@ public enum SSHNegotiationProbe {
             if ssh_is_connected(s) != 0 { ssh_disconnect(s) }
             ssh_free(s)
         }
-        LibSSH.configureClient(s, host: host, port: port, user: "algorithm-probe", timeoutSeconds: timeoutSeconds, algorithms: algorithms)
-        _ = ssh_session_set_disconnect_message(s, disconnectMessage)
+        LibSSH.configureClient(s, host: host, port: port, user: user, timeoutSeconds: timeoutSeconds, algorithms: algorithms)
         guard ssh_connect(s) == SSH_OK else {
             throw .ssh("probe \(host):\(port): \(ssh_get_error(UnsafeMutableRawPointer(s)).map { String(cString: $0) } ?? "connect failed")")
         }
@@ -46,9 +47,12 @@ public enum SSHNegotiationProbe {
             presented = LibSSH.presentedBlob(of: key) ?? []
             ssh_key_free(key)
         }
+        let banner = text(ssh_get_serverbanner(s))
+        // Introduce ourselves (the relay then logs the close at debug level); denied, as expected.
+        _ = ssh_userauth_none(s, nil)
         return Negotiated(kex: text(ssh_get_kex_algo(s)), hostKey: hostKey,
                           cipherClientToServer: text(ssh_get_cipher_out(s)), cipherServerToClient: text(ssh_get_cipher_in(s)),
                           macClientToServer: text(ssh_get_hmac_out(s)), macServerToClient: text(ssh_get_hmac_in(s)),
-                          presentedKey: presented)
+                          presentedKey: presented, banner: banner)
     }
 }

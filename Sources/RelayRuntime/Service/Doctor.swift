@@ -171,14 +171,23 @@ public struct Doctor: Sendable {
 
         // 7. SSH listener.
         let sshPort = self.sshPort ?? status?.sshPort ?? 2222
-        switch SSHBannerProbe.banner(host: host, port: sshPort, timeoutMilliseconds: 5000) {
-        case .success(let banner) where banner.hasPrefix("SSH-2.0-"):
-            add(.ok, "SSH listener", "\(host):\(sshPort) answers \(SSHText.printable(banner))")
-            let (verdict, detail) = Doctor.hostCertificate(host: host, sshPort: sshPort, relayHost: relayHost ?? host, now: now)
+        // One connection that reads the banner and the host certificate and says who it is, so the
+        // relay logs nothing above debug; the bare banner probe only diagnoses a failure.
+        let negotiated: Result<SSHNegotiationProbe.Negotiated, RuntimeError>
+        do { negotiated = .success(try SSHNegotiationProbe.run(host: host, port: sshPort, timeoutSeconds: 5)) } catch { negotiated = .failure(error) }
+        let banner: Result<String, RuntimeError>
+        if case .success = negotiated { banner = .success("") } else { banner = SSHBannerProbe.banner(host: host, port: sshPort, timeoutMilliseconds: 5000) }
+        switch (negotiated, banner) {
+        case (.success(let n), _):
+            add(.ok, "SSH listener", "\(host):\(sshPort) answers \(SSHText.printable(n.banner))")
+            let (verdict, detail) = Doctor.hostCertificate(n, host: host, sshPort: sshPort, relayHost: relayHost ?? host, now: now)
             add(verdict, "SSH host certificate", detail)
-        case .success(let banner):
+        case (.failure(let e), .success(let banner)) where banner.hasPrefix("SSH-2.0-"):
+            add(.ok, "SSH listener", "\(host):\(sshPort) answers \(SSHText.printable(banner))")
+            add(.fail, "SSH host certificate", "\(host):\(sshPort): no key exchange (\(e))")
+        case (_, .success(let banner)):
             add(.fail, "SSH listener", "\(host):\(sshPort) answered \"\(banner.prefix(40))\", not an SSH server: another program holds the port")
-        case .failure(let e):
+        case (_, .failure(let e)):
             add(.fail, "SSH listener", "\(host):\(sshPort): \(e). Gateways cannot connect: is the relay running, and is TCP \(sshPort) open from the gateways?")
         }
 
@@ -298,11 +307,8 @@ extension Doctor {
     /// A key exchange with the relay (the gateway's own algorithm offer): the host certificate
     /// it presents must be a host certificate naming `<relayHost>:<sshPort>` and valid now
     /// (DESIGN D1; Infisical's gateways refuse anything else). The CA is the gateways' to check.
-    static func hostCertificate(host: String, sshPort: Int, relayHost: String, now: UnixTime) -> (Verdict, String) {
-        let negotiated: SSHNegotiationProbe.Negotiated
-        do { negotiated = try SSHNegotiationProbe.run(host: host, port: sshPort, timeoutSeconds: 5) } catch {
-            return (.fail, "\(host):\(sshPort): no key exchange (\(error))")
-        }
+    static func hostCertificate(_ negotiated: SSHNegotiationProbe.Negotiated, host: String, sshPort: Int, relayHost: String,
+                                now: UnixTime) -> (Verdict, String) {
         switch RelayOwnHostCertificate.inspect(presentedKeyBlob: negotiated.presentedKey, host: relayHost,
                                                sshPort: UInt16(clamping: sshPort), now: now) {
         case .success(let id):

@@ -672,6 +672,7 @@ enum InstallMessages {
     static func status(_ f: EnrollmentMachine.LoginFailure) -> ExitStatus {
         switch f {
         case .invalid, .expired, .alreadyUsed, .rejected: return .noPermission
+        case .misconfigured: return .configuration
         case .rateLimited, .unreachable, .serverError: return .temporaryFailure
         }
     }
