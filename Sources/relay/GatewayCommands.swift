@@ -97,7 +97,7 @@ struct GatewayStart: ParsableCommand {
         let env = Environment.current
         func nonEmpty(_ s: String?) -> String? { s.flatMap { $0.isEmpty ? nil : $0 } }
         let methodText = nonEmpty(enrollMethod) ?? nonEmpty(env["INFISICAL_GATEWAY_ENROLL_METHOD"])
-        let format = logFormat ?? env["LOG_FORMAT"] ?? "text"
+        let format = nonEmpty(logFormat) ?? nonEmpty(env["LOG_FORMAT"]) ?? "text"  // an empty LOG_FORMAT= (an env file) is unset, as for relay start
         guard let logFormatValue = RelayLog.Format(rawValue: format) else {
             fail("invalid --log-format \"\(format)\": supported values are \"text\" and \"json\"", status: .usage)
         }

@@ -273,12 +273,26 @@ struct OperatorCommandTests {
     func adminTokenReset() async throws {
         let p = try await PlatformHarness.start(fromTemplate: true)
         #expect(try await p.request("GET", "/api/v2/relays", bearer: p.adminToken).status == 200)
+        // A page session signed in with the old token.
+        let client = p.client
+        func send(_ method: String, _ path: String, form: String? = nil, cookie: String? = nil) async throws -> HTTPClient.Response {
+            var headers: [(name: String, value: String)] = []
+            if form != nil { headers.append(("Content-Type", "application/x-www-form-urlencoded")) }
+            if let cookie { headers.append(("Cookie", cookie)) }
+            let req = HTTPClient.Request(method: method, url: p.base + path, headers: headers, body: Array((form ?? "").utf8))
+            return try await PlatformService.blocking { try client.send(req) }
+        }
+        let login = try await send("POST", "/admin/login", form: "token=\(p.adminToken)")
+        let cookie = String(try #require(login.header("set-cookie")).split(separator: ";")[0])
+        #expect(try await send("GET", "/admin", cookie: cookie).status == 200)
         let reset = try await RelayCLI.run(["platform", "admin-token", "reset", "--data-dir", p.dataDir])
         #expect(reset.exit == .exited(0), "\(reset.stderr)")
         let line = try #require(reset.stdout.split(separator: "\n").first { $0.hasPrefix("Admin token: rpa_") })
         let fresh = String(line.dropFirst("Admin token: ".count))
         #expect(try await p.request("GET", "/api/v2/relays", bearer: p.adminToken).status == 401)
         #expect(try await p.request("GET", "/api/v2/relays", bearer: fresh).status == 200)
+        let after = try await send("GET", "/admin", cookie: cookie)
+        #expect(after.status == 303 && after.header("location") == "/admin/login", "a session of the old token survived the reset")
         #expect(!reset.stderr.contains(fresh), "the token reached the log")
 
         let dir = TempDir("platform-reset")

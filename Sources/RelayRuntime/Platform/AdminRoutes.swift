@@ -78,6 +78,8 @@ extension PlatformAPI {
     /// The signed-in session of a request, or nil.
     func currentSession(_ req: Request) -> (id: String, session: AdminSessions.Session)? {
         guard let id = req.cookies[AdminSessions.cookieName]?.value, let s = sessions.session(id, now: PlatformClock.now()) else { return nil }
+        // A session made with a token that has since been reset is over.
+        guard s.adminTokenHash == service.adminTokenHash else { sessions.end(id); return nil }
         return (id, s)
     }
 
@@ -131,7 +133,7 @@ extension PlatformAPI {
             log.info("Admin sign-in refused", metadata: ["peer": "\(ctx.peer)"])
             return htmlResponse(AdminPage.signIn(nonce: nonce, error: "That admin token is not valid."), status: .unauthorized, nonce: nonce)
         }
-        let (id, _) = try sessions.create(now: now)
+        let (id, _) = try sessions.create(now: now, adminTokenHash: service.adminTokenHash)
         log.info("Admin signed in", metadata: ["peer": "\(ctx.peer)"])
         return redirect("/admin", setCookie: sessionCookie(id, maxAge: AdminSessions.lifetime))
     }

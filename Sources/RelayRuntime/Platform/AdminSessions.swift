@@ -10,6 +10,9 @@ final class AdminSessions: Sendable {
         var expiresAt: Int64
         /// One line shown on the next page (after a redirect), then cleared.
         var notice: String?
+        /// The admin token's hash at sign-in: after `relay platform admin-token reset` it no longer
+        /// matches and the session is over.
+        var adminTokenHash: String
     }
 
     static let cookieName = "relay_session"
@@ -20,9 +23,10 @@ final class AdminSessions: Sendable {
     private let table = Mutex<[String: Session]>([:])
 
     /// A new session: its cookie value and its CSRF token (both 256 random bits, hex).
-    func create(now: Int64) throws -> (id: String, session: Session) {
+    func create(now: Int64, adminTokenHash: String) throws -> (id: String, session: Session) {
         let id = Crypto.hex(try Crypto.randomBytes(32))
-        let session = Session(csrf: Crypto.hex(try Crypto.randomBytes(32)), expiresAt: now + Self.lifetime, notice: nil)
+        let session = Session(csrf: Crypto.hex(try Crypto.randomBytes(32)), expiresAt: now + Self.lifetime, notice: nil,
+                              adminTokenHash: adminTokenHash)
         table.withLock { t in
             if t.count >= Self.capacity { t = t.filter { $0.value.expiresAt > now } }
             if t.count >= Self.capacity, let oldest = t.min(by: { $0.value.expiresAt < $1.value.expiresAt })?.key { t[oldest] = nil }
