@@ -390,8 +390,6 @@ public struct EnrollmentMachine: StateMachine {
         switch state {
         case .loggingIn(var login):
             switch (failure, login.method) {
-            case (.misconfigured(let problem), _):
-                return fail(.platformMisconfigured, [.log(message: .platformMisconfigured(domain: login.domain, problem: problem))])
             case (.rateLimited, _), (.unreachable, _), (.serverError, _):
                 login.failures += 1
                 let problem = failure.problem(domain: login.domain)
@@ -407,14 +405,9 @@ public struct EnrollmentMachine: StateMachine {
             case (.invalid, .token) where login.presentedHashWasStored:
                 // Infisical deletes a consumed token, so a token an interrupted run already used is "invalid".
                 return fail(.tokenProbablyUsed, [.log(message: .tokenProbablyUsed)])
-            case (.invalid, .token):
-                return fail(.tokenInvalid, [.log(message: .tokenInvalid(domain: login.domain))])
-            case (.expired, .token):
-                return fail(.tokenExpired, [.log(message: .tokenExpired)])
-            case (.alreadyUsed, .token):
-                return fail(.tokenAlreadyUsed, [.log(message: .tokenAlreadyUsed)])
-            case (.rejected(let message), .token):
-                return fail(.loginRejected, [.log(message: .loginRejected(message: message))])
+            case (.invalid, .token), (.expired, .token), (.alreadyUsed, .token), (.rejected, .token), (.misconfigured, _):
+                guard let (reason, message) = failure.refusal(domain: login.domain) else { return unexpected(event) }
+                return fail(reason, [.log(message: message)])
             }
         case .idle, .signingAws, .loginBackoff, .persisting, .connecting, .connectBackoff, .serving, .renewing,
              .renewalBackoff, .lapsed, .lapsedBackoff, .failed, .stopped:

@@ -80,7 +80,23 @@ extension EnrollmentMachine {
         /// 5xx.
         case serverError(status: Int)
 
-        func problem(domain: String) -> String {
+        /// A final answer to a token login: the run's failure reason and the operator's line; nil
+        /// for the answers that are retried (429, unreachable, 5xx). The machine decides with it,
+        /// and so does `relay systemd install`'s one install-time login (no machine there).
+        /// (`misconfigured` is final for AWS logins too.)
+        public func refusal(domain: String) -> (reason: FailureReason, message: EnrollmentMessage)? {
+            switch self {
+            case .invalid: return (.tokenInvalid, .tokenInvalid(domain: domain))
+            case .expired: return (.tokenExpired, .tokenExpired)
+            case .alreadyUsed: return (.tokenAlreadyUsed, .tokenAlreadyUsed)
+            case .rejected(let m): return (.loginRejected, .loginRejected(message: m))
+            case .misconfigured(let p): return (.platformMisconfigured, .platformMisconfigured(domain: domain, problem: p))
+            case .rateLimited, .unreachable, .serverError: return nil
+            }
+        }
+
+        /// The problem text of a retried answer (and of the others, for logs).
+        public func problem(domain: String) -> String {
             switch self {
             case .misconfigured(let p): return p
             case .invalid: return TokenLedgerMachine.LoginRejection.invalid.message

@@ -153,13 +153,16 @@ public final class PlatformService: Sendable {
             configuration: .init(address: .hostname(configuration.listenHost, port: configuration.listenPort), serverName: nil),
             services: [HealthSweep(service: self)],
             onServerRunning: { [self] channel in
-                let p = channel.localAddress?.port
-                boundPort.withLock { $0 = p }
-                RelayLog.platform.info("Platform listening on \(self.baseURL)")
+                // The first admin token is stored and shown before the port is published: whoever
+                // waits for `port` (or the "listening" line) finds the token already announced.
                 do { try self.storeFirstAdminToken() } catch {
                     RelayLog.platform.error("Cannot store the admin token: \(error); stopping")
                     self.stop()
+                    return
                 }
+                let p = channel.localAddress?.port
+                boundPort.withLock { $0 = p }
+                RelayLog.platform.info("Platform listening on \(self.baseURL)")
             },
             logger: logger)
         let group = ServiceGroup(configuration: .init(

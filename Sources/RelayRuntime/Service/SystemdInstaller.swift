@@ -466,8 +466,12 @@ public struct SystemdInstaller: Sendable {
                     }
                     say(EnrollmentMessage.relayEnrolled(statePath: store.path).text(for: resource))
                 case .failure(let f):
-                    return .failure(Failure("enrollment failed: \(InstallMessages.loginFailure(f, domain: i.domain, resource: resource))",
-                                            InstallMessages.status(f)))
+                    // The machine's decision for the same answer (EnrollmentMachine.LoginFailure.refusal):
+                    // final answers keep their reason's status; the rest may heal.
+                    if let refusal = f.refusal(domain: i.domain) {
+                        return .failure(Failure("enrollment failed: \(refusal.message.text(for: resource))", refusal.reason.exitStatus))
+                    }
+                    return .failure(Failure("enrollment failed: \(f.problem(domain: i.domain)); try again in a minute", .temporaryFailure))
                 }
             } else {
                 return .failure(Failure("the \(r) '\(i.name)' is running with another enrollment; stop it (sudo systemctl stop \(unit)) before installing with a new token", .temporaryFailure))
@@ -652,28 +656,3 @@ public struct SystemdInstaller: Sendable {
     }
 }
 
-/// Operator messages for install-time login failures (the same categories as `relay start`).
-enum InstallMessages {
-    static func loginFailure(_ f: EnrollmentMachine.LoginFailure, domain: String, resource: EnrollmentMachine.Resource = .relay) -> String {
-        switch f {
-        case .invalid: return EnrollmentMessage.tokenInvalid(domain: domain).text(for: resource)
-        case .expired: return EnrollmentMessage.tokenExpired.text(for: resource)
-        case .alreadyUsed: return EnrollmentMessage.tokenAlreadyUsed.text(for: resource)
-        case .rejected(let m): return EnrollmentMessage.loginRejected(message: m).text(for: resource)
-        case .rateLimited: return "the platform is rate limiting logins (HTTP 429); try again in a minute"
-        case .unreachable(let r): return "cannot reach \(domain): \(r) (check --domain, the network and the CA bundle)"
-        case .misconfigured(let p): return EnrollmentMessage.platformMisconfigured(domain: domain, problem: p).text(for: resource)
-        case .serverError(let s): return "the platform answered HTTP \(s)"
-        }
-    }
-
-    /// The exit status for an install-time login failure: the credential refused is permanent,
-    /// the platform unreachable, busy or failing may heal.
-    static func status(_ f: EnrollmentMachine.LoginFailure) -> ExitStatus {
-        switch f {
-        case .invalid, .expired, .alreadyUsed, .rejected: return .noPermission
-        case .misconfigured: return .configuration
-        case .rateLimited, .unreachable, .serverError: return .temporaryFailure
-        }
-    }
-}
