@@ -10,9 +10,10 @@ public struct SSHKeygen {
     public init() throws {
         dir = FileManager.default.temporaryDirectory.appendingPathComponent("relay-sshcert-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        TemporaryDirectories.register(dir)
     }
 
-    public func remove() { try? FileManager.default.removeItem(at: dir) }
+    public func remove() { TemporaryDirectories.remove(dir) }
 
     public struct Failure: Error, CustomStringConvertible {
         public var arguments: [String]

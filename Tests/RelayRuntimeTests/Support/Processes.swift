@@ -1,4 +1,5 @@
 import Foundation
+import RelayTestSupport
 
 /// Runs a real external program (openssl, ssh-keygen, ssh, go) for interop tests.
 enum Run {
@@ -51,6 +52,7 @@ final class TempDir: @unchecked Sendable {
     init(_ prefix: String = "relay-test") {
         url = FileManager.default.temporaryDirectory.appendingPathComponent("\(prefix)-\(UUID().uuidString)")
         try? FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+        TemporaryDirectories.register(url)
     }
     func path(_ name: String) -> String { url.appendingPathComponent(name).path }
     func write(_ name: String, _ text: String, mode: Int = 0o600) throws -> String {
@@ -59,5 +61,5 @@ final class TempDir: @unchecked Sendable {
         try FileManager.default.setAttributes([.posixPermissions: mode], ofItemAtPath: p)
         return p
     }
-    deinit { try? FileManager.default.removeItem(at: url) }
+    deinit { TemporaryDirectories.remove(url) }
 }
