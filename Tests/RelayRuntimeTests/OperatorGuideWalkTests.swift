@@ -27,14 +27,7 @@ struct OperatorGuideWalkTests {
         }
 
         func run(_ args: [String], timeout: Duration = .seconds(90)) async throws -> (exit: PeerProcess.Exit, stdout: String, stderr: String) {
-            let p = try process(args)
-            guard let exit = await p.waitForExit(timeout: timeout) else {
-                p.signal(SIGKILL)
-                throw PeerProcessError("relay \(args.joined(separator: " ")) did not finish: \(p.stderr.text)")
-            }
-            await p.stdout.waitForEnd()
-            await p.stderr.waitForEnd()
-            return (exit, p.stdout.text, p.stderr.text)
+            try await process(args).finish(timeout: timeout, what: "relay \(args.joined(separator: " "))")
         }
 
         /// A printed deploy command (`sudo relay …`), run as printed by this user: no sudo, our

@@ -182,18 +182,18 @@ public enum StartSettings {
     /// domain stored for this relay, the CLI's logged-in domain, then the root command's value
     /// (`INFISICAL_DOMAIN`, then `INFISICAL_API_URL`, then the default). Every candidate gets `/api`.
     public static func domain(flag: String?, stored: String?, cliConfigDomain: String?, environment env: [String: String]) -> String {
-        if let flag = nonEmpty(flag) { return appendAPIEndpoint(flag) }
-        if let s = nonEmpty(stored) { return appendAPIEndpoint(s) }
-        if let c = nonEmpty(cliConfigDomain) { return appendAPIEndpoint(c) }
-        if let e = nonEmpty(env["INFISICAL_DOMAIN"]) ?? nonEmpty(env["INFISICAL_API_URL"]) { return appendAPIEndpoint(e) }
-        return defaultDomain
+        namedDomain(flag: flag, stored: stored, cliConfigDomain: cliConfigDomain, environment: env).map(appendAPIEndpoint) ?? defaultDomain
+    }
+
+    /// The domain some source names, in precedence order; nil when none does (the default applies).
+    static func namedDomain(flag: String?, stored: String?, cliConfigDomain: String?, environment env: [String: String]) -> String? {
+        nonEmpty(flag) ?? nonEmpty(stored) ?? nonEmpty(cliConfigDomain) ?? nonEmpty(env["INFISICAL_DOMAIN"]) ?? nonEmpty(env["INFISICAL_API_URL"])
     }
 
     /// The line a start logs when no source named a platform, so an operator of a self-hosted
     /// platform sees at once why enrollment goes to Infisical Cloud. Nil when one did.
     public static func defaultDomainNotice(flag: String?, stored: String?, cliConfigDomain: String?, environment env: [String: String]) -> String? {
-        guard nonEmpty(flag) == nil, nonEmpty(stored) == nil, nonEmpty(cliConfigDomain) == nil,
-              nonEmpty(env["INFISICAL_DOMAIN"]) == nil, nonEmpty(env["INFISICAL_API_URL"]) == nil else { return nil }
+        guard namedDomain(flag: flag, stored: stored, cliConfigDomain: cliConfigDomain, environment: env) == nil else { return nil }
         return "No --domain given (nor INFISICAL_DOMAIN, INFISICAL_API_URL or a stored domain): using Infisical Cloud, https://app.infisical.com. Pass --domain=https://YOUR-PLATFORM for a self-hosted platform."
     }
 

@@ -225,14 +225,8 @@ public final class RelayProcess: @unchecked Sendable {
                 return ExitStatus.dataError.rawValue
             }
         }
-        do {
-            let r = try RelayServer.reserve(listenAddress: options.listenAddress, sshPort: options.sshPort, tlsPort: options.tlsPort)
-            reservation.withLock { $0 = r }
-        } catch {
-            RelayLog.relay.error("\(EnrollmentMessage.listenFailed(reason: error.message).text)")
-            return error.status.rawValue
-        }
-        defer { reservation.withLock { r in r?.release(); r = nil } }
+        if let failed = reserveListeners() { return failed }
+        defer { releaseReservation() }
         control.start(name: "relay-control")
         guard startMetrics(enrollmentState: { nil }) else { return ExitStatus.temporaryFailure.rawValue }
         ShutdownSignals.install(onFirst: { [gate] sig in
@@ -264,6 +258,22 @@ public final class RelayProcess: @unchecked Sendable {
             }
         }
     }
+
+    /// Binds both listeners for the first `startServing`; on failure logs the one line and
+    /// returns the exit status.
+    private func reserveListeners() -> Int32? {
+        do {
+            let r = try RelayServer.reserve(listenAddress: options.listenAddress, sshPort: options.sshPort, tlsPort: options.tlsPort)
+            reservation.withLock { $0 = r }
+            return nil
+        } catch {
+            RelayLog.relay.error("\(EnrollmentMessage.listenFailed(reason: error.message).text)")
+            return error.status.rawValue
+        }
+    }
+
+    /// Closes the reserved sockets if the run ends before serving took them.
+    private func releaseReservation() { reservation.withLock { r in r?.release(); r = nil } }
 
     /// Starts the data plane, or resumes it after a lapse; nil on success, else why it could not bind.
     func startServing(_ creds: RelayCredentials) -> String? {
@@ -317,14 +327,8 @@ public final class RelayProcess: @unchecked Sendable {
             return error.exitStatus.rawValue
         }
         // Prove both ports before the one-time token is spent (Specs/start.md §3).
-        do {
-            let r = try RelayServer.reserve(listenAddress: options.listenAddress, sshPort: options.sshPort, tlsPort: options.tlsPort)
-            reservation.withLock { $0 = r }
-        } catch {
-            RelayLog.relay.error("\(EnrollmentMessage.listenFailed(reason: error.message).text)")
-            return error.status.rawValue
-        }
-        defer { reservation.withLock { r in r?.release(); r = nil } }
+        if let failed = reserveListeners() { return failed }
+        defer { releaseReservation() }
         let reading = store.read()
         status.withLock {
             $0 = (inputs.stateDirectory, RelayStatus(relayName: options.relayName, pid: getpid(), listenAddress: options.listenAddress,

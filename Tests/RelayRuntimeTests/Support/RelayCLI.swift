@@ -41,14 +41,20 @@ enum RelayCLI {
     static func run(_ arguments: [String], environment: [String: String] = [:], timeout: Duration = .seconds(60)) async throws
         -> (exit: PeerProcess.Exit, stdout: String, stderr: String)
     {
-        let p = try PeerProcess(try binary(), arguments, environment: environment)
-        guard let exit = await p.waitForExit(timeout: timeout) else {
-            p.signal(SIGKILL)
-            throw PeerProcessError("relay \(arguments.joined(separator: " ")) did not finish in \(timeout):\n\(p.stderr.text)")
+        try await PeerProcess(try binary(), arguments, environment: environment).finish(timeout: timeout, what: "relay \(arguments.joined(separator: " "))")
+    }
+}
+
+extension PeerProcess {
+    /// Waits for the exit (SIGKILL and an error after `timeout`) and for the last output lines.
+    func finish(timeout: Duration, what: String) async throws -> (exit: PeerProcess.Exit, stdout: String, stderr: String) {
+        guard let exit = await waitForExit(timeout: timeout) else {
+            signal(SIGKILL)
+            throw PeerProcessError("\(what) did not finish in \(timeout):\n\(stderr.text)")
         }
-        await p.stdout.waitForEnd()
-        await p.stderr.waitForEnd()
-        return (exit, p.stdout.text, p.stderr.text)
+        await stdout.waitForEnd()
+        await stderr.waitForEnd()
+        return (exit, stdout.text, stderr.text)
     }
 }
 
