@@ -10,6 +10,8 @@ public enum RuntimeError: Error, Equatable, Sendable, CustomStringConvertible {
     case tls(String)
     case ssh(String)
     case invalidInput(String)
+    /// getaddrinfo found no address for `host` (`reason`: gai_strerror's text).
+    case unresolvable(host: String, reason: String)
 
     public var description: String {
         switch self {
@@ -18,6 +20,7 @@ public enum RuntimeError: Error, Equatable, Sendable, CustomStringConvertible {
         case .tls(let m): return "TLS: \(m)"
         case .ssh(let m): return "SSH: \(m)"
         case .invalidInput(let m): return m
+        case let .unresolvable(host, reason): return "cannot resolve \(host): \(reason)"
         }
     }
 }

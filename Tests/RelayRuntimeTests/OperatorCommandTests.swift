@@ -200,7 +200,7 @@ struct OperatorCommandTests {
         let v6 = RelayServer.listenProblem("::1", 8443, role: "TLS, for the platform", flag: "--tls-port", .errno("bind", EADDRINUSE))
         #expect(v6.message.hasPrefix("[::1]:8443 "))
         let name = RelayServer.listenProblem("relay.invalid", 2222, role: "SSH, for gateways", flag: "--ssh-port",
-                                             .invalidInput("cannot resolve relay.invalid: Name or service not known"))
+                                             .unresolvable(host: "relay.invalid", reason: "Name or service not known"))
         #expect(name.status == .configuration)
         #expect(name.message == "--listen-address relay.invalid does not resolve (Name or service not known); give an IP address or a name of this host")
         let low = RelayServer.listenProblem("0.0.0.0", 22, role: "SSH, for gateways", flag: "--ssh-port", .errno("bind", EACCES))
@@ -276,11 +276,7 @@ struct OperatorCommandTests {
         // A page session signed in with the old token.
         let client = p.client
         func send(_ method: String, _ path: String, form: String? = nil, cookie: String? = nil) async throws -> HTTPClient.Response {
-            var headers: [(name: String, value: String)] = []
-            if form != nil { headers.append(("Content-Type", "application/x-www-form-urlencoded")) }
-            if let cookie { headers.append(("Cookie", cookie)) }
-            let req = HTTPClient.Request(method: method, url: p.base + path, headers: headers, body: Array((form ?? "").utf8))
-            return try await PlatformService.blocking { try client.send(req) }
+            try await client.send(method, p.base + path, form: form, cookie: cookie)
         }
         let login = try await send("POST", "/admin/login", form: "token=\(p.adminToken)")
         let cookie = String(try #require(login.header("set-cookie")).split(separator: ";")[0])

@@ -149,11 +149,7 @@ struct OperatorGuideWalkTests {
         #expect(row.contains("Healthy"), "\(list.stdout)")
         let client = HTTPClient(caFile: work + "/platform-data/ca.pem")
         func send(_ method: String, _ path: String, form: String? = nil, cookie: String? = nil) async throws -> HTTPClient.Response {
-            var headers: [(name: String, value: String)] = []
-            if form != nil { headers.append(("Content-Type", "application/x-www-form-urlencoded")) }
-            if let cookie { headers.append(("Cookie", cookie)) }
-            let req = HTTPClient.Request(method: method, url: url + path, headers: headers, body: Array((form ?? "").utf8))
-            return try await PlatformService.blocking { try client.send(req) }
+            try await client.send(method, url + path, form: form, cookie: cookie)
         }
         let signIn = try await send("POST", "/admin/login", form: "token=\(adminToken)")
         let cookie = String(try #require(signIn.header("set-cookie")).split(separator: ";")[0])

@@ -120,12 +120,7 @@ struct PlatformOperatorTests {
         let p = try await PlatformHarness.start(fromTemplate: true)
         let client = p.client
         func send(_ method: String, _ path: String, form: String? = nil, cookie: String? = nil, origin: String? = nil) async throws -> HTTPClient.Response {
-            var headers: [(name: String, value: String)] = []
-            if form != nil { headers.append(("Content-Type", "application/x-www-form-urlencoded")) }
-            if let cookie { headers.append(("Cookie", cookie)) }
-            if let origin { headers.append(("Origin", origin)) }
-            let req = HTTPClient.Request(method: method, url: p.base + path, headers: headers, body: Array((form ?? "").utf8))
-            return try await PlatformService.blocking { try client.send(req) }
+            try await client.send(method, p.base + path, form: form, cookie: cookie, origin: origin)
         }
         let escaped = p.adminToken.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? p.adminToken
         // ?token= never sets a cookie.

@@ -48,7 +48,7 @@ final class RelayConnector: @unchecked Sendable {
         } catch {
             if case .errno(_, let e) = error, e == ECONNREFUSED { return .failure(.refused) }
             if case .errno(_, let e) = error, e == ETIMEDOUT || e == EHOSTUNREACH || e == ENETUNREACH { return .failure(.unreachable) }
-            if case .invalidInput = error { return .failure(.unreachable) }
+            if case .unresolvable = error { return .failure(.unreachable) }
             return .failure(.io(detail: error.description))
         }
     }

@@ -49,7 +49,7 @@ enum Net {
         let h: String? = host.isEmpty ? nil : host
         let rc = h.map { getaddrinfo($0, String(port), &hints, &res) } ?? getaddrinfo(nil, String(port), &hints, &res)
         guard rc == 0, let first = res else {
-            throw .invalidInput("cannot resolve \(host): \(String(cString: gai_strerror(rc)))")
+            throw .unresolvable(host: host, reason: String(cString: gai_strerror(rc)))
         }
         defer { freeaddrinfo(first) }
         var out: [(Int32, sockaddr_storage, socklen_t)] = []

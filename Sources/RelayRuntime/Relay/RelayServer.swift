@@ -248,8 +248,8 @@ public final class RelayServer: @unchecked Sendable {
             return CommandFailure(message: "--listen-address \(address) is not an address of this host (cannot bind \(shown):\(port)); give one of this host's addresses, or leave it out to listen on all", status: .configuration)
         case .errno(_, EACCES):
             return CommandFailure(message: "permission denied binding \(shown):\(port) (\(role)): ports below 1024 need root or CAP_NET_BIND_SERVICE; choose another port with \(flag)", status: .noPermission)
-        case .invalidInput(let m) where m.hasPrefix("cannot resolve"):
-            return CommandFailure(message: "--listen-address \(address) does not resolve (\(m.dropFirst("cannot resolve \(address): ".count))); give an IP address or a name of this host", status: .configuration)
+        case .unresolvable(_, let reason):
+            return CommandFailure(message: "--listen-address \(address) does not resolve (\(reason)); give an IP address or a name of this host", status: .configuration)
         default:
             return CommandFailure(message: "cannot listen on \(shown):\(port) (\(role)): \(e)", status: .temporaryFailure)
         }
