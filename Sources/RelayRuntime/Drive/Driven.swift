@@ -72,3 +72,36 @@ public final class TraceRecorder: @unchecked Sendable {
         bytes.withUnsafeBytes { p in _ = Glibc.write(fd, p.baseAddress, p.count) }
     }
 }
+
+/// The timers a machine has asked for with `scheduleTimer(kind, at:)` / `cancelTimer(kind)`, kept
+/// on the loop that fires them. Scheduling a kind again replaces the earlier timer; a fired timer
+/// is forgotten before its work runs (Specs/overview.md §3 rule 5). Every driver keeps its
+/// machine's timers here instead of its own dictionary. Loop-confined: call only on `loop`.
+final class MachineTimers<Kind: Hashable> {
+    let loop: EventLoop
+    private var armed: [Kind: TimerHeap.ID] = [:]
+
+    init(loop: EventLoop) { self.loop = loop }
+
+    /// Arms `kind` at `deadline`; `fire` runs on the loop when it is due (unless cancelled first).
+    func schedule(_ kind: Kind, at deadline: Instant, fire: @escaping (Kind) -> Void) {
+        if let old = armed[kind] { loop.cancel(old) }
+        armed[kind] = loop.schedule(at: deadline) { [weak self] in
+            self?.armed[kind] = nil
+            fire(kind)
+        }
+    }
+
+    func cancel(_ kind: Kind) {
+        if let id = armed.removeValue(forKey: kind) { loop.cancel(id) }
+    }
+
+    /// Cancels every armed timer (a machine that finished, a closed connection).
+    func cancelAll() {
+        for id in armed.values { loop.cancel(id) }
+        armed.removeAll()
+    }
+
+    /// The kinds armed now (tests and `closed` invariants: nothing left armed after close).
+    var armedKinds: Set<Kind> { Set(armed.keys) }
+}

@@ -74,7 +74,7 @@ final class EnrollmentDriver<Credentials: Sendable>: @unchecked Sendable {
     private var pendingCredentials: Credentials?
     private var signed: SignedSTSRequest?
 
-    private var timers: [M.TimerKind: TimerHeap.ID] = [:]
+    private let timers: MachineTimers<M.TimerKind>
     /// State-file writes still running (a write is never abandoned: the process waits for it).
     private let writesInFlight = Atomic<Int>(0)
 
@@ -82,6 +82,7 @@ final class EnrollmentDriver<Credentials: Sendable>: @unchecked Sendable {
          signer: (any AWSLoginSigner)?, token: String?, heldAccessToken: String?, importedAccessToken: String?, hooks: Hooks) {
         machine = Driven(EnrollmentMachine.self, config: config, instance: config.relayName, trace: trace)
         self.loop = loop
+        timers = MachineTimers(loop: loop)
         self.api = api
         self.store = store
         self.signer = signer
@@ -228,9 +229,7 @@ final class EnrollmentDriver<Credentials: Sendable>: @unchecked Sendable {
             hooks.stopAccepting()
 
         case let .scheduleTimer(timer, at):
-            if let old = timers[timer] { loop.cancel(old) }
-            timers[timer] = loop.schedule(at: at) { [self] in
-                timers[timer] = nil
+            timers.schedule(timer, at: at) { [self] timer in
                 let now = Clock.now()
                 switch timer {
                 case .retry: feed(.retryTimerFired(now: now))
@@ -240,11 +239,10 @@ final class EnrollmentDriver<Credentials: Sendable>: @unchecked Sendable {
             }
 
         case .cancelTimer(let timer):
-            if let id = timers.removeValue(forKey: timer) { loop.cancel(id) }
+            timers.cancel(timer)
 
         case .finish(let outcome):
-            for id in timers.values { loop.cancel(id) }
-            timers.removeAll()
+            timers.cancelAll()
             hooks.finish(outcome)
         }
     }

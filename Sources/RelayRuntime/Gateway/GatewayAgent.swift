@@ -44,7 +44,7 @@ public final class GatewayAgent: @unchecked Sendable {
     private let current: Mutex<(credentials: GatewayCredentials, inner: TLSContext)>
     private var connectors: [Int: RelayConnector] = [:]   // worker queue only
     private var link: GatewayLink?                         // loop only
-    private var timers: [Machine.TimerKind: TimerHeap.ID] = [:] // loop only
+    private let timers: MachineTimers<Machine.TimerKind>   // loop only
     private let statusLock = Mutex<Status>(Status())
     private var stopped: (@Sendable () -> Void)?
 
@@ -62,6 +62,7 @@ public final class GatewayAgent: @unchecked Sendable {
         self.options = options
         machine = Driven(Machine.self, config: options.tunnel, instance: options.credentials.gatewayId, trace: trace)
         loop = try EventLoop(index: 0)
+        timers = MachineTimers(loop: loop)
         current = Mutex((options.credentials, try GatewayAgent.innerContext(options.credentials)))
         for r in options.relays {
             options.metrics?.zero("gateway_connected_relay", labels: [("relay", r.name)])
@@ -233,13 +234,11 @@ public final class GatewayAgent: @unchecked Sendable {
                 }
             }
         case let .scheduleTimer(kind, at):
-            if let old = timers[kind] { loop.cancel(old) }
-            timers[kind] = loop.schedule(at: at) { [self] in
-                timers[kind] = nil
+            timers.schedule(kind, at: at) { [self] kind in
                 perform(machine.handle(.timerFired(timer: kind, now: Clock.now())))
             }
         case .cancelTimer(let kind):
-            if let t = timers.removeValue(forKey: kind) { loop.cancel(t) }
+            timers.cancel(kind)
         case .log(let m):
             switch m {
             case .connectionEstablished, .connecting, .failingBack, .draining, .tunnelClosed:

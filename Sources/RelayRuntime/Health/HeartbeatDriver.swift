@@ -12,7 +12,7 @@ public final class HeartbeatDriver: @unchecked Sendable {
     private let send: @Sendable (String) -> RelayAPIHeartbeat
     private let accessToken: @Sendable () -> String?
     private let report: @Sendable (M.Status) -> Void
-    private var timers: [M.Timer: TimerHeap.ID] = [:]
+    private let timers: MachineTimers<M.Timer>
     /// The request whose result counts; bumped on send and on abandon (loop thread only).
     private var generation: UInt64 = 0
 
@@ -28,6 +28,7 @@ public final class HeartbeatDriver: @unchecked Sendable {
          accessToken: @escaping @Sendable () -> String?, report: @escaping @Sendable (M.Status) -> Void) {
         machine = Driven(HeartbeatMachine.self, config: config, instance: instance, trace: trace)
         self.loop = loop
+        timers = MachineTimers(loop: loop)
         self.send = send
         self.accessToken = accessToken
         self.report = report
@@ -60,16 +61,14 @@ public final class HeartbeatDriver: @unchecked Sendable {
         case .abandonHeartbeat:
             generation &+= 1
         case let .scheduleTimer(timer, at):
-            if let old = timers[timer] { loop.cancel(old) }
-            timers[timer] = loop.schedule(at: at) { [self] in
-                timers[timer] = nil
+            timers.schedule(timer, at: at) { [self] timer in
                 switch timer {
                 case .nextAttempt: feed(.timerFired(now: Clock.now()))
                 case .requestTimeout: feed(.requestTimedOut(now: Clock.now()))
                 }
             }
         case .cancelTimer(let timer):
-            if let id = timers.removeValue(forKey: timer) { loop.cancel(id) }
+            timers.cancel(timer)
         case .log(let message):
             switch message {
             case .reachable: RelayLog.relay.info("\(message.text)")

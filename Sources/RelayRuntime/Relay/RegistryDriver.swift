@@ -15,7 +15,7 @@ final class RegistryDriver: GatewaySessionDelegate, @unchecked Sendable {
     weak var server: RelayServer?
     private let objects = Mutex<Objects>(Objects())
     private var timerLoop: EventLoop?
-    private var timers: [Machine.TimerKind: TimerHeap.ID] = [:] // timerLoop only
+    private var timers: MachineTimers<Machine.TimerKind>? // timerLoop only
     private var onStopped: (() -> Void)?
     let metrics: RelayMetrics
 
@@ -37,6 +37,7 @@ final class RegistryDriver: GatewaySessionDelegate, @unchecked Sendable {
 
     func start(on loop: EventLoop) {
         timerLoop = loop
+        timers = MachineTimers(loop: loop)
         loop.execute { [self] in perform(machine.handle(.start(now: Clock.now()))) }
     }
 
@@ -154,9 +155,7 @@ final class RegistryDriver: GatewaySessionDelegate, @unchecked Sendable {
         case let .scheduleTimer(kind, at):
             guard let loop = timerLoop else { return }
             loop.execute { [self] in
-                if let old = timers[kind] { loop.cancel(old) }
-                timers[kind] = loop.schedule(at: at) { [self] in
-                    timers[kind] = nil
+                timers?.schedule(kind, at: at) { [self] kind in
                     switch kind {
                     case .keepalive: keepaliveRound()
                     case .drainDeadline:
@@ -168,7 +167,7 @@ final class RegistryDriver: GatewaySessionDelegate, @unchecked Sendable {
         case .cancelTimer(let kind):
             guard let loop = timerLoop else { return }
             loop.execute { [self] in
-                if let t = timers.removeValue(forKey: kind) { loop.cancel(t) }
+                timers?.cancel(kind)
             }
         case .sendKeepalive(let c):
             guard let s = objects.withLock({ $0.sessions[c] }) else { return }
