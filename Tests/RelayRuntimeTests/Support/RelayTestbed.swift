@@ -18,6 +18,8 @@ final class RelayTestbed: @unchecked Sendable {
     let gatewayServerCA: (Certificate, KeyPair)
     let gatewayClientCA: (Certificate, KeyPair)
     var server: RelayServer!
+    /// Where the relay records its machine traces (`--trace-out`), when set before `startRelay`.
+    var trace: TraceRecorder?
 
     /// `hostKeyType`: the relay's SSH host key, `rsa` (RSA-2048, as Infisical issues it) or `ed25519`.
     init(relayName: String = "relay1", hostKeyType: String = "rsa") throws {
@@ -105,7 +107,7 @@ final class RelayTestbed: @unchecked Sendable {
     /// Binds a relay, gives it `credentials(boundSSHPort)` (its host certificate must name the
     /// bound port) and starts it.
     private func launch(_ o: RelayServer.Options, _ credentialsFor: (RelayServer, Int) throws -> RelayCredentials) throws -> RelayServer {
-        let s = try RelayServer(options: o, credentials: credentials)
+        let s = try RelayServer(options: o, credentials: credentials, trace: trace)
         try s.bind()
         try s.replaceCredentials(try credentialsFor(s, s.boundSSHPort))
         try s.start()
