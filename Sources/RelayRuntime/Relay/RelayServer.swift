@@ -334,7 +334,7 @@ public final class RelayServer: @unchecked Sendable {
             default: performAdmission(action)
             }
         }
-        guard admitted else { return }
+        guard admitted else { close(fd); return }  // refuse: accepted and closed, nothing written
         let loop = pickLoop()
         let id = newID()
         let bind = credentials.withLock { $0.bind }
