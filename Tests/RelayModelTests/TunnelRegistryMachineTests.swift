@@ -34,7 +34,7 @@ struct TunnelRegistryMachineTests {
     }
 
     static func script(_ t: TargetState) -> [E] {
-        let start: [E] = [.start(now: at(0))]
+        let start: [E] = [.start(listenAddress: "", sshPort: 2222, tlsPort: 8443, now: at(0))]
         let oneTunnel = start + [auth(1, "gw-a", "alpha", 100)]
         let opening = oneTunnel + [route(10, peer10, "gw-a", "alpha", 200)]
         let open = opening + [.channelOpened(client: 10, now: at(300))]
@@ -99,7 +99,7 @@ struct TunnelRegistryMachineTests {
     static func event(_ g: GridEvent) -> E {
         let n = now
         switch g {
-        case .start: return .start(now: n)
+        case .start: return .start(listenAddress: "", sshPort: 2222, tlsPort: 8443, now: n)
         case .authNew: return .gatewayAuthenticated(connection: 5, gatewayId: "gw-c", gatewayName: "gamma", now: n)
         case .authExistingId: return .gatewayAuthenticated(connection: 5, gatewayId: "gw-a", gatewayName: "alpha", now: n)
         case .authRegisteredConnection: return .gatewayAuthenticated(connection: 1, gatewayId: "gw-z", gatewayName: "zeta", now: n)
@@ -188,7 +188,11 @@ struct TunnelRegistryMachineTests {
 
         switch g {
         case .start:
-            if t == .idle { return Expectation(actions: [.scheduleTimer(timer: .keepalive, at: n + cfg.keepaliveInterval)], next: "serving") }
+            if t == .idle {
+                return Expectation(actions: [.scheduleTimer(timer: .keepalive, at: n + cfg.keepaliveInterval),
+                                             .log(message: .relayServerStarted(listenAddress: "", sshPort: 2222, tlsPort: 8443))],
+                                   next: "serving")
+            }
             return Expectation()
         case .authNew, .authExistingId, .authRegisteredConnection:
             let (c, id, name) = g == .authNew ? (5, "gw-c", "gamma") : g == .authExistingId ? (5, "gw-a", "alpha") : (1, "gw-z", "zeta")
@@ -332,6 +336,7 @@ struct TunnelRegistryMachineTests {
     @Test("Infisical's log lines, verbatim")
     func infisicalStrings() {
         typealias Msg = M.Message
+        #expect(Msg.relayServerStarted(listenAddress: "", sshPort: 2222, tlsPort: 8443).text == "Relay server started successfully")
         #expect(Msg.handshakeSuccessful(gatewayName: "gw", gatewayId: "id").text == "SSH handshake successful for gateway: gw (id)")
         #expect(Msg.gatewayDisconnected(gatewayName: "gw", gatewayId: "id").text == "Gateway gw (id) disconnected")
         #expect(Msg.gatewayNotConnected(gatewayName: "gw", gatewayId: "id").text == "Gateway 'gw' (id) not connected")
@@ -381,7 +386,7 @@ struct TunnelRegistryMachineTests {
             let table = m.state.table
             let conns = Array(1..<nextConnection)
             let clients = Array(100..<nextClient)
-            if case .idle = m.state, choice % 50 != 0 { return .start(now: n) }
+            if case .idle = m.state, choice % 50 != 0 { return .start(listenAddress: "", sshPort: 2222, tlsPort: 8443, now: n) }
             switch choice {
             case 0..<150:
                 nextConnection += 1
@@ -417,7 +422,7 @@ struct TunnelRegistryMachineTests {
                 if let t = timers[.drainDeadline] { now = max(now, t.milliseconds); return .drainDeadlineFired(now: at(now)) }
                 return p % 2 == 0 ? .drainDeadlineFired(now: n) : .keepaliveTimerFired(now: n)
             case 960..<996:
-                return .start(now: n)
+                return .start(listenAddress: "", sshPort: 2222, tlsPort: 8443, now: n)
             default:
                 return .drainRequested(now: n, deadline: at(now + Int64(p % 120_000)))
             }
@@ -429,7 +434,7 @@ struct TunnelRegistryMachineTests {
             let before = m
             let eventNow: Instant
             switch e {
-            case .start(let t), .gatewayAuthenticated(_, _, _, let t), .connectionClosed(_, _, let t), .keepaliveReplied(_, let t),
+            case .start(_, _, _, let t), .gatewayAuthenticated(_, _, _, let t), .connectionClosed(_, _, let t), .keepaliveReplied(_, let t),
                  .keepaliveTimerFired(let t), .platformConnectionRouted(_, _, _, _, _, let t), .channelOpened(_, let t),
                  .channelOpenFailed(_, _, let t), .channelClosed(_, let t), .drainRequested(let t, _), .drainDeadlineFired(let t):
                 eventNow = t
@@ -537,7 +542,7 @@ struct TunnelRegistryMachineTests {
     @Test("fixture: duplicate-gateway-takeover")
     func fixtureTakeover() throws {
         var s = Script(Self.fixtureConfig)
-        s.send(.start(now: at(0)))
+        s.send(.start(listenAddress: "", sshPort: 2222, tlsPort: 8443, now: at(0)))
         s.send(Self.auth(1, "gw-7f3a", "payments-gw", 1_000))
         s.send(Self.route(101, "203.0.113.5:41000", "gw-7f3a", "payments-gw", 2_000))
         s.send(.channelOpened(client: 101, now: at(2_050)))
@@ -553,7 +558,7 @@ struct TunnelRegistryMachineTests {
     @Test("fixture: stale-close-after-replace")
     func fixtureStaleClose() throws {
         var s = Script(Self.fixtureConfig)
-        s.send(.start(now: at(0)))
+        s.send(.start(listenAddress: "", sshPort: 2222, tlsPort: 8443, now: at(0)))
         s.send(Self.auth(1, "gw-7f3a", "payments-gw", 1_000))
         s.send(Self.auth(2, "gw-7f3a", "payments-gw", 5_000))
         let late = s.send(.connectionClosed(connection: 1, cause: .io(detail: "connection reset by peer"), now: at(7_000)))
@@ -570,7 +575,7 @@ struct TunnelRegistryMachineTests {
     @Test("fixture: half-open-reaped-by-keepalive")
     func fixtureHalfOpen() throws {
         var s = Script(Self.fixtureConfig)
-        s.send(.start(now: at(0)))
+        s.send(.start(listenAddress: "", sshPort: 2222, tlsPort: 8443, now: at(0)))
         s.send(Self.auth(1, "gw-dead", "warehouse-gw", 1_000))
         s.send(Self.auth(2, "gw-live", "office-gw", 1_200))
         var reaped = false
@@ -593,7 +598,7 @@ struct TunnelRegistryMachineTests {
     @Test("fixture: gateway-not-connected")
     func fixtureNotConnected() throws {
         var s = Script(Self.fixtureConfig)
-        s.send(.start(now: at(0)))
+        s.send(.start(listenAddress: "", sshPort: 2222, tlsPort: 8443, now: at(0)))
         let refused = s.send(Self.route(101, "203.0.113.5:41000", "gw-unknown", "billing-gw", 500))
         #expect(refused == [
             .log(message: .clientConnected(gatewayName: "billing-gw", gatewayId: "gw-unknown")),
@@ -612,7 +617,7 @@ struct TunnelRegistryMachineTests {
     @Test("fixture: heartbeat-probe")
     func fixtureHeartbeat() throws {
         var s = Script(Self.fixtureConfig)
-        s.send(.start(now: at(0)))
+        s.send(.start(listenAddress: "", sshPort: 2222, tlsPort: 8443, now: at(0)))
         let probe = s.send(.platformConnectionRouted(client: 101, peer: "198.51.100.7:52000", gatewayId: M.heartbeatGatewayId,
                                                      gatewayName: "heartbeat", organization: "", now: at(10_000)))
         #expect(probe == [.closeClient(client: 101, reason: .heartbeat), .log(message: .heartbeatCheckSuccessful)])
@@ -625,7 +630,7 @@ struct TunnelRegistryMachineTests {
     @Test("fixture: drain-with-open-channel")
     func fixtureDrain() throws {
         var s = Script(Self.fixtureConfig)
-        s.send(.start(now: at(0)))
+        s.send(.start(listenAddress: "", sshPort: 2222, tlsPort: 8443, now: at(0)))
         s.send(Self.auth(1, "gw-busy", "payments-gw", 1_000))
         s.send(Self.auth(2, "gw-idle", "office-gw", 1_100))
         s.send(Self.route(101, "203.0.113.5:41000", "gw-busy", "payments-gw", 2_000))
@@ -648,7 +653,7 @@ struct TunnelRegistryMachineTests {
     @Test("fixture: drain-deadline")
     func fixtureDrainDeadline() throws {
         var s = Script(Self.fixtureConfig)
-        s.send(.start(now: at(0)))
+        s.send(.start(listenAddress: "", sshPort: 2222, tlsPort: 8443, now: at(0)))
         s.send(Self.auth(1, "gw-busy", "payments-gw", 1_000))
         s.send(Self.route(101, "203.0.113.5:41000", "gw-busy", "payments-gw", 2_000))
         s.send(.channelOpened(client: 101, now: at(2_050)))
@@ -670,7 +675,7 @@ struct TunnelRegistryMachineTests {
     func fixtureChannelLimit() throws {
         let cfg = M.Config(maxChannelsPerTunnel: 2)
         var s = Script(cfg)
-        s.send(.start(now: at(0)))
+        s.send(.start(listenAddress: "", sshPort: 2222, tlsPort: 8443, now: at(0)))
         s.send(Self.auth(1, "gw-7f3a", "payments-gw", 1_000))
         s.send(Self.route(101, "203.0.113.5:41000", "gw-7f3a", "payments-gw", 2_000))
         s.send(Self.route(102, "203.0.113.5:41001", "gw-7f3a", "payments-gw", 2_010))

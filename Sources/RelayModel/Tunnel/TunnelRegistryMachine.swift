@@ -195,6 +195,9 @@ public struct TunnelRegistryMachine: StateMachine {
 
     /// Operator-facing messages; `text` is the exact line. Infisical's strings where it has one.
     public enum Message: Codable, Equatable, Sendable, CaseNamed {
+        /// Both listeners are bound and the registry serves (Infisical, verbatim; it logs it
+        /// before binding, we after: Specs/dataplane.md §1).
+        case relayServerStarted(listenAddress: String, sshPort: Int, tlsPort: Int)
         /// A gateway authenticated (Infisical, verbatim).
         case handshakeSuccessful(gatewayName: String, gatewayId: String)
         /// A tunnel was removed (Infisical, verbatim).
@@ -238,6 +241,7 @@ public struct TunnelRegistryMachine: StateMachine {
         /// bounded with `PeerText` (Specs/logging.md).
         public var text: String {
             switch self {
+            case .relayServerStarted: return "Relay server started successfully"
             case let .handshakeSuccessful(name, id): return "SSH handshake successful for gateway: \(PeerText.escaped(name)) (\(PeerText.escaped(id)))"
             case let .gatewayDisconnected(name, id): return "Gateway \(PeerText.escaped(name)) (\(PeerText.escaped(id))) disconnected"
             case let .gatewayReplaced(name, id, old, new):
@@ -283,6 +287,8 @@ public struct TunnelRegistryMachine: StateMachine {
             case let .gatewayReplaced(name, id, _, new): return gw(name, id) + [("connection", "\(new)")]
             case let .routingConnection(org, name, id): return gw(name, id) + [("organization", PeerText.escaped(org))]
             case .clientDisconnected(let peer): return [("peer", PeerText.escaped(peer))]
+            case let .relayServerStarted(address, ssh, tls):
+                return [("listenAddress", address), ("sshPort", "\(ssh)"), ("tlsPort", "\(tls)")]
             case .heartbeatCheckSuccessful, .failedToConnectToGateway, .shuttingDown, .shutdownComplete, .drainDeadlineReached, .unexpectedEvent:
                 return []
             }
@@ -331,8 +337,8 @@ public struct TunnelRegistryMachine: StateMachine {
     // MARK: Events and actions
 
     public enum Event: Codable, Equatable, Sendable, CaseNamed {
-        /// Both listeners are bound; start serving.
-        case start(now: Instant)
+        /// Both listeners are bound (`listenAddress`, the bound ports); start serving.
+        case start(listenAddress: String, sshPort: Int, tlsPort: Int, now: Instant)
         /// A gateway's SSH connection passed the handshake and the D2 certificate checks.
         case gatewayAuthenticated(connection: Int, gatewayId: String, gatewayName: String, now: Instant)
         /// A gateway's SSH connection ended.
@@ -399,7 +405,7 @@ public struct TunnelRegistryMachine: StateMachine {
 
     public mutating func handle(_ event: Event) -> [Action] {
         switch event {
-        case .start(let now): return onStart(now)
+        case let .start(address, ssh, tls, now): return onStart(address, ssh, tls, now)
         case let .gatewayAuthenticated(c, id, name, now): return onGatewayAuthenticated(c, id, name, now)
         case let .connectionClosed(c, _, _): return onConnectionClosed(c)
         case .keepaliveReplied(let c, _): return onKeepaliveReplied(c)
@@ -416,11 +422,12 @@ public struct TunnelRegistryMachine: StateMachine {
 
     // MARK: Handlers
 
-    private mutating func onStart(_ now: Instant) -> [Action] {
+    private mutating func onStart(_ address: String, _ ssh: Int, _ tls: Int, _ now: Instant) -> [Action] {
         switch state {
         case .idle:
             state = .serving(Table())
-            return [.scheduleTimer(timer: .keepalive, at: now + config.keepaliveInterval)]
+            return [.scheduleTimer(timer: .keepalive, at: now + config.keepaliveInterval),
+                    .log(message: .relayServerStarted(listenAddress: address, sshPort: ssh, tlsPort: tls))]
         case .serving, .draining, .stopped:
             return []
         }

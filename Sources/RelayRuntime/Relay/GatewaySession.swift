@@ -6,52 +6,55 @@ import CRelayShims
 import Logging
 import RelayModel
 
-/// What a gateway session asks of the relay; implemented by the relay server.
+/// What a gateway session asks of the relay; implemented by the registry driver.
 protocol GatewaySessionDelegate: AnyObject {
-    /// Decide whether `user` may authenticate with this key (`presentedKey`: the base64 blob
-    /// libssh exports — a certificate, or a raw key to be refused). Called on the session's loop.
-    func authorize(_ session: GatewaySession, user: String, presentedKey: String) -> GatewaySession.Authorization
+    /// `GatewayCertificatePolicy`'s verdict on `user` with this key (`presentedKey`: the base64
+    /// blob libssh exports — a certificate, or a raw key to be refused). Called on the session's loop.
+    func authorize(_ session: GatewaySession, user: String, presentedKey: String) -> GatewaySessionMachine.AuthVerdict
+    /// The machine's `releaseAdmission`: the unauthenticated slot goes back to `admission`.
+    func releaseAdmission(_ session: GatewaySession)
+    /// The machine's `reportAuthenticated` (outside libssh callbacks).
     func authenticated(_ session: GatewaySession)
-    func closed(_ session: GatewaySession, reason: String)
+    /// The machine's `closed(cause)`, once per session, after the libssh session left its loop.
+    func closed(_ session: GatewaySession, cause: TransportCloseCause)
 }
 
-/// One gateway's SSH connection to the relay, owned by one event loop. Holds the libssh session,
-/// its callback structs (stable addresses for the session's life), and its splices.
+/// One gateway's SSH connection to the relay, owned by one event loop: the I/O owner of its
+/// `GatewaySessionMachine` (Specs/gatewaySession.md), which decides authentication, the login
+/// grace time, the attempt limit and the close. Holds the libssh session, its callback structs
+/// (stable addresses for the session's life), the hang-up watch, the timers and its splices.
 /// Loop-confined: `@unchecked Sendable` only so other threads can hand it back to its loop.
 final class GatewaySession: @unchecked Sendable {
-    enum Authorization {
-        case accept(gatewayId: String, gatewayName: String?)
-        case reject(log: String)
-    }
-
-    enum Phase: Equatable { case keyExchange, authenticating, authenticated, closed }
+    typealias Machine = GatewaySessionMachine
 
     let id: UInt64
     let loop: EventLoop
     let peer: Net.Address
     let session: OpaquePointer
-    private(set) var phase: Phase = .keyExchange
+    let machine: Driven<Machine>
     private(set) var gatewayId: String?
     private(set) var gatewayName: String?
     private weak var delegate: (any GatewaySessionDelegate)?
+    private let bind: SSHBind
+    private var fd: Int32
     private let serverCallbacks: UnsafeMutablePointer<ssh_server_callbacks_struct>
     private let callbacks: UnsafeMutablePointer<ssh_callbacks_struct>
     private let receiveCounter: UnsafeMutablePointer<ssh_counter_struct>
     private let sendCounter: UnsafeMutablePointer<ssh_counter_struct>
-    private var failedAuthAttempts = 0
-    /// The client introduced itself as `relay doctor`'s probe (a `none` authentication request
-    /// with `SSHNegotiationProbe.user`): its close is not worth an info line.
-    private(set) var isDoctorProbe = false
+    private lazy var timers = MachineTimers<Machine.TimerKind>(loop: loop)
+    /// The answer for the authentication request being handled; the machine's `answer` sets it.
+    private var authAnswer = Int32(SSH_AUTH_DENIED.rawValue)
     private var lastSeenPackets: UInt64 = 0
     var splices: [UInt64: Splice] = [:]
     private var hangup: HangupWatch?
-    let maxAuthTries: Int
 
     init(id: UInt64, loop: EventLoop, bind: SSHBind, fd: Int32, peer: Net.Address,
-         maxAuthTries: Int, delegate: any GatewaySessionDelegate) throws(RuntimeError) {
+         config: Machine.Config, trace: TraceRecorder?, delegate: any GatewaySessionDelegate) throws(RuntimeError) {
         guard let s = ssh_new() else { close(fd); throw .ssh("ssh_new failed") }
         self.id = id; self.loop = loop; self.peer = peer; self.session = s
-        self.delegate = delegate; self.maxAuthTries = maxAuthTries
+        self.bind = bind; self.fd = fd
+        self.delegate = delegate
+        machine = Driven(Machine.self, config: config, instance: "ssh-\(id)", trace: trace)
         serverCallbacks = .allocate(capacity: 1)
         serverCallbacks.initialize(to: ssh_server_callbacks_struct())
         callbacks = .allocate(capacity: 1)
@@ -60,13 +63,6 @@ final class GatewaySession: @unchecked Sendable {
         receiveCounter.initialize(to: ssh_counter_struct())
         sendCounter = .allocate(capacity: 1)
         sendCounter.initialize(to: ssh_counter_struct())
-        guard ssh_bind_accept_fd(bind.ptr, s, fd) == SSH_OK else {
-            close(fd)
-            throw .ssh("accept: \(String(cString: ssh_get_error(UnsafeMutableRawPointer(bind.ptr))))")
-        }
-        installCallbacks()
-        ssh_set_counters(s, sendCounter, receiveCounter)
-        ssh_set_blocking(s, 0)
     }
 
     deinit {
@@ -85,8 +81,7 @@ final class GatewaySession: @unchecked Sendable {
         }
         serverCallbacks.pointee.auth_none_function = { _, user, ud in
             let s = Unmanaged<GatewaySession>.fromOpaque(ud!).takeUnretainedValue()
-            if let user, String(cString: user) == SSHNegotiationProbe.user, s.phase != .authenticated { s.isDoctorProbe = true }
-            return Int32(SSH_AUTH_DENIED.rawValue)  // what libssh answers `none` without a callback
+            return s.answer(.noneAuthRequested(user: user.map { String(cString: $0) } ?? "", now: Clock.now()))
         }
         // Gateways may not open channels of any type (session, direct-tcpip, x11, …): returning
         // nil refuses; other channel types get libssh's default refusal.
@@ -109,28 +104,43 @@ final class GatewaySession: @unchecked Sendable {
         ssh_set_auth_methods(session, Int32(SSH_AUTH_METHOD_PUBLICKEY))
     }
 
-    /// Starts the non-blocking key exchange and joins the loop.
+    /// Hands the socket to libssh, starts the non-blocking key exchange and joins the loop.
     func start() {
+        feed(.started(peer: peer.description, now: Clock.now()))
+        guard ssh_bind_accept_fd(bind.ptr, session, fd) == SSH_OK else {
+            let why = String(cString: ssh_get_error(UnsafeMutableRawPointer(bind.ptr)))
+            close(fd); fd = -1
+            feed(.keyExchangeFailed(detail: "accept: \(why)", now: Clock.now()))
+            return
+        }
+        installCallbacks()
+        ssh_set_counters(session, sendCounter, receiveCounter)
+        ssh_set_blocking(session, 0)
         let watch = HangupWatch(fd: Int32(ssh_get_fd(session)), loop: loop,
                                 isGone: { [weak self] in self.map { !$0.isConnected } ?? true },
-                                onGone: { [weak self] in self?.fail("connection closed") })
+                                onGone: { [weak self] in self?.feed(.peerHungUp(now: Clock.now())) })
         hangup = watch
         watch.arm()
         let rc = ssh_handle_key_exchange(session)
-        if rc == SSH_ERROR { fail("SSH handshake failed: \(errorText)"); return }
+        if rc == SSH_ERROR { feed(.keyExchangeFailed(detail: errorText, now: Clock.now())); return }
         loop.add(session: session)
-        if rc == SSH_OK { phase = .authenticating } else { loop.setAfterPoll(self) { [weak self] in self?.pollKeyExchange() } }
+        if rc == SSH_OK {
+            feed(.keyExchangeDone(now: Clock.now()))
+        } else {
+            loop.setAfterPoll(self) { [weak self] in self?.pollKeyExchange() }
+        }
     }
 
     private func pollKeyExchange() {
-        guard phase == .keyExchange else { loop.setAfterPoll(self, nil); return }
+        // An authentication request read in the same poll already ended the exchange.
+        guard machine.read({ $0.state.isKeyExchange }) else { loop.setAfterPoll(self, nil); return }
         let rc = ssh_handle_key_exchange(session)
         if rc == SSH_OK {
-            phase = .authenticating
             loop.setAfterPoll(self, nil)
+            feed(.keyExchangeDone(now: Clock.now()))
         } else if rc == SSH_ERROR || ssh_is_connected(session) == 0 {
             loop.setAfterPoll(self, nil)
-            fail("SSH handshake failed: \(errorText)")
+            feed(.keyExchangeFailed(detail: errorText, now: Clock.now()))
         }
     }
 
@@ -141,14 +151,12 @@ final class GatewaySession: @unchecked Sendable {
     }
 
     private func authPubkey(user: String, key: ssh_key?, state: CChar) -> Int32 {
-        guard phase == .authenticating || phase == .keyExchange, let key, let delegate else {
-            return Int32(SSH_AUTH_DENIED.rawValue)
-        }
+        guard let key, let delegate else { return Int32(SSH_AUTH_DENIED.rawValue) }
+        let signed = state == CChar(SSH_PUBLICKEY_STATE_VALID.rawValue)
         // Only the probe (NONE) and the signed attempt (VALID) may succeed; anything else —
-        // including a wrong signature — is denied before the policy is consulted.
-        guard state == CChar(SSH_PUBLICKEY_STATE_NONE.rawValue) || state == CChar(SSH_PUBLICKEY_STATE_VALID.rawValue) else {
-            failedAuthAttempts += 1
-            return Int32(SSH_AUTH_DENIED.rawValue)
+        // including a wrong signature — is denied without consulting the policy.
+        guard signed || state == CChar(SSH_PUBLICKEY_STATE_NONE.rawValue) else {
+            return answer(.authAttempt(user: user, signed: true, verdict: .badSignature, now: Clock.now()))
         }
         var b64: UnsafeMutablePointer<CChar>?
         var presented = ""
@@ -156,25 +164,69 @@ final class GatewaySession: @unchecked Sendable {
             presented = String(cString: b64)
             ssh_string_free_char(b64)
         }
-        switch delegate.authorize(self, user: user, presentedKey: presented) {
-        case let .accept(gatewayId, gatewayName):
-            if state == CChar(SSH_PUBLICKEY_STATE_VALID.rawValue) {
-                self.gatewayId = gatewayId
-                self.gatewayName = gatewayName
-                phase = .authenticated
-                loop.later { [weak self] in
-                    guard let self, self.phase == .authenticated else { return }
-                    self.delegate?.authenticated(self)
+        let verdict = delegate.authorize(self, user: user, presentedKey: presented)
+        return answer(.authAttempt(user: user, signed: signed, verdict: verdict, now: Clock.now()))
+    }
+
+    /// Feeds an authentication event and returns the machine's answer (denied when it gives none).
+    private func answer(_ event: Machine.Event) -> Int32 {
+        authAnswer = Int32(SSH_AUTH_DENIED.rawValue)
+        feed(event)
+        return authAnswer
+    }
+
+    /// Closes the connection at the registry's request or when the relay stops.
+    func requestClose(_ request: Machine.CloseRequest) {
+        feed(.closeRequested(request: request, now: Clock.now()))
+    }
+
+    var isAuthenticated: Bool { machine.read { $0.state.isAuthenticated } }
+
+    // MARK: Actions
+
+    private func feed(_ event: Machine.Event) {
+        for action in machine.handle(event) { perform(action) }
+    }
+
+    private func perform(_ action: Machine.Action) {
+        switch action {
+        case let .scheduleTimer(kind, at):
+            timers.schedule(kind, at: at) { [weak self] kind in
+                switch kind {
+                case .loginGrace: self?.feed(.loginGraceFired(now: Clock.now()))
                 }
             }
-            return Int32(SSH_AUTH_SUCCESS.rawValue)
-        case .reject(let log):
-            failedAuthAttempts += 1
-            RelayLog.ssh.warning("\(log)", metadata: ["peer": "\(peer)", "connection": "\(id)", "user": "\(PeerText.escaped(user))"])
-            if failedAuthAttempts >= maxAuthTries {
-                loop.later { [weak self] in self?.fail("too many authentication failures") }
+        case .cancelTimer(let kind):
+            timers.cancel(kind)
+        case .answer(let a):
+            authAnswer = a == .success ? Int32(SSH_AUTH_SUCCESS.rawValue) : Int32(SSH_AUTH_DENIED.rawValue)
+        case .releaseAdmission:
+            delegate?.releaseAdmission(self)
+        case let .reportAuthenticated(gatewayId, gatewayName):
+            self.gatewayId = gatewayId
+            self.gatewayName = gatewayName
+            // Outside the libssh callback: the registry may close the connection at once.
+            loop.later { [self] in delegate?.authenticated(self) }
+        case .disconnect:
+            loop.setAfterPoll(self, nil)
+            for s in Array(splices.values) { s.abort(reason: "gateway connection closed") }
+            hangup?.disarm()
+            hangup = nil
+            loop.later { [self] in
+                loop.remove(session: session)
+                if ssh_is_connected(session) != 0 { ssh_disconnect(session) }
             }
-            return Int32(SSH_AUTH_DENIED.rawValue)
+        case .closed(let cause):
+            timers.cancelAll()
+            loop.later { [self] in delegate?.closed(self, cause: cause) }
+        case .log(let m):
+            var meta: Logger.Metadata = ["connection": "\(id)"]
+            for (k, v) in m.fields { meta[k] = .string(v) }
+            switch m {
+            case .closedBeforeAuthentication: RelayLog.ssh.info("\(m.text)", metadata: meta)
+            case .doctorProbeClosed: RelayLog.ssh.debug("\(m.text)", metadata: meta)
+            case .authenticationRejected: RelayLog.ssh.warning("\(m.text)", metadata: meta)
+            }
         }
     }
 
@@ -190,26 +242,9 @@ final class GatewaySession: @unchecked Sendable {
     /// Sends `keepalive@openssh.com` with want-reply. libssh keeps one global request
     /// outstanding: the first call collects an earlier answer, the second sends a new probe.
     func sendKeepalive() {
-        guard phase == .authenticated else { return }
+        guard isAuthenticated else { return }
         _ = ssh_send_keepalive(session)
         _ = ssh_send_keepalive(session)
-    }
-
-    // MARK: Teardown
-
-    /// Closes the connection (from the loop thread, outside libssh callbacks).
-    func fail(_ reason: String) {
-        guard phase != .closed else { return }
-        phase = .closed
-        loop.setAfterPoll(self, nil)
-        for s in Array(splices.values) { s.abort(reason: "gateway connection closed") }
-        hangup?.disarm()
-        hangup = nil
-        loop.later { [self] in
-            loop.remove(session: session)
-            if ssh_is_connected(session) != 0 { ssh_disconnect(session) }
-            delegate?.closed(self, reason: reason)
-        }
     }
 
     /// Checked after polls by the owner: a dead socket closes the session.

@@ -35,53 +35,43 @@ final class RegistryDriver: GatewaySessionDelegate, @unchecked Sendable {
 
     // MARK: Events in
 
-    func start(on loop: EventLoop) {
+    /// Both listeners are bound: the machine starts serving and logs `Relay server started
+    /// successfully` now, before `RelayServer.start` logs what it listens on.
+    func start(on loop: EventLoop, listenAddress: String, sshPort: Int, tlsPort: Int) {
         timerLoop = loop
         timers = MachineTimers(loop: loop)
-        loop.execute { [self] in perform(machine.handle(.start(now: Clock.now()))) }
+        perform(machine.handle(.start(listenAddress: listenAddress, sshPort: sshPort, tlsPort: tlsPort, now: Clock.now())))
     }
 
     func track(_ session: GatewaySession) {
         objects.withLock { $0.sessions[key(session.id)] = session }
     }
 
-    func authorize(_ session: GatewaySession, user: String, presentedKey: String) -> GatewaySession.Authorization {
-        guard let server else { return .reject(log: "relay is shutting down") }
-        let decision = server.authorize(user: user, presentedKey: presentedKey, peer: session.peer)
-        metrics.authAttempt(accepted: { if case .accept = decision { return true } else { return false } }())
-        return decision
+    func authorize(_ session: GatewaySession, user: String, presentedKey: String) -> GatewaySessionMachine.AuthVerdict {
+        guard let server else { return .rejected(reason: "relay is shutting down") }
+        let verdict = server.authorize(user: user, presentedKey: presentedKey, peer: session.peer)
+        metrics.authAttempt(accepted: { if case .accepted = verdict { return true } else { return false } }())
+        return verdict
+    }
+
+    func releaseAdmission(_ session: GatewaySession) {
+        server?.releaseAdmission(session.peer)
     }
 
     func authenticated(_ session: GatewaySession) {
         guard let gid = session.gatewayId else { return }
         objects.withLock { _ = $0.authenticated.insert(key(session.id)) }
-        server?.releaseAdmission(session.peer)
         perform(machine.handle(.gatewayAuthenticated(
             connection: key(session.id), gatewayId: gid, gatewayName: session.gatewayName ?? "", now: Clock.now())))
     }
 
-    func closed(_ session: GatewaySession, reason: String) {
+    /// The session machine's `closed(cause)`: the registry hears of it when it knew the connection.
+    func closed(_ session: GatewaySession, cause: TransportCloseCause) {
         let wasAuthenticated = objects.withLock { o -> Bool in
             o.sessions[key(session.id)] = nil
             return o.authenticated.remove(key(session.id)) != nil
         }
-        if !wasAuthenticated {
-            server?.releaseAdmission(session.peer)
-            // relay doctor's key-exchange probe introduces itself: not worth an info line.
-            if session.isDoctorProbe {
-                RelayLog.ssh.debug("SSH connection from \(session.peer) closed by relay doctor's probe")
-            } else if reason != "done" {
-                RelayLog.ssh.info("SSH connection from \(session.peer) closed before authentication: \(PeerText.escaped(reason, limit: PeerText.detailLimit))",
-                                  metadata: ["peer": "\(session.peer)", "connection": "\(session.id)"])
-            }
-            return
-        }
-        let cause: TransportCloseCause
-        switch reason {
-        case "closed locally": cause = .closedLocally
-        case "connection closed": cause = .closedByPeer
-        default: cause = .io(detail: reason)
-        }
+        guard wasAuthenticated else { return }
         perform(machine.handle(.connectionClosed(connection: key(session.id), cause: cause, now: Clock.now())))
     }
 
@@ -112,7 +102,7 @@ final class RegistryDriver: GatewaySessionDelegate, @unchecked Sendable {
             let loop = group[0].loop
             let ids = group.map { UncheckedBox($0) }
             loop.execute { [self] in
-                for box in ids where box.value.phase == .authenticated && box.value.heardSinceLastCheck() {
+                for box in ids where box.value.isAuthenticated && box.value.heardSinceLastCheck() {
                     perform(machine.handle(.keepaliveReplied(connection: key(box.value.id), now: Clock.now())))
                 }
                 finish()
@@ -123,7 +113,7 @@ final class RegistryDriver: GatewaySessionDelegate, @unchecked Sendable {
     /// Closes every SSH session, pending platform connection and splice (stop without drain).
     func closeEverything() {
         let (sessions, clients) = objects.withLock { o in (Array(o.sessions.values), Array(o.clients.values)) }
-        for s in sessions { let box = UncheckedBox(s); s.loop.execute { box.value.fail("relay stopped") } }
+        for s in sessions { let box = UncheckedBox(s); s.loop.execute { box.value.requestClose(.relayStopped) } }
         for c in clients { let box = UncheckedBox(c); c.loop.execute { box.value.tls.release() } }
     }
 
@@ -177,7 +167,7 @@ final class RegistryDriver: GatewaySessionDelegate, @unchecked Sendable {
             guard let s = objects.withLock({ $0.sessions[c] }) else { return }
             metrics.tunnelClosed(reason: reason.rawValue)
             let box = UncheckedBox(s)
-            s.loop.execute { box.value.fail("closed locally") }
+            s.loop.execute { box.value.requestClose(.registry(reason: reason)) }
         case let .openChannel(client, c):
             openChannel(client: client, connection: c)
         case let .closeClient(client, reason):
@@ -209,7 +199,7 @@ final class RegistryDriver: GatewaySessionDelegate, @unchecked Sendable {
         // The TLS connection moves to the session's loop: a splice never crosses threads (D4).
         session.loop.execute { [self] in
             let s = owner.value
-            guard s.phase == .authenticated else {
+            guard s.isAuthenticated else {
                 tls.value.release()
                 perform(machine.handle(.channelOpenFailed(client: client, error: "gateway connection closed", now: Clock.now())))
                 return
@@ -246,7 +236,7 @@ final class RegistryDriver: GatewaySessionDelegate, @unchecked Sendable {
             RelayLog.relay.warning("\(m.text)", metadata: meta)
         case .heartbeatCheckSuccessful, .unexpectedEvent:
             RelayLog.relay.debug("\(m.text)", metadata: meta)
-        case .handshakeSuccessful, .gatewayDisconnected, .gatewayReplaced, .clientConnected, .routingConnection,
+        case .relayServerStarted, .handshakeSuccessful, .gatewayDisconnected, .gatewayReplaced, .clientConnected, .routingConnection,
              .clientDisconnected, .shuttingDown, .shutdownComplete:
             RelayLog.relay.info("\(m.text)", metadata: meta)
         }

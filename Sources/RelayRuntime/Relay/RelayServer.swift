@@ -64,7 +64,10 @@ public final class RelayServer: @unchecked Sendable {
     private var sshListener: Listener?
     private var tlsListener: Listener?
     private let nextID = Atomic<UInt64>(1)
-    private let admission = Mutex<Admission>(Admission())
+    /// The admission machine (Specs/admission.md), shared by every loop: unauthenticated SSH
+    /// connections and TLS handshakes, the caps, and the SSH listener's pause at the total cap.
+    private let admission: Driven<AdmissionMachine>
+    private let trace: TraceRecorder?
     let registry: RegistryDriver
     public private(set) var boundSSHPort = 0
     public private(set) var boundTLSPort = 0
@@ -92,6 +95,12 @@ public final class RelayServer: @unchecked Sendable {
         for i in 0..<options.loops { ls.append(try EventLoop(index: i)) }
         loops = ls
         self.metrics = metrics
+        self.trace = trace
+        admission = Driven(AdmissionMachine.self, config: AdmissionMachine.Config(
+            maxUnauthenticated: options.maxUnauthenticated, maxUnauthenticatedPerSource: options.maxUnauthenticatedPerSource,
+            queueAtLimit: options.queueAtUnauthenticatedLimit,
+            maxPendingTLS: options.maxPendingTLS, maxPendingTLSPerSource: options.maxPendingTLSPerSource),
+            instance: "admission", trace: trace)
         registry = RegistryDriver(config: options.registry, trace: trace, metrics: metrics)
         registry.server = self
     }
@@ -174,8 +183,8 @@ public final class RelayServer: @unchecked Sendable {
         served.store(true, ordering: .releasing)
         for (i, loop) in loops.enumerated() { loop.start(name: "relay-loop-\(i)") }
         registerListeners(ssh: ssh.fd, tls: tls.fd)
-        registry.start(on: loops[0])
-        RelayLog.relay.info("Relay server started successfully")
+        // The registry machine logs `Relay server started successfully` (both listeners bound).
+        registry.start(on: loops[0], listenAddress: options.listenAddress, sshPort: ssh.port, tlsPort: tls.port)
         RelayLog.relay.info("SSH server listening on \(options.listenAddress):\(ssh.port) for gateways")
         if let id = hostCertificate {
             RelayLog.relay.info("Presenting SSH host certificate for \(SSHText.printable(id.principal)) (key id \(SSHText.quoted(id.keyID)), serial \(id.serial), valid until \(UTCText.format(id.validBefore)))")
@@ -257,14 +266,10 @@ public final class RelayServer: @unchecked Sendable {
 
     private func registerListeners(ssh: Int32, tls: Int32) {
         let acceptLoop = loops[0]
-        let sshL = Listener(fd: ssh) { [weak self] fd, peer in
+        let sshL = Listener(fd: ssh, loop: acceptLoop) { [weak self] fd, peer in
             if let self { self.acceptSSH(fd: fd, peer: peer) } else { close(fd) }
         }
-        if options.queueAtUnauthenticatedLimit {
-            sshL.loop = acceptLoop
-            sshL.gate = { [weak self] in self?.sshAdmissionOpen ?? true }
-        }
-        let tlsL = Listener(fd: tls) { [weak self] fd, peer in
+        let tlsL = Listener(fd: tls, loop: acceptLoop) { [weak self] fd, peer in
             if let self { self.acceptTLS(fd: fd, peer: peer) } else { close(fd) }
         }
         sshListener = sshL
@@ -320,35 +325,27 @@ public final class RelayServer: @unchecked Sendable {
         loops[Int(nextID.load(ordering: .relaxed) % UInt64(loops.count))]
     }
 
-    struct Admission {
-        var unauthenticated = 0
-        var perSource: [String: Int] = [:]
-        var pendingTLS = 0
-        var pendingTLSPerSource: [String: Int] = [:]
-    }
-
+    /// On the accept loop (the listener's), once per accepted connection.
     private func acceptSSH(fd: Int32, peer: Net.Address) {
-        let admitted = admission.withLock { a -> Bool in
-            let mine = a.perSource[peer.host, default: 0]
-            guard a.unauthenticated < options.maxUnauthenticated, mine < options.maxUnauthenticatedPerSource else { return false }
-            a.unauthenticated += 1
-            a.perSource[peer.host] = mine + 1
-            return true
+        var admitted = false
+        for action in admission.handle(.sshOffered(source: peer.host, peer: peer.description, now: Clock.now())) {
+            switch action {
+            case .admit: admitted = true
+            default: performAdmission(action)
+            }
         }
-        guard admitted else {
-            RelayLog.ssh.warning("refusing SSH connection from \(peer): too many unauthenticated connections", metadata: ["peer": "\(peer)"])
-            close(fd)
-            return
-        }
+        guard admitted else { close(fd); return }  // refuse: accepted and closed, nothing written
         let loop = pickLoop()
         let id = newID()
         let bind = credentials.withLock { $0.bind }
+        let config = GatewaySessionMachine.Config(maxAuthTries: options.maxAuthTries, loginGraceTime: options.sshLoginGraceTime)
         loop.execute { [self] in
             let session: GatewaySession
             do {
                 session = try GatewaySession(id: id, loop: loop, bind: bind, fd: fd, peer: peer,
-                                             maxAuthTries: options.maxAuthTries, delegate: registry)
+                                             config: config, trace: trace, delegate: registry)
             } catch {
+                // No session, so no machine to release the slot it was given (ssh_new failed).
                 releaseAdmission(peer)
                 RelayLog.ssh.warning("SSH handshake failed: \(PeerText.escaped("\(error)", limit: PeerText.detailLimit))",
                                    metadata: ["peer": "\(peer)", "connection": "\(id)"])
@@ -356,33 +353,36 @@ public final class RelayServer: @unchecked Sendable {
             }
             registry.track(session)
             session.start()
-            // sshd's LoginGraceTime: unauthenticated connections are closed after the grace time.
-            loop.schedule(at: Clock.now() + options.sshLoginGraceTime) { [weak session] in
-                guard let session, session.phase == .keyExchange || session.phase == .authenticating else { return }
-                session.fail("authentication timed out")
+        }
+    }
+
+    /// A gateway session's `releaseAdmission` (any loop).
+    func releaseAdmission(_ peer: Net.Address) {
+        for action in admission.handle(.sshReleased(source: peer.host, now: Clock.now())) { performAdmission(action) }
+    }
+
+    /// The admission machine's actions other than the verdict on the connection just offered,
+    /// which its caller acts on: `refuse` closes the connection there.
+    private func performAdmission(_ action: AdmissionMachine.Action) {
+        switch action {
+        case .admit: break
+        case .refuse: break
+        case .pauseListener: sshListener?.pause()
+        case .resumeListener: sshListener?.resume()
+        case .log(let m):
+            var meta = Logger.Metadata()
+            for (k, v) in m.fields { meta[k] = .string(v) }
+            switch m {
+            case .sshRefused: RelayLog.ssh.warning("\(m.text)", metadata: meta)
+            case .unexpectedRelease: RelayLog.relay.debug("\(m.text)", metadata: meta)
             }
         }
     }
 
-    func releaseAdmission(_ peer: Net.Address) {
-        admission.withLock { a in
-            a.unauthenticated = max(0, a.unauthenticated - 1)
-            let n = a.perSource[peer.host, default: 1] - 1
-            a.perSource[peer.host] = n > 0 ? n : nil
-        }
-        sshListener?.resumeIfPaused()
-    }
-
-    /// Below the global limit on unauthenticated SSH connections.
-    var sshAdmissionOpen: Bool { admission.withLock { $0.unauthenticated < options.maxUnauthenticated } }
-
     private func acceptTLS(fd: Int32, peer: Net.Address) {
-        let admitted = admission.withLock { a -> Bool in
-            let mine = a.pendingTLSPerSource[peer.host, default: 0]
-            guard a.pendingTLS < options.maxPendingTLS, mine < options.maxPendingTLSPerSource else { return false }
-            a.pendingTLS += 1
-            a.pendingTLSPerSource[peer.host] = mine + 1
-            return true
+        var admitted = false
+        for action in admission.handle(.tlsOffered(source: peer.host, now: Clock.now())) {
+            if case .admit = action { admitted = true } else { performAdmission(action) }
         }
         guard admitted else { close(fd); return }
         let loop = pickLoop()
@@ -411,60 +411,59 @@ public final class RelayServer: @unchecked Sendable {
     }
 
     private func releaseTLSAdmission(_ peer: Net.Address) {
-        admission.withLock { a in
-            a.pendingTLS = max(0, a.pendingTLS - 1)
-            let n = a.pendingTLSPerSource[peer.host, default: 1] - 1
-            a.pendingTLSPerSource[peer.host] = n > 0 ? n : nil
-        }
+        for action in admission.handle(.tlsReleased(source: peer.host, now: Clock.now())) { performAdmission(action) }
     }
 
     /// The gateway certificate policy (D2) with the current client CA.
-    func authorize(user: String, presentedKey: String, peer: Net.Address) -> GatewaySession.Authorization {
+    func authorize(user: String, presentedKey: String, peer: Net.Address) -> GatewaySessionMachine.AuthVerdict {
         let policy = credentials.withLock { $0.policy }
         switch policy.evaluate(presentedKeyBase64: presentedKey, username: user, peerAddress: peer.host,
                                now: Clock.wallNow(), verifier: SSHSignatureVerifier()) {
-        case .accepted(let id): return .accept(gatewayId: id.gatewayId, gatewayName: id.gatewayName)
-        case .rejected(let r): return .reject(log: r.message)
+        case .accepted(let id): return .accepted(gatewayId: id.gatewayId, gatewayName: id.gatewayName ?? "")
+        case .rejected(let r): return .rejected(reason: r.message)
         }
     }
 }
 
-/// A listening socket that accepts everything pending when readable, while its gate is open.
-/// A closed gate pauses it (no epoll interest; connections wait in the kernel backlog) until
-/// `resumeIfPaused` is called from any thread.
+/// A listening socket on the accept loop that accepts everything pending when readable, unless
+/// paused. The admission machine pauses the SSH listener at its total cap (no epoll interest;
+/// connections wait in the kernel backlog) and resumes it when a slot frees.
 final class Listener: PollHandler, @unchecked Sendable {
     let fd: Int32
+    /// The loop it is registered on; needed only by a listener that may be paused.
+    let loop: EventLoop?
     let onAccept: (Int32, Net.Address) -> Void
-    /// With a gate: the loop the listener is registered on, and the check before each accept
-    /// (any thread may change what it reads).
-    var loop: EventLoop?
-    var gate: (() -> Bool)?
     /// Set on the loop when the socket is closed.
     var closed = false
-    private let paused = Atomic<Bool>(false)
+    /// Loop-confined: `pauseListener` arrives on the accept loop itself (it answers an offer made
+    /// there), `resumeListener` from any loop through `resume`, so the two keep the machine's order.
+    private var paused = false
 
-    init(fd: Int32, onAccept: @escaping (Int32, Net.Address) -> Void) { self.fd = fd; self.onAccept = onAccept }
+    init(fd: Int32, loop: EventLoop? = nil, onAccept: @escaping (Int32, Net.Address) -> Void) {
+        self.fd = fd; self.loop = loop; self.onAccept = onAccept
+    }
 
     func loopReady(events: UInt32) {
-        while !closed {
-            if let gate, let loop, !gate() {
-                // Pause, then look again: a slot freed in between resumes here or in the
-                // releaser's resumeIfPaused, never both (exchange).
-                paused.store(true, ordering: .sequentiallyConsistent)
-                loop.modify(fd: fd, events: 0)
-                guard gate(), paused.exchange(false, ordering: .sequentiallyConsistent) else { return }
-                loop.modify(fd: fd, events: UInt32(RELAY_EPOLLIN))
-                continue
-            }
+        while !closed && !paused {
             guard let (cfd, peer) = Net.accept(fd) else { return }
             onAccept(cfd, peer)
         }
     }
 
-    func resumeIfPaused() {
-        guard let loop, paused.exchange(false, ordering: .sequentiallyConsistent) else { return }
+    /// The machine's `pauseListener`: called on the accept loop, from `onAccept`.
+    func pause() {
+        guard let loop, !paused, !closed else { return }
+        paused = true
+        loop.modify(fd: fd, events: 0)
+    }
+
+    /// The machine's `resumeListener`, from any thread: runs on the accept loop after whatever
+    /// it is doing (a pause issued before this resume is performed first).
+    func resume() {
+        guard let loop else { return }
         loop.execute { [self] in
-            guard !closed else { return }
+            guard paused, !closed else { return }
+            paused = false
             loop.modify(fd: fd, events: UInt32(RELAY_EPOLLIN))
             loopReady(events: UInt32(RELAY_EPOLLIN))
         }

@@ -11,7 +11,7 @@ import RelayModel
 public enum SSHNegotiationProbe {
     /// The user of the probe's one `none` authentication request, by which the relay recognises
     /// it (and logs its close at debug only: `relay doctor` must leave nothing in the relay's log).
-    public static let user = "relay-doctor-probe"
+    public static let user = GatewaySessionMachine.doctorProbeUser
 
     public struct Negotiated: Sendable, Equatable {
         public var kex: String
