@@ -8,5 +8,7 @@ public enum MachineCatalog {
         MachineEntry(TokenLedgerMachine.self),
         MachineEntry(GatewayTunnelMachine.self),
         MachineEntry(TunnelRegistryMachine.self),
+        MachineEntry(PlatformConnectionMachine.self),
+        MachineEntry(SpliceMachine.self),
     ]
 }
