@@ -10,5 +10,7 @@ public enum MachineCatalog {
         MachineEntry(TunnelRegistryMachine.self),
         MachineEntry(GatewaySessionMachine.self),
         MachineEntry(AdmissionMachine.self),
+        MachineEntry(PlatformConnectionMachine.self),
+        MachineEntry(SpliceMachine.self),
     ]
 }

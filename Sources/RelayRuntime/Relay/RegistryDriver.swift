@@ -18,6 +18,8 @@ final class RegistryDriver: GatewaySessionDelegate, @unchecked Sendable {
     private var timers: MachineTimers<Machine.TimerKind>? // timerLoop only
     private var onStopped: (() -> Void)?
     let metrics: RelayMetrics
+    /// Passed on to each platform connection's and splice's machine (`platform-<id>`, `splice-<id>`).
+    let trace: TraceRecorder?
 
     struct Objects {
         var sessions: [Int: GatewaySession] = [:]
@@ -29,6 +31,7 @@ final class RegistryDriver: GatewaySessionDelegate, @unchecked Sendable {
     init(config: Machine.Config, trace: TraceRecorder?, metrics: RelayMetrics) {
         machine = Driven(Machine.self, config: config, instance: "relay", trace: trace)
         self.metrics = metrics
+        self.trace = trace
     }
 
     private func key(_ id: UInt64) -> Int { Int(truncatingIfNeeded: id) }
@@ -75,8 +78,18 @@ final class RegistryDriver: GatewaySessionDelegate, @unchecked Sendable {
         perform(machine.handle(.connectionClosed(connection: key(session.id), cause: cause, now: Clock.now())))
     }
 
-    func platformConnected(_ conn: PlatformConnection, identity: PlatformConnection.Identity) {
+    /// A platform connection was accepted: tracked until its machine closes (so a stop closes it).
+    func track(_ conn: PlatformConnection) {
         objects.withLock { $0.clients[key(conn.id)] = conn }
+    }
+
+    /// Its machine closed: nothing of it is left to close.
+    func forget(_ conn: PlatformConnection) {
+        objects.withLock { o in if o.clients[key(conn.id)] === conn { o.clients[key(conn.id)] = nil } }
+    }
+
+    /// Its machine routed it (`route`): the registry decides.
+    func platformRouted(_ conn: PlatformConnection, identity: PlatformConnection.Identity) {
         perform(machine.handle(.platformConnectionRouted(
             client: key(conn.id), peer: conn.peer.description, gatewayId: identity.gatewayId,
             gatewayName: identity.gatewayName ?? "", organization: identity.organization ?? "", now: Clock.now())))
@@ -114,7 +127,7 @@ final class RegistryDriver: GatewaySessionDelegate, @unchecked Sendable {
     func closeEverything() {
         let (sessions, clients) = objects.withLock { o in (Array(o.sessions.values), Array(o.clients.values)) }
         for s in sessions { let box = UncheckedBox(s); s.loop.execute { box.value.requestClose(.relayStopped) } }
-        for c in clients { let box = UncheckedBox(c); c.loop.execute { box.value.tls.release() } }
+        for c in clients { c.requestClose(.relayStopping) }
     }
 
     var openConnections: Int { objects.withLock { $0.sessions.count + $0.clients.count } }
@@ -172,10 +185,10 @@ final class RegistryDriver: GatewaySessionDelegate, @unchecked Sendable {
             openChannel(client: client, connection: c)
         case let .closeClient(client, reason):
             metrics.clientClosed(reason: reason.rawValue)
-            guard let pc = objects.withLock({ $0.clients.removeValue(forKey: client) }) else { return }
-            let box = UncheckedBox(pc)
-            // A TLS close_notify (an alert, never application bytes), then the socket closes.
-            pc.loop.execute { _ = box.value.tls.sendCloseNotify(); box.value.tls.release() }
+            // Its machine decides what is written: close_notify for a refusal, nothing after a
+            // failed channel open (Specs/platformConnection.md).
+            guard let pc = objects.withLock({ $0.clients[client] }) else { return }
+            pc.requestClose(.refused(reason))
         case .log(let message):
             log(message)
         case .report(let metric):
@@ -184,42 +197,43 @@ final class RegistryDriver: GatewaySessionDelegate, @unchecked Sendable {
         checkStopped()
     }
 
+    /// The registry's `openChannel`: a splice on the session's loop. The platform connection
+    /// stays tracked until its machine closes: a channel that never opens leaves the TLS with it,
+    /// released by the registry's `closeClient(channelOpenFailed)` (or, when the registry had
+    /// already forgotten the channel, by `spliceEnded(opened: false)`), with nothing written.
     private func openChannel(client: Int, connection: Int) {
-        let (pcOpt, sOpt) = objects.withLock { o in (o.clients.removeValue(forKey: client), o.sessions[connection]) }
+        let (pcOpt, sOpt) = objects.withLock { o in (o.clients[client], o.sessions[connection]) }
         guard let pc = pcOpt else { return }
         guard let session = sOpt else {
-            let box = UncheckedBox(pc)
-            pc.loop.execute { box.value.tls.release() }
             perform(machine.handle(.channelOpenFailed(client: client, error: "gateway connection closed", now: Clock.now())))
             return
         }
-        let tls = UncheckedBox(pc.tls)
+        let conn = UncheckedBox(pc)
         let owner = UncheckedBox(session)
-        let timeout = server?.options.channelOpenTimeout ?? .seconds(10)
+        let config = SpliceMachine.Config(openTimeout: server?.options.channelOpenTimeout ?? .seconds(10))
         // The TLS connection moves to the session's loop: a splice never crosses threads (D4).
         session.loop.execute { [self] in
-            let s = owner.value
+            let s = owner.value, pc = conn.value
             guard s.isAuthenticated else {
-                tls.value.release()
                 perform(machine.handle(.channelOpenFailed(client: client, error: "gateway connection closed", now: Clock.now())))
                 return
             }
-            let splice = Splice(id: UInt64(bitPattern: Int64(client)), owner: s, tls: tls.value, openTimeout: timeout)
+            pc.handOff(to: s.loop)
+            let splice = Splice(id: UInt64(bitPattern: Int64(client)), owner: s, tls: pc.tls, config: config, trace: trace)
             splice.tap = server?.options.spliceTap
-            var opened = false
             splice.onOpen = { [self] _ in
-                opened = true
                 metrics.channelOpened()
                 perform(machine.handle(.channelOpened(client: client, now: Clock.now())))
             }
-            splice.onClose = { [self] sp, reason in
+            splice.onClose = { [self] sp, opened, detail in
                 objects.withLock { _ = $0.splices.removeValue(forKey: client) }
                 metrics.channelClosed(bytesUp: sp.bytesUp, bytesDown: sp.bytesDown)
                 if opened {
                     perform(machine.handle(.channelClosed(client: client, now: Clock.now())))
                 } else {
-                    perform(machine.handle(.channelOpenFailed(client: client, error: reason, now: Clock.now())))
+                    perform(machine.handle(.channelOpenFailed(client: client, error: detail, now: Clock.now())))
                 }
+                pc.spliceEnded(opened: opened)
                 checkStopped()
             }
             objects.withLock { $0.splices[client] = splice }

@@ -393,19 +393,10 @@ public final class RelayServer: @unchecked Sendable {
             do { tls = try TLSConnection(context: ctx, fd: fd, server: true) } catch {
                 close(fd); releaseTLSAdmission(peer); return
             }
-            let pc = PlatformConnection(id: id, loop: loop, tls: tls, peer: peer, deadline: options.tlsHandshakeTimeout) { [self] outcome in
-                releaseTLSAdmission(peer)
-                switch outcome {
-                case let .ready(conn, identity):
-                    metrics.tlsHandshake(ok: true)
-                    registry.platformConnected(conn, identity: identity)
-                case let .failed(conn, why):
-                    metrics.tlsHandshake(ok: false)
-                    RelayLog.tls.debug("TLS handshake failed from \(peer): \(PeerText.escaped(why, limit: PeerText.detailLimit))",
-                                     metadata: ["peer": "\(peer)", "connection": "\(id)"])
-                    loop.later { conn.tls.release() }
-                }
-            }
+            // Its machine decides the rest (Specs/platformConnection.md); the driver routes it.
+            let pc = PlatformConnection(id: id, loop: loop, tls: tls, peer: peer,
+                                        config: .init(handshakeTimeout: options.tlsHandshakeTimeout),
+                                        driver: registry) { [self] in releaseTLSAdmission(peer) }
             pc.start()
         }
     }

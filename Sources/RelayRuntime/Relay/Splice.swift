@@ -5,80 +5,178 @@ import CLibSSH
 import CRelayShims
 import RelayModel
 
-/// One platform connection spliced onto one `direct-tcpip` channel of a gateway's SSH session.
-/// Lives on the session's loop; never crosses threads (DESIGN D4).
+/// The I/O owner of one platform connection spliced onto one `direct-tcpip` channel of a
+/// gateway's SSH session, driving its `SpliceMachine` (Specs/splice.md). Lives on the session's
+/// loop; never crosses threads (DESIGN D4).
 ///
-/// Bytes are copied both ways without interpretation. Backpressure: TLS → channel is bounded by
-/// the channel's remote window (the TLS socket is not read while the window is closed);
-/// channel → TLS is bounded by `toTLS` — when it is full the data callback consumes nothing, libssh
-/// keeps the bytes and stops growing our window, which throttles the gateway. Half-close
-/// propagates: TLS EOF → channel EOF, channel EOF → TLS close_notify.
+/// Bytes are copied both ways without interpretation by the per-chunk loops below
+/// (`pumpFromTLS`, `flushToTLS`, `channelData`); they feed the machine only at transitions
+/// (TLS ended, window closed/reopened, queue full/drained, channel EOF/close, errors) and read
+/// its directions (`view`) after each event: the TLS is read only while upstream is `flowing`,
+/// the channel written until `eofSent`, the TLS written until `closeNotifySent`.
+/// Backpressure: TLS → channel is bounded by the channel's remote window (the TLS socket is not
+/// read while the window is closed); channel → TLS is bounded by `toTLS` — when it is full the
+/// data callback consumes nothing, libssh keeps the bytes and stops growing our window, which
+/// throttles the gateway.
+///
+/// libssh rules kept here:
+/// - never read the channel inside the data callback (libssh would drop the bytes it is about to
+///   remove from its own buffer); held-back bytes are pulled later, outside the callback;
+/// - release the channel and the TLS outside libssh callbacks (`loop.later`);
+/// - `ssh_remove_channel_callbacks` before `ssh_channel_free`.
 final class Splice: PollHandler, @unchecked Sendable {
-    enum Phase: Equatable { case opening, open, closed }
+    typealias Machine = SpliceMachine
+    private enum Phase { case idle, opening, open, closed }
 
     let id: UInt64
-    /// Strong: the session's `splices` table holds this splice until `abort` breaks the cycle.
+    /// Strong: the session's `splices` table holds this splice until it is released.
     let owner: GatewaySession
     let tls: TLSConnection
-    private(set) var phase: Phase = .opening
+    let machine: Driven<Machine>
+    /// The machine's coarse state and directions after the last event (never read per chunk).
+    private var phase: Phase = .idle
+    private var view = Machine.Open()
     private var channel: OpaquePointer?
     private let channelCallbacks: UnsafeMutablePointer<ssh_channel_callbacks_struct>
     private var toTLS = ByteQueue(capacity: 256 * 1024)
     private var toChannel = ByteQueue(capacity: 64 * 1024)
+    private let timers: MachineTimers<Machine.TimerKind>
+    /// libssh kept channel bytes we had no room for (pulled with `ssh_channel_read_nonblocking`).
     private var libsshHoldsData = false
-    private var tlsEOF = false, channelEOFSent = false
-    private var channelEOF = false, closeNotifySent = false
-    private var windowBlocked = false
+    /// True while libssh is inside our data callback: reading from the channel then would
+    /// consume bytes libssh is about to drop from its own buffer.
+    private var inDataCallback = false
+    /// The after-poll window watch is armed (after `remoteWindowClosed`).
+    private var watchingWindow = false
+    /// A close_notify the socket could not take yet; retried when writable.
+    private var closeNotifyPending = false
     private var interest: UInt32 = 0
-    private let openDeadline: Instant
+    private var opened = false
+    private var pending: [Machine.Event] = []
+    private var feeding = false
     private(set) var bytesUp: UInt64 = 0, bytesDown: UInt64 = 0
     /// Test tap: every spliced byte, both directions.
     var tap: (@Sendable ([UInt8]) -> Void)?
     /// Called once when the gateway confirmed the channel.
     var onOpen: ((Splice) -> Void)?
-    /// Called once when the splice has ended (on the loop, outside libssh callbacks).
-    var onClose: ((Splice, String) -> Void)?
+    /// Called once when the splice has ended (on the loop, outside libssh callbacks): whether the
+    /// channel had opened, and the open failure's detail.
+    var onClose: ((Splice, _ opened: Bool, _ detail: String) -> Void)?
 
     static let chunk = 64 * 1024
 
-    init(id: UInt64, owner: GatewaySession, tls: TLSConnection, openTimeout: TimeSpan) {
+    init(id: UInt64, owner: GatewaySession, tls: TLSConnection, config: Machine.Config, trace: TraceRecorder?) {
         self.id = id; self.owner = owner; self.tls = tls
         channelCallbacks = .allocate(capacity: 1)
         channelCallbacks.initialize(to: ssh_channel_callbacks_struct())
-        openDeadline = Clock.now() + openTimeout
+        machine = Driven(Machine.self, config: config, instance: "splice-\(id)", trace: trace)
+        timers = MachineTimers(loop: owner.loop)
     }
 
     deinit { channelCallbacks.deallocate() }
 
     var loop: EventLoop { owner.loop }
 
-    /// Opens the channel toward the gateway. Infisical sends `direct-tcpip` with empty extra data;
-    /// libssh always writes the RFC 4254 fields, which gateways ignore.
-    func start() {
-        guard let ch = ssh_channel_new(owner.session) else { abort(reason: "cannot allocate channel"); return }
-        channel = ch
-        owner.splices[id] = self
-        loop.setAfterPoll(self) { [weak self] in self?.pollOpen() }
-        pollOpen()
+    func start() { feed(.started(now: Clock.now())) }
+
+    /// The gateway's session ended (GatewaySession.fail).
+    func abort(reason: String) { feed(.sessionLost(now: Clock.now())) }
+
+    /// Feeds one event and performs its actions; events raised while performing are queued and
+    /// fed after, in order.
+    private func feed(_ event: Machine.Event) {
+        pending.append(event)
+        guard !feeding else { return }
+        feeding = true
+        while !pending.isEmpty {
+            let actions = machine.handle(pending.removeFirst())
+            switch machine.read({ $0.state }) {
+            case .idle: phase = .idle
+            case .opening: phase = .opening
+            case .open(let o): phase = .open; view = o
+            case .closed: phase = .closed
+            }
+            for a in actions { perform(a) }
+            updateInterest()
+        }
+        feeding = false
     }
+
+    // MARK: Actions out
+
+    private func perform(_ action: Machine.Action) {
+        switch action {
+        case let .scheduleTimer(kind, at):
+            timers.schedule(kind, at: at) { [weak self] kind in self?.feed(.timerFired(timer: kind, now: Clock.now())) }
+        case .cancelTimer(let kind):
+            timers.cancel(kind)
+        case .openChannel:
+            owner.splices[id] = self
+            // Infisical sends `direct-tcpip` with empty extra data; libssh always writes the
+            // RFC 4254 fields, which gateways ignore.
+            guard let ch = ssh_channel_new(owner.session) else {
+                feed(.channelOpenFailed(detail: "cannot allocate channel", now: Clock.now())); return
+            }
+            channel = ch
+            loop.setAfterPoll(self) { [weak self] in self?.pollOpen() }
+            pollOpen()
+        case .reportOpened:
+            opened = true
+            onOpen?(self)
+            onOpen = nil
+        case .startSplicing:
+            startSplicing()
+        case .sendChannelEOF:
+            if let ch = channel { ssh_channel_send_eof(ch) }
+        case .sendCloseNotify:
+            closeNotifyPending = !tls.sendCloseNotify()
+        case .releaseChannel:
+            loop.setAfterPoll(self, nil)
+            timers.cancelAll()
+            loop.later { [self] in
+                if let ch = channel {
+                    ssh_remove_channel_callbacks(ch, channelCallbacks)
+                    if ssh_channel_is_closed(ch) == 0 { ssh_channel_close(ch) }
+                    ssh_channel_free(ch)
+                    channel = nil
+                }
+            }
+        case .releaseTLS:
+            loop.later { [self] in
+                if interest != 0 { loop.unregister(fd: tls.fd); interest = 0 }
+                tls.release()
+            }
+        case .reportOpenFailed(let detail):
+            report(detail)
+        case .reportClosed:
+            report("")
+        }
+    }
+
+    private func report(_ detail: String) {
+        loop.later { [self] in
+            owner.splices[id] = nil
+            onClose?(self, opened, detail)
+            onClose = nil
+        }
+    }
+
+    // MARK: Opening
 
     private func pollOpen() {
         guard phase == .opening, let ch = channel else { loop.setAfterPoll(self, nil); return }
         let rc = ssh_channel_open_forward(ch, "127.0.0.1", 0, "127.0.0.1", 0)
         if rc == SSH_OK {
             loop.setAfterPoll(self, nil)
-            didOpen(ch)
+            feed(.channelOpened(now: Clock.now()))
         } else if rc == SSH_ERROR {
-            abort(reason: "Failed to connect to gateway: \(owner.errorText)")
-        } else if Clock.now() > openDeadline {
-            abort(reason: "Failed to connect to gateway: channel open timed out")
+            loop.setAfterPoll(self, nil)
+            feed(.channelOpenFailed(detail: owner.errorText, now: Clock.now()))
         }
     }
 
-    private func didOpen(_ ch: OpaquePointer) {
-        phase = .open
-        onOpen?(self)
-        onOpen = nil
+    private func startSplicing() {
+        guard let ch = channel else { return }
         let me = Unmanaged.passUnretained(self).toOpaque()
         relay_ssh_channel_callbacks_init(channelCallbacks)
         channelCallbacks.pointee.userdata = me
@@ -92,7 +190,7 @@ final class Splice: PollHandler, @unchecked Sendable {
         }
         channelCallbacks.pointee.channel_close_function = { _, _, ud in
             let s = Unmanaged<Splice>.fromOpaque(ud!).takeUnretainedValue()
-            s.loop.later { s.finishIfDone(force: "gateway closed the channel") }
+            s.loop.later { s.feed(.channelClosed(now: Clock.now())) }
         }
         ssh_set_channel_callbacks(ch, channelCallbacks)
         setInterest(UInt32(RELAY_EPOLLIN))
@@ -115,8 +213,8 @@ final class Splice: PollHandler, @unchecked Sendable {
     private func updateInterest() {
         guard phase == .open else { return }
         var ev: UInt32 = 0
-        if !tlsEOF && !windowBlocked && toChannel.isEmpty { ev |= UInt32(RELAY_EPOLLIN) }
-        if !toTLS.isEmpty || (channelEOF && !closeNotifySent) { ev |= UInt32(RELAY_EPOLLOUT) }
+        if view.readsTLS && toChannel.isEmpty { ev |= UInt32(RELAY_EPOLLIN) }
+        if (view.writesTLS && !toTLS.isEmpty) || closeNotifyPending { ev |= UInt32(RELAY_EPOLLOUT) }
         // Keep the fd registered (interest 0 is represented by EPOLLRDHUP so errors still arrive).
         setInterest(ev == 0 ? UInt32(RELAY_EPOLLRDHUP) : ev)
     }
@@ -125,9 +223,9 @@ final class Splice: PollHandler, @unchecked Sendable {
 
     private func pumpFromTLS() {
         guard phase == .open, let ch = channel else { return }
-        while true {
+        pump: while phase == .open && view.writesChannel {
             if !toChannel.isEmpty && !drainToChannel(ch) { break }
-            if tlsEOF { break }
+            guard view.readsTLS else { break }
             let window = Int(ssh_channel_window_size(ch))
             if window == 0 { blockOnWindow(); break }
             let want = min(window, Splice.chunk)
@@ -137,24 +235,21 @@ final class Splice: PollHandler, @unchecked Sendable {
                 bytesUp += UInt64(n)
                 if let tap { withScratchBytes { tap(Array($0[0..<n])) } }
                 let wrote = withScratchBytes { writeChannel(ch, UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
-                if wrote < 0 { abort(reason: "channel write failed: \(owner.errorText)"); return }
+                if wrote < 0 { feed(.channelWriteFailed(detail: "channel write failed: \(owner.errorText)", now: Clock.now())); return }
                 if wrote < n {
                     withScratchBytes { toChannel.append(UnsafeRawBufferPointer(rebasing: $0[wrote..<n])) }
                 }
             case .wantRead, .wantWrite:
                 updateInterest(); return
             case .closed:
-                tlsEOF = true
+                // Nothing is queued here (the loop drained the queue before reading).
+                feed(.tlsEnded(now: Clock.now()))
+                break pump
             case .failed(let why):
-                abort(reason: "client TLS error: \(why)"); return
+                feed(.tlsFailed(detail: "client TLS error: \(why)", now: Clock.now())); return
             }
         }
-        if tlsEOF && toChannel.isEmpty && !channelEOFSent {
-            channelEOFSent = true
-            ssh_channel_send_eof(ch)
-        }
         updateInterest()
-        finishIfDone()
     }
 
     /// Writes what the remote window allows; returns bytes written or -1.
@@ -167,23 +262,27 @@ final class Splice: PollHandler, @unchecked Sendable {
 
     private func drainToChannel(_ ch: OpaquePointer) -> Bool {
         let wrote = toChannel.withReadable { writeChannel(ch, $0) }
-        if wrote < 0 { abort(reason: "channel write failed: \(owner.errorText)"); return false }
+        if wrote < 0 { feed(.channelWriteFailed(detail: "channel write failed: \(owner.errorText)", now: Clock.now())); return false }
         toChannel.consume(wrote)
         if !toChannel.isEmpty { blockOnWindow(); return false }
         return true
     }
 
+    /// The remote window closed: report it once, then watch after each poll until it is open
+    /// again and the queued bytes are written (`remoteWindowReopened`).
     private func blockOnWindow() {
-        guard !windowBlocked else { return }
-        windowBlocked = true
+        guard !watchingWindow else { return }
+        watchingWindow = true
+        feed(.remoteWindowClosed(now: Clock.now()))
         loop.setAfterPoll(self) { [weak self] in
             guard let self else { return }
             guard let ch = self.channel, self.phase == .open else { self.loop.setAfterPoll(self, nil); return }
-            if ssh_channel_window_size(ch) > 0 {
-                self.windowBlocked = false
-                self.loop.setAfterPoll(self, nil)
-                self.pumpFromTLS()
-            }
+            guard ssh_channel_window_size(ch) > 0 else { return }
+            if !self.toChannel.isEmpty && !self.drainToChannel(ch) { return }
+            self.watchingWindow = false
+            self.loop.setAfterPoll(self, nil)
+            self.feed(.remoteWindowReopened(now: Clock.now()))
+            self.pumpFromTLS()
         }
         updateInterest()
     }
@@ -192,7 +291,7 @@ final class Splice: PollHandler, @unchecked Sendable {
 
     /// libssh data callback: take what fits, write it out; what is not taken stays in libssh.
     private func channelData(_ p: UnsafeRawBufferPointer) -> Int {
-        guard phase == .open else { return p.count }
+        guard phase == .open, view.writesTLS else { return p.count }
         let take = min(p.count, toTLS.space)
         if take > 0 {
             toTLS.append(UnsafeRawBufferPointer(rebasing: p[0..<take]))
@@ -200,31 +299,31 @@ final class Splice: PollHandler, @unchecked Sendable {
             bytesDown += UInt64(take)
         }
         libsshHoldsData = take < p.count
+        if libsshHoldsData && view.downstream == .flowing { feed(.toTLSQueueFull(now: Clock.now())) }
         inDataCallback = true
         flushToTLS()
         inDataCallback = false
         updateInterest()
+        // Pull what libssh kept back once we are outside its callback.
+        if libsshHoldsData && toTLS.isEmpty { loop.later { [weak self] in self?.flushToTLS(); self?.updateInterest() } }
         return take
     }
 
-    /// True while libssh is inside our data callback: reading from the channel then would
-    /// consume bytes libssh is about to drop from its own buffer.
-    private var inDataCallback = false
-
     private func flushToTLS() {
-        guard let ch = channel else { return }
-        while true {
+        guard phase == .open, let ch = channel else { return }
+        if closeNotifyPending { closeNotifyPending = !tls.sendCloseNotify() }
+        while view.writesTLS {
             while !toTLS.isEmpty {
                 let r = toTLS.withReadable { tls.write($0) }
                 switch r {
                 case .done(let n): toTLS.consume(n)
                 case .wantWrite, .wantRead: return
-                case .closed: abort(reason: "client closed the connection"); return
-                case .failed(let why): abort(reason: "client TLS error: \(why)"); return
+                case .closed: feed(.tlsFailed(detail: "client closed the connection", now: Clock.now())); return
+                case .failed(let why): feed(.tlsFailed(detail: "client TLS error: \(why)", now: Clock.now())); return
                 }
             }
             // Pull what libssh kept back while we were full (never from inside its callback).
-            guard libsshHoldsData, phase == .open, !inDataCallback else { break }
+            guard libsshHoldsData, !inDataCallback else { break }
             let n = withScratch {
                 ssh_channel_read_nonblocking(ch, $0.baseAddress, UInt32(min($0.count, toTLS.space)), 0)
             }
@@ -233,44 +332,14 @@ final class Splice: PollHandler, @unchecked Sendable {
             withScratchBytes { toTLS.append(UnsafeRawBufferPointer(rebasing: $0[0..<Int(n)])) }
             if let tap { withScratchBytes { tap(Array($0[0..<Int(n)])) } }
         }
-        if channelEOF && toTLS.isEmpty && !closeNotifySent {
-            closeNotifySent = tls.sendCloseNotify()
-        }
-        loop.later { [weak self] in self?.finishIfDone() }
+        if view.awaitsTLSDrain && toTLS.isEmpty && !libsshHoldsData { feed(.toTLSQueueDrained(now: Clock.now())) }
     }
 
     private func channelDidEOF() {
-        channelEOF = true
+        guard phase == .open else { return }
+        feed(.channelEOF(queueEmpty: toTLS.isEmpty && !libsshHoldsData, now: Clock.now()))
         flushToTLS()
         updateInterest()
-    }
-
-    // MARK: End
-
-    private func finishIfDone(force: String? = nil) {
-        guard phase != .closed else { return }
-        if let force { abort(reason: force); return }
-        if channelEOFSent && closeNotifySent && toTLS.isEmpty { abort(reason: "done") }
-    }
-
-    /// Ends the splice now: releases the channel and the TLS connection (deferred past callbacks).
-    func abort(reason: String) {
-        guard phase != .closed else { return }
-        phase = .closed
-        loop.setAfterPoll(self, nil)
-        loop.later { [self] in
-            if interest != 0 { loop.unregister(fd: tls.fd); interest = 0 }
-            if let ch = channel {
-                ssh_remove_channel_callbacks(ch, channelCallbacks)
-                if ssh_channel_is_closed(ch) == 0 { ssh_channel_close(ch) }
-                ssh_channel_free(ch)
-                channel = nil
-            }
-            tls.release()
-            owner.splices[id] = nil
-            onClose?(self, reason)
-            onClose = nil
-        }
     }
 }
 
