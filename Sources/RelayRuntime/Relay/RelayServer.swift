@@ -327,14 +327,8 @@ public final class RelayServer: @unchecked Sendable {
 
     /// On the accept loop (the listener's), once per accepted connection.
     private func acceptSSH(fd: Int32, peer: Net.Address) {
-        var admitted = false
-        for action in admission.handle(.sshOffered(source: peer.host, peer: peer.description, now: Clock.now())) {
-            switch action {
-            case .admit: admitted = true
-            default: performAdmission(action)
-            }
-        }
-        guard admitted else { close(fd); return }  // refuse: accepted and closed, nothing written
+        guard performAdmission(admission.handle(.sshOffered(source: peer.host, peer: peer.description, now: Clock.now())),
+                               offered: fd) else { return }
         let loop = pickLoop()
         let id = newID()
         let bind = credentials.withLock { $0.bind }
@@ -358,33 +352,34 @@ public final class RelayServer: @unchecked Sendable {
 
     /// A gateway session's `releaseAdmission` (any loop).
     func releaseAdmission(_ peer: Net.Address) {
-        for action in admission.handle(.sshReleased(source: peer.host, now: Clock.now())) { performAdmission(action) }
+        performAdmission(admission.handle(.sshReleased(source: peer.host, now: Clock.now())))
     }
 
-    /// The admission machine's actions other than the verdict on the connection just offered,
-    /// which its caller acts on: `refuse` closes the connection there.
-    private func performAdmission(_ action: AdmissionMachine.Action) {
-        switch action {
-        case .admit: break
-        case .refuse: break
-        case .pauseListener: sshListener?.pause()
-        case .resumeListener: sshListener?.resume()
-        case .log(let m):
-            var meta = Logger.Metadata()
-            for (k, v) in m.fields { meta[k] = .string(v) }
-            switch m {
-            case .sshRefused: RelayLog.ssh.warning("\(m.text)", metadata: meta)
-            case .unexpectedRelease: RelayLog.relay.debug("\(m.text)", metadata: meta)
+    /// Performs the admission machine's actions; `offered` is the connection the event offered
+    /// (none for a release). Returns true when that connection was admitted.
+    @discardableResult
+    private func performAdmission(_ actions: [AdmissionMachine.Action], offered fd: Int32? = nil) -> Bool {
+        var admitted = false
+        for action in actions {
+            switch action {
+            case .admit: admitted = true
+            case .refuse: if let fd { close(fd) }  // accepted and closed, nothing written
+            case .pauseListener: sshListener?.pause()
+            case .resumeListener: sshListener?.resume()
+            case .log(let m):
+                var meta = Logger.Metadata()
+                for (k, v) in m.fields { meta[k] = .string(v) }
+                switch m {
+                case .sshRefused: RelayLog.ssh.warning("\(m.text)", metadata: meta)
+                case .unexpectedRelease: RelayLog.relay.debug("\(m.text)", metadata: meta)
+                }
             }
         }
+        return admitted
     }
 
     private func acceptTLS(fd: Int32, peer: Net.Address) {
-        var admitted = false
-        for action in admission.handle(.tlsOffered(source: peer.host, now: Clock.now())) {
-            if case .admit = action { admitted = true } else { performAdmission(action) }
-        }
-        guard admitted else { close(fd); return }
+        guard performAdmission(admission.handle(.tlsOffered(source: peer.host, now: Clock.now())), offered: fd) else { return }
         let loop = pickLoop()
         let id = newID()
         let ctx = credentials.withLock { $0.tls }
@@ -402,7 +397,7 @@ public final class RelayServer: @unchecked Sendable {
     }
 
     private func releaseTLSAdmission(_ peer: Net.Address) {
-        for action in admission.handle(.tlsReleased(source: peer.host, now: Clock.now())) { performAdmission(action) }
+        performAdmission(admission.handle(.tlsReleased(source: peer.host, now: Clock.now())))
     }
 
     /// The gateway certificate policy (D2) with the current client CA.
