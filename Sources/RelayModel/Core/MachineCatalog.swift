@@ -8,5 +8,6 @@ public enum MachineCatalog {
         MachineEntry(TokenLedgerMachine.self),
         MachineEntry(GatewayTunnelMachine.self),
         MachineEntry(TunnelRegistryMachine.self),
+        MachineEntry(InnerConnectionMachine.self),
     ]
 }
