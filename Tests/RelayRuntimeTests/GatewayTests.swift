@@ -149,3 +149,40 @@ extension GatewayTests {
     }
 }
 
+
+extension GatewayTests {
+    @Test("the gateway's inner connections record their machine steps and the trace replays: ping and tcp-proxy end closed(completed)")
+    func innerConnectionTraceReplays() async throws {
+        let bed = try RelayTestbed()
+        try bed.startRelay()
+        let target = try EchoServer()
+        let path = NSTemporaryDirectory() + "inner-trace-\(UUID().uuidString).jsonl"
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let o = GatewayAgent.Options(credentials: try bed.ourGatewayCredentials("gw-trace"),
+                                     relays: [.init(name: bed.relayName, address: "127.0.0.1:\(bed.server.boundSSHPort)")],
+                                     tunnel: Self.quickTunnel())
+        let gw = try GatewayAgent(options: o, trace: try TraceRecorder(path: path))
+        gw.start()
+        #expect(Self.waitConnected(gw))
+        let outer = try bed.platformClientContext(gatewayId: "gw-trace")
+        let ping = try TunnelClient(relayHost: "127.0.0.1", relayPort: bed.server.boundTLSPort, outer: outer,
+                                    inner: try bed.innerClientContext(targetHost: "127.0.0.1", targetPort: 1), alpn: "infisical-ping")
+        #expect(String(decoding: try ping.readToEnd(), as: UTF8.self) == "PONG\n")
+        let tcp = try TunnelClient(relayHost: "127.0.0.1", relayPort: bed.server.boundTLSPort, outer: outer,
+                                   inner: try bed.innerClientContext(targetHost: "127.0.0.1", targetPort: target.port), alpn: "infisical-tcp-proxy")
+        let payload = randomBytes(200_000)
+        #expect(try Duplex.roundTrip(payload) { try tcp.pump(local: $0) } == payload)
+        usleep(300_000)
+        gw.stop()
+        target.stop()
+        guard case .success(let fixtures) = ReplayFiles.loadFixtures(path: path) else { Issue.record("trace unreadable"); return }
+        let inner = fixtures.filter { $0.machine == InnerConnectionMachine.machineName }
+        #expect(inner.count == 2)
+        for f in inner {
+            let report = try MachineEntry.replay(f)
+            #expect(report.firstDivergence == nil)
+            #expect(report.steps.last?.stateAfter == "closed")
+            #expect(report.steps.contains { $0.actionNames.contains("close(completed)") })
+        }
+    }
+}

@@ -12,5 +12,6 @@ public enum MachineCatalog {
         MachineEntry(AdmissionMachine.self),
         MachineEntry(PlatformConnectionMachine.self),
         MachineEntry(SpliceMachine.self),
+        MachineEntry(InnerConnectionMachine.self),
     ]
 }

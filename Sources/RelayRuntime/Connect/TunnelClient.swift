@@ -11,9 +11,7 @@ import RelayModel
 /// The relay sees only the inner ciphertext. Blocking, one connection per instance.
 public final class TunnelClient: @unchecked Sendable {
     private let outer: BlockingTLSClient
-    private let ssl: OpaquePointer
-    private let rbio: OpaquePointer
-    private let wbio: OpaquePointer
+    private let tls: MemoryTLS
     private var outerEOF = false
     private var innerClosed = false
     private var pendingOuter = ByteQueue(capacity: 1 << 20)
@@ -28,50 +26,38 @@ public final class TunnelClient: @unchecked Sendable {
                 alpn: String, serverName: String = "localhost", timeoutMilliseconds: Int32 = 30_000) throws(RuntimeError) {
         outer = try BlockingTLSClient(host: relayHost, port: relayPort, context: outerContext, serverName: relayHost,
                                       verifyHost: true, timeoutMilliseconds: timeoutMilliseconds)
-        guard let s = SSL_new(inner.ptr), let r = BIO_new(BIO_s_mem()), let w = BIO_new(BIO_s_mem()) else {
-            throw .tls("SSL_new: \(openSSLErrors())")
-        }
-        SSL_set_bio(s, r, w)
-        SSL_set_connect_state(s)
+        tls = try MemoryTLS(context: inner, server: false)
         // Inner records of 16,362 plaintext bytes are exactly 16,384 bytes of ciphertext (TLS 1.3
         // adds 22): one inner record fills one outer record instead of spilling 22 bytes over.
-        _ = SSL_ctrl(s, SSL_CTRL_SET_MAX_SEND_FRAGMENT, 16_384 - 22, nil)
-        SSL_set1_host(s, serverName)
-        var wire: [UInt8] = [UInt8(alpn.utf8.count)] + Array(alpn.utf8)
-        SSL_set_alpn_protos(s, &wire, UInt32(wire.count))
-        ssl = s; rbio = r; wbio = w
-        while true {
-            ERR_clear_error()
-            let rc = SSL_do_handshake(s)
+        tls.setMaxSendFragment(16_384 - 22)
+        tls.setExpectedHost(serverName)
+        tls.offerALPN([alpn])
+        handshake: while true {
+            let step = tls.handshake()
             try handshakeFlush()
-            if rc == 1 { break }
-            let err = SSL_get_error(s, rc)
-            guard err == SSL_ERROR_WANT_READ else { throw .tls("inner handshake: \(openSSLErrors())") }
-            guard try handshakeFeed() else { throw .tls("inner handshake: the relay or gateway closed the connection") }
+            switch step {
+            case .done: break handshake
+            case .wantInput:
+                guard try handshakeFeed() else { throw .tls("inner handshake: the relay or gateway closed the connection") }
+            case .closed: throw .tls("inner handshake: the relay or gateway closed the connection")
+            case .failed(let why): throw .tls("inner handshake: \(why)")
+            }
         }
         guard negotiatedALPN == alpn else { throw .tls("the gateway did not accept ALPN \(alpn)") }
     }
 
-    deinit { SSL_free(ssl); scratch.deallocate() }
+    deinit { scratch.deallocate() }
 
-    public var negotiatedALPN: String? {
-        var p: UnsafePointer<UInt8>?
-        var len: UInt32 = 0
-        SSL_get0_alpn_selected(ssl, &p, &len)
-        return p.map { String(decoding: UnsafeBufferPointer(start: $0, count: Int(len)), as: UTF8.self) }
-    }
+    public var negotiatedALPN: String? { tls.negotiatedALPN }
     public var outerCipher: String { outer.cipher }
-    public var innerCipher: String {
-        SSL_get_current_cipher(ssl).flatMap { SSL_CIPHER_get_name($0) }.map { String(cString: $0) } ?? "none"
-    }
+    public var innerCipher: String { tls.cipher }
 
     /// Inner TLS output → outer connection (blocking; handshake only).
     private func handshakeFlush() throws(RuntimeError) {
-        var buf = [UInt8](repeating: 0, count: 65536)
-        while BIO_ctrl_pending(wbio) > 0 {
-            let n = BIO_read(wbio, &buf, Int32(buf.count))
+        while tls.pendingOutput > 0 {
+            let n = tls.drain(into: scratch)
             if n <= 0 { break }
-            try outer.write(Array(buf[0..<Int(n)]))
+            try outer.write(Array(scratch[0..<n]))
         }
     }
 
@@ -79,7 +65,7 @@ public final class TunnelClient: @unchecked Sendable {
     private func handshakeFeed() throws(RuntimeError) -> Bool {
         let chunk = try outer.read()
         if chunk.isEmpty { return false }
-        _ = chunk.withUnsafeBytes { BIO_write(rbio, $0.baseAddress, Int32($0.count)) }
+        chunk.withUnsafeBytes { tls.feed($0) }
         return true
     }
 
@@ -108,10 +94,10 @@ extension TunnelClient: PlaintextStream {
 
     /// Inner ciphertext → pending outer bytes.
     private func drainInner() {
-        while BIO_ctrl_pending(wbio) > 0 {
-            let n = BIO_read(wbio, scratch.baseAddress, Int32(scratch.count))
+        while tls.pendingOutput > 0 {
+            let n = tls.drain(into: scratch)
             if n <= 0 { break }
-            pendingOuter.append(UnsafeRawBufferPointer(rebasing: scratch[0..<Int(n)]))
+            pendingOuter.append(UnsafeRawBufferPointer(rebasing: scratch[0..<n]))
         }
     }
 
@@ -128,12 +114,11 @@ extension TunnelClient: PlaintextStream {
         // on its own split it into a full outer record plus a 22-byte one (twice the records,
         // twice the syscalls).
         let want = min(p.count, 64 * 1024)
-        var total = 0
-        while total < want {
-            var n = 0
-            ERR_clear_error()
-            guard SSL_write_ex(ssl, p.baseAddress! + total, want - total, &n) == 1 else { throw .tls("inner write: \(openSSLErrors())") }
-            total += n
+        let total: Int
+        switch tls.writeAll(UnsafeRawBufferPointer(rebasing: p[0..<want])) {
+        case .done(let n): total = n
+        case .failed(let why): throw .tls("inner write: \(why)")
+        case .wantInput, .closed: throw .tls("inner write: the session cannot take data")
         }
         drainInner()
         try flush()
@@ -142,33 +127,31 @@ extension TunnelClient: PlaintextStream {
 
     func tryRead(_ p: UnsafeMutableRawBufferPointer) throws(RuntimeError) -> Int? {
         while true {
-            var n = 0
-            ERR_clear_error()
-            let rc = SSL_read_ex(ssl, p.baseAddress, p.count, &n)
+            let step = tls.read(into: p)
             drainInner()
-            if rc == 1 { return n }
-            let err = SSL_get_error(ssl, rc)
-            if err == SSL_ERROR_ZERO_RETURN { return 0 }
-            guard err == SSL_ERROR_WANT_READ else {
+            switch step {
+            case .done(let n): return n
+            case .closed: return 0
+            case .failed(let why):
                 if outerEOF { return 0 }
-                throw .tls("inner read: \(openSSLErrors())")
+                throw .tls("inner read: \(why)")
+            case .wantInput:
+                if outerEOF { return 0 }
+                guard let got = try outer.tryRead(scratch) else { return nil }
+                if got == 0 {
+                    outerEOF = true
+                    tls.feedEOF()
+                    continue
+                }
+                tls.feed(UnsafeRawBufferPointer(rebasing: scratch[0..<got]))
             }
-            if outerEOF { return 0 }
-            guard let got = try outer.tryRead(scratch) else { return nil }
-            if got == 0 {
-                outerEOF = true
-                _ = BIO_ctrl(rbio, BIO_C_SET_BUF_MEM_EOF_RETURN, 0, nil)
-                continue
-            }
-            _ = BIO_write(rbio, scratch.baseAddress, Int32(got))
         }
     }
 
     func finishWriting() throws(RuntimeError) {
         guard !innerClosed else { return }
         innerClosed = true
-        ERR_clear_error()
-        _ = SSL_shutdown(ssl)
+        tls.shutdown()
         drainInner()
         try flush()
     }

@@ -47,6 +47,7 @@ public final class GatewayAgent: @unchecked Sendable {
     private let timers: MachineTimers<Machine.TimerKind>   // loop only
     private let statusLock = Mutex<Status>(Status())
     private var stopped: (@Sendable () -> Void)?
+    private let trace: TraceRecorder?                      // for the inner connections' machines
 
     public struct Status: Sendable, Equatable {
         public var connectedRelay: String?
@@ -60,6 +61,7 @@ public final class GatewayAgent: @unchecked Sendable {
 
     public init(options: Options, trace: TraceRecorder? = nil) throws(RuntimeError) {
         self.options = options
+        self.trace = trace
         machine = Driven(Machine.self, config: options.tunnel, instance: options.credentials.gatewayId, trace: trace)
         loop = try EventLoop(index: 0)
         timers = MachineTimers(loop: loop)
@@ -192,7 +194,7 @@ public final class GatewayAgent: @unchecked Sendable {
                     guard let (session, _) = conn.takeSession() else { return }
                     let box = UncheckedBox(session)
                     loop.execute { [self] in
-                        let l = GatewayLink(connection: c, loop: loop, session: box.value, innerContext: innerContext, metrics: metrics)
+                        let l = GatewayLink(connection: c, loop: loop, session: box.value, innerContext: innerContext, metrics: metrics, trace: trace)
                         l.onLost = { [weak self] cause in
                             guard let self else { return }
                             if self.link === l { self.link = nil }

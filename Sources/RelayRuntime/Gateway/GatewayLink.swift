@@ -25,10 +25,13 @@ final class GatewayLink: @unchecked Sendable {
 
     /// Channel and byte counters (`gateway_channels_*`, `gateway_bytes_total`), if metrics are on.
     let metrics: MetricsRegistry?
+    /// Where each inner connection's machine records its steps (`--trace-out`), if anywhere.
+    private let trace: TraceRecorder?
 
-    init(connection: Int, loop: EventLoop, session: OpaquePointer, innerContext: TLSContext, metrics: MetricsRegistry? = nil) {
+    init(connection: Int, loop: EventLoop, session: OpaquePointer, innerContext: TLSContext, metrics: MetricsRegistry? = nil,
+         trace: TraceRecorder? = nil) {
         self.connection = connection; self.loop = loop; self.session = session; self.innerContext = innerContext
-        self.metrics = metrics
+        self.metrics = metrics; self.trace = trace
         receiveCounter = .allocate(capacity: 1); receiveCounter.initialize(to: ssh_counter_struct())
         sendCounter = .allocate(capacity: 1); sendCounter.initialize(to: ssh_counter_struct())
     }
@@ -69,7 +72,7 @@ final class GatewayLink: @unchecked Sendable {
     private func accepted(_ ch: OpaquePointer) {
         let id = nextInner
         nextInner += 1
-        guard let c = InnerConnection(id: id, link: self, channel: ch, context: innerContext) else {
+        guard let c = InnerConnection(id: id, link: self, channel: ch, context: innerContext, trace: trace) else {
             loop.later { ssh_channel_close(ch); ssh_channel_free(ch) }
             return
         }
@@ -128,7 +131,7 @@ final class GatewayLink: @unchecked Sendable {
         closed = true
         hangup?.disarm()
         hangup = nil
-        for c in Array(inner.values) { c.finish("gateway connection closed") }
+        for c in Array(inner.values) { c.linkLost() }
         loop.later { [self] in
             loop.remove(session: session)
             if ssh_is_connected(session) != 0 { ssh_disconnect(session) }
