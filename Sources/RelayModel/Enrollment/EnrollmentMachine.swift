@@ -638,22 +638,9 @@ public struct EnrollmentMachine: StateMachine {
         return Instant(milliseconds: r.overflow ? Int64.max : r.partialValue)
     }
 
-    /// Full jitter: uniform in `0 … ceiling(failures)`; advances `random`.
+    /// Full jitter after `failures` consecutive failures (`ExponentialBackoff`); advances `random`.
     private mutating func nextDelay(failures: Int) -> TimeSpan {
-        let ceiling = EnrollmentMachine.backoffCeiling(failures: failures, base: config.retryBase, cap: config.retryCap)
-        return TimeSpan(milliseconds: Int64(random.uniform(upTo: UInt64(ceiling.milliseconds))))
-    }
-
-    /// `min(cap, base · 2^(failures − 1))`, saturating; zero for no failures or non-positive inputs.
-    public static func backoffCeiling(failures: Int, base: TimeSpan, cap: TimeSpan) -> TimeSpan {
-        guard failures > 0, base.milliseconds > 0, cap.milliseconds > 0 else { return .zero }
-        var ceiling = base.milliseconds
-        var doublings = failures - 1
-        while doublings > 0 && ceiling < cap.milliseconds {
-            ceiling = ceiling > Int64.max / 2 ? Int64.max : ceiling * 2
-            doublings -= 1
-        }
-        return TimeSpan(milliseconds: min(ceiling, cap.milliseconds))
+        ExponentialBackoff.delay(failures: failures, base: config.retryBase, cap: config.retryCap, random: &random)
     }
 
     /// When to stop accepting: `now + (notAfter − wallNow) − margin`, saturating; nil when that is
