@@ -556,6 +556,13 @@ struct EnrollmentTests {
         }
     }
 
+    @Test("State.name is the spec name of every state (metrics and the status file label by it)")
+    func stateNamesMatchSpecNames() {
+        let reached = Set(TargetState.allCases.map { $0.machine.state.name.rawValue })
+        for t in TargetState.allCases { #expect(t.machine.state.name.rawValue == t.machine.stateName, "\(t)") }
+        #expect(reached == Set(M.State.Name.allCases.map(\.rawValue)))
+    }
+
     @Test("grid: every state × event", arguments: cells)
     func grid(_ cell: Cell) {
         var m = cell.target.machine

@@ -83,6 +83,32 @@ public struct EnrollmentMachine: StateMachine {
     // EnrollmentVocabulary.swift.
 
     public enum State: CaseNamed, Equatable, Sendable {
+        /// The state's name without its payload: what metrics label and the status file write, so a
+        /// renamed state breaks the build there instead of silently emptying a gauge.
+        public enum Name: String, CaseIterable, Sendable {
+            case idle, signingAws, loggingIn, loginBackoff, persisting, connecting, connectBackoff, serving
+            case renewing, renewalBackoff, lapsed, lapsedBackoff, failed, stopped
+        }
+
+        public var name: Name {
+            switch self {
+            case .idle: return .idle
+            case .signingAws: return .signingAws
+            case .loggingIn: return .loggingIn
+            case .loginBackoff: return .loginBackoff
+            case .persisting: return .persisting
+            case .connecting: return .connecting
+            case .connectBackoff: return .connectBackoff
+            case .serving: return .serving
+            case .renewing: return .renewing
+            case .renewalBackoff: return .renewalBackoff
+            case .lapsed: return .lapsed
+            case .lapsedBackoff: return .lapsedBackoff
+            case .failed: return .failed
+            case .stopped: return .stopped
+            }
+        }
+
         /// Nothing has happened yet.
         case idle
         /// The runtime is signing an STS GetCallerIdentity request.

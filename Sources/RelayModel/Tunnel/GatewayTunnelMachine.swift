@@ -311,6 +311,26 @@ public struct GatewayTunnelMachine: StateMachine {
         /// Terminal.
         case closed(ClosedReason)
 
+        /// The state's name without its payload (metrics labels, readiness): a renamed state breaks
+        /// the build there instead of silently changing what they report.
+        public enum Name: String, CaseIterable, Sendable {
+            case idle, searching, dialing, handshaking, authenticating, established, backoff, draining, closed
+        }
+
+        public var name: Name {
+            switch self {
+            case .idle: return .idle
+            case .searching: return .searching
+            case .dialing: return .dialing
+            case .handshaking: return .handshaking
+            case .authenticating: return .authenticating
+            case .established: return .established
+            case .backoff: return .backoff
+            case .draining: return .draining
+            case .closed: return .closed
+            }
+        }
+
         /// The one timer this state owns, if any (Specs §1 "Timers").
         public var pendingTimer: TimerKind? {
             switch self {

@@ -29,7 +29,24 @@ public final class ShutdownSignals: @unchecked Sendable {
         sigaddset(&set, SIGINT)
         sigaddset(&set, SIGTERM)
         pthread_sigmask(SIG_BLOCK, &set, nil)
-        signal(SIGPIPE, SIG_IGN)
+        ignoreBrokenPipes()
+    }
+
+    /// SIGPIPE ignored process-wide (DESIGN D4), for commands that take no stop signals.
+    public static func ignoreBrokenPipes() { signal(SIGPIPE, SIG_IGN) }
+
+    /// Blocks the calling thread until SIGTERM or SIGINT (taken with sigwait, no handler code);
+    /// returns the signal. For commands that only wait to be stopped (`relay connect`, the demo, bench).
+    @discardableResult
+    public static func waitForStop() -> Int32 {
+        blockEarly()
+        var set = sigset_t()
+        sigemptyset(&set)
+        sigaddset(&set, SIGINT)
+        sigaddset(&set, SIGTERM)
+        var sig: Int32 = 0
+        while sigwait(&set, &sig) != 0 {}
+        return sig
     }
 
     /// Starts the signal thread. The returned object lives for the rest of the process.
