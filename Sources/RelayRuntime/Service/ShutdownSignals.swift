@@ -24,12 +24,18 @@ public final class ShutdownSignals: @unchecked Sendable {
     /// Blocks SIGINT and SIGTERM in the calling thread and ignores SIGPIPE. Call first thing in
     /// `main`, before any thread exists.
     public static func blockEarly() {
+        var set = ShutdownSignals.stopSet()
+        pthread_sigmask(SIG_BLOCK, &set, nil)
+        ignoreBrokenPipes()
+    }
+
+    /// SIGINT and SIGTERM, the signals that stop a process.
+    private static func stopSet() -> sigset_t {
         var set = sigset_t()
         sigemptyset(&set)
         sigaddset(&set, SIGINT)
         sigaddset(&set, SIGTERM)
-        pthread_sigmask(SIG_BLOCK, &set, nil)
-        ignoreBrokenPipes()
+        return set
     }
 
     /// SIGPIPE ignored process-wide (DESIGN D4), for commands that take no stop signals.
@@ -40,10 +46,7 @@ public final class ShutdownSignals: @unchecked Sendable {
     @discardableResult
     public static func waitForStop() -> Int32 {
         blockEarly()
-        var set = sigset_t()
-        sigemptyset(&set)
-        sigaddset(&set, SIGINT)
-        sigaddset(&set, SIGTERM)
+        var set = ShutdownSignals.stopSet()
         var sig: Int32 = 0
         while sigwait(&set, &sig) != 0 {}
         return sig
@@ -70,10 +73,7 @@ public final class ShutdownSignals: @unchecked Sendable {
     public var received: Int { count.load(ordering: .acquiring) }
 
     private func run() {
-        var set = sigset_t()
-        sigemptyset(&set)
-        sigaddset(&set, SIGINT)
-        sigaddset(&set, SIGTERM)
+        var set = ShutdownSignals.stopSet()
         while true {
             var sig: Int32 = 0
             guard sigwait(&set, &sig) == 0 else { continue }
