@@ -162,16 +162,11 @@ struct BenchRelay: ParsableCommand {
     @Option(help: "Milliseconds between STATUS lines (0: none).") var statusIntervalMs = 1000
 
     func run() throws {
-        RelayLog.bootstrap(format: .text, level: RelayLog.level(named: CommandEnv.get("LOG_LEVEL") ?? "warn"))
-        signal(SIGPIPE, SIG_IGN)
+        RelayLog.bootstrap(format: .text, level: RelayLog.level(named: Environment.get(.logLevel) ?? "warn"))
         // Block the stop signals before any thread starts, so only sigwait sees them.
-        var set = sigset_t()
-        sigemptyset(&set)
-        sigaddset(&set, SIGTERM)
-        sigaddset(&set, SIGINT)
-        pthread_sigmask(SIG_BLOCK, &set, nil)
+        ShutdownSignals.blockEarly()
         let text: String
-        switch ReplayFiles.readFile(credentialsFile, limit: 1 << 20) {
+        switch Files.read(credentialsFile, limit: 1 << 20) {
         case .success(let b): text = String(decoding: b, as: UTF8.self)
         case .failure(let e): fail("cannot read \(credentialsFile): \(e.reason)", status: .noInput)
         }
@@ -201,8 +196,7 @@ struct BenchRelay: ParsableCommand {
                 }
             }
         }
-        var sig: Int32 = 0
-        sigwait(&set, &sig)
+        ShutdownSignals.waitForStop()
         server.stop()
         Out.line("STOPPED")
         Glibc.exit(0)
@@ -224,7 +218,7 @@ struct BenchProbe: ParsableCommand {
     func run() throws {
         if let connect {
             let text: String
-            switch ReplayFiles.readFile(connect, limit: 1 << 20) {
+            switch Files.read(connect, limit: 1 << 20) {
             case .success(let b): text = String(decoding: b, as: UTF8.self)
             case .failure(let e): fail("cannot read \(connect): \(e.reason)", status: .noInput)
             }
@@ -293,21 +287,12 @@ enum Spawn {
 }
 
 private func read(_ path: String) throws -> String {
-    switch ReplayFiles.readFile(path, limit: 1 << 20) {
+    switch Files.read(path, limit: 1 << 20) {
     case .success(let b): return String(decoding: b, as: UTF8.self).trimmingCharacters()
     case .failure(let e): fail("cannot read \(path): \(e.reason)", status: .noInput)
     }
 }
 
 private func write(_ path: String, _ text: String) throws {
-    let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
-    guard fd >= 0 else { fail("cannot write \(path)", status: .failure) }
-    defer { close(fd) }
-    let bytes = Array(text.utf8)
-    var off = 0
-    while off < bytes.count {
-        let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + off, $0.count - off) }
-        guard n > 0 else { fail("cannot write \(path)", status: .failure) }
-        off += n
-    }
+    if let problem = Files.write(text, to: path) { fail(problem, status: .failure) }
 }

@@ -70,7 +70,7 @@ struct Connect: ParsableCommand {
                 fail("\(error)", status: error.description.hasPrefix("cannot read") ? .noInput : .dataError)
             }
         }
-        let domain = platform.domain ?? ProcessEnvironment.get("RELAY_PLATFORM_URL")
+        let domain = platform.domain ?? Environment.get(.platformURL)
         guard let domain else { throw ValidationError("--domain or RELAY_PLATFORM_URL is required with --gateway") }
         let p = ConnectCredentialSource.Platform(
             client: PlatformAPIClient(domain: domain, caFile: platform.caFile), adminToken: try platform.token(),
@@ -80,10 +80,10 @@ struct Connect: ParsableCommand {
 
     func run() throws {
         guard let format = RelayLog.Format(rawValue: logFormat) else { fail(StartSettings.Problem.logFormatInvalid(value: logFormat).text, status: .usage) }
-        let level = CommandEnv.get("LOG_LEVEL").flatMap { $0.isEmpty ? nil : $0 } ?? "info"
+        let level = Environment.get(.logLevel).flatMap { $0.isEmpty ? nil : $0 } ?? "info"
         if let problem = StartSettings.logLevelProblem(level) { fail(problem.text, status: .usage) }
         RelayLog.bootstrap(format: format, level: RelayLog.level(named: level))
-        signal(SIGPIPE, SIG_IGN)
+        ShutdownSignals.ignoreBrokenPipes()
         let source = try source()
         if ping || health {
             let e: ConnectProxy.Endpoint
@@ -105,7 +105,7 @@ struct Connect: ParsableCommand {
         Console.line("Listening on \(host):\(proxy.port) → gateway \(creds?.gatewayId ?? "?") via relay \(creds?.relayHost ?? "?"):\(creds?.relayTlsPort ?? 0)")
         let runner = ProxyRunner(proxy)
         runner.start()
-        ShutdownSignals.wait()
+        ShutdownSignals.waitForStop()
         proxy.stop()
     }
 }

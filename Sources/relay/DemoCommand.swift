@@ -20,12 +20,12 @@ struct Demo: ParsableCommand {
     var dir: String?
 
     func run() throws {
-        signal(SIGPIPE, SIG_IGN)
+        ShutdownSignals.ignoreBrokenPipes()
         let demo = try DemoRun(directory: dir, interactive: !check)
         let ok = demo.run()
         if !check && ok {
             print("\nEverything is running. Press Ctrl-C to stop all parts.")
-            ShutdownSignals.wait()
+            ShutdownSignals.waitForStop()
         }
         demo.stopAll()
         if !ok { throw ExitCode(1) }
@@ -49,7 +49,7 @@ final class DemoChild {
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_addopen(&actions, 1, log, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, 0o600)
         posix_spawn_file_actions_adddup2(&actions, 1, 2)
-        var env = ProcessEnv.current()
+        var env = Environment.current
         for (k, v) in environment { env[k] = v }
         let argv = ([exe] + arguments).map { strdup($0) } + [nil]
         let envp = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
@@ -94,32 +94,16 @@ final class DemoChild {
     }
 }
 
-enum ProcessEnv {
-    static func current() -> [String: String] {
-        var out: [String: String] = [:]
-        var p = environ
-        while let entry = p.pointee {
-            let s = String(cString: entry)
-            if let eq = s.firstIndex(of: "=") { out[String(s[..<eq])] = String(s[s.index(after: eq)...]) }
-            p += 1
-        }
-        return out
-    }
-}
 
 enum DemoFiles {
     static func read(_ path: String) throws -> String {
-        switch ReplayFiles.readFile(path, limit: 64 << 20) {
+        switch Files.read(path, limit: 64 << 20) {
         case .success(let b): return String(decoding: b, as: UTF8.self)
         case .failure(let e): fail("cannot read \(path): \(e.reason)", status: .noInput)
         }
     }
     static func write(_ path: String, _ text: String) throws {
-        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { fail("cannot write \(path)", status: .failure) }
-        defer { close(fd) }
-        let b = Array(text.utf8)
-        _ = b.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+        if let problem = Files.write(text, to: path) { fail(problem, status: .failure) }
     }
     static func freePort() -> Int {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)

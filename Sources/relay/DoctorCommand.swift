@@ -24,7 +24,7 @@ struct DoctorCommand: ParsableCommand {
 
     func run() throws {
         let env = Environment.current
-        guard let relayName = name ?? env["INFISICAL_RELAY_NAME"].flatMap({ $0.isEmpty ? nil : $0 }) else {
+        guard let relayName = name ?? env[.relayName].flatMap({ $0.isEmpty ? nil : $0 }) else {
             fail("unable to get name flag or INFISICAL_RELAY_NAME env", status: .usage)
         }
         guard StartSettings.isValidName(relayName) else { fail("invalid relay name \"\(relayName)\"", status: .usage) }

@@ -93,11 +93,11 @@ struct GatewayStart: ParsableCommand {
     @Option(name: .customLong("max-start-attempts"), help: .hidden) var maxStartAttempts: Int?
 
     func run() throws {
-        RelayRuntime.ShutdownSignals.blockEarly()  // before any thread exists: threads inherit the mask
+        ShutdownSignals.blockEarly()  // before any thread exists: threads inherit the mask
         let env = Environment.current
         func nonEmpty(_ s: String?) -> String? { s.flatMap { $0.isEmpty ? nil : $0 } }
-        let methodText = nonEmpty(enrollMethod) ?? nonEmpty(env["INFISICAL_GATEWAY_ENROLL_METHOD"])
-        let format = nonEmpty(logFormat) ?? nonEmpty(env["LOG_FORMAT"]) ?? "text"  // an empty LOG_FORMAT= (an env file) is unset, as for relay start
+        let methodText = nonEmpty(enrollMethod) ?? nonEmpty(env[.gatewayEnrollMethod])
+        let format = nonEmpty(logFormat) ?? nonEmpty(env[.logFormat]) ?? "text"  // an empty LOG_FORMAT= (an env file) is unset, as for relay start
         guard let logFormatValue = RelayLog.Format(rawValue: format) else {
             fail("invalid --log-format \"\(format)\": supported values are \"text\" and \"json\"", status: .usage)
         }
@@ -118,7 +118,7 @@ struct GatewayStart: ParsableCommand {
         if let d = domain, !(d.hasPrefix("https://") || d.hasPrefix("http://")) {
             fail(StartSettings.Problem.domainInvalid(value: d).text, status: .usage)
         }
-        let gatewayName = nonEmpty(name) ?? nonEmpty(env["INFISICAL_GATEWAY_NAME"])
+        let gatewayName = nonEmpty(name) ?? nonEmpty(env[.gatewayName])
         let method: EnrollmentMachine.EnrollMethod?
         if credentialsFile != nil {
             if methodText != nil { fail("--credentials-file runs the gateway standalone, without a platform; it cannot be combined with --enroll-method", status: .usage) }
@@ -140,15 +140,15 @@ struct GatewayStart: ParsableCommand {
             if m == .aws, token != nil { fail("--token is only used with --enroll-method=token", status: .usage) }
             method = m
         }
-        let level = nonEmpty(logLevel) ?? nonEmpty(env["LOG_LEVEL"]) ?? "info"
+        let level = nonEmpty(logLevel) ?? nonEmpty(env[.logLevel]) ?? "info"
         if let problem = StartSettings.logLevelProblem(level) { fail(problem.text, status: .usage) }
         RelayLog.bootstrap(format: logFormatValue, level: RelayLog.level(named: level))
-        signal(SIGPIPE, SIG_IGN)
+        ShutdownSignals.ignoreBrokenPipes()
 
         var options = GatewayStartOptions(name: gatewayName ?? "gateway")
         options.metricsListen = metricsListen
         options.tracePath = traceOut
-        options.targetRelayName = nonEmpty(targetRelayName) ?? nonEmpty(env["INFISICAL_RELAY_NAME"])
+        options.targetRelayName = nonEmpty(targetRelayName) ?? nonEmpty(env[.relayName])
         options.relays = candidates
         options.algorithms = algorithms == "infisical" ? .infisical : .modern
         options.heartbeat.steadyInterval = .seconds(Int64(max(10, heartbeatInterval)))
@@ -164,7 +164,7 @@ struct GatewayStart: ParsableCommand {
         let code: Int32
         if let credentialsFile {
             let text: String
-            switch ReplayFiles.readFile(credentialsFile, limit: 1 << 20) {
+            switch Files.read(credentialsFile, limit: 1 << 20) {
             case .success(let b): text = String(decoding: b, as: UTF8.self)
             case .failure(let e): fail("cannot read \(credentialsFile): \(e.reason)", status: .noInput)
             }
@@ -178,7 +178,7 @@ struct GatewayStart: ParsableCommand {
             let caFile = caFile
             let inputs = EnrolledInputs<any GatewayAPI>(
                 method: method, token: method == .token ? token : nil,
-                resourceId: nonEmpty(gatewayId) ?? nonEmpty(env["INFISICAL_GATEWAY_ID"]),
+                resourceId: nonEmpty(gatewayId) ?? nonEmpty(env[.gatewayId]),
                 domainFlag: domain.map(StartSettings.appendAPIEndpoint),
                 stateDirectory: stateDir ?? StateStore.defaultDirectory(resource: .gateway), environment: env,
                 makeAPI: { domain in HTTPGatewayAPI(domain: domain, caFile: caFile) },
@@ -240,11 +240,11 @@ struct GatewaySystemdInstall: ParsableCommand {
         if let problem = start.problem { fail(problem, status: .usage) }
         let apiURL = StartSettings.domain(flag: domain, stored: nil, cliConfigDomain: nil, environment: env)
         let install = SystemdInstaller.Install(
-            name: gatewayName, method: method, token: token ?? env["INFISICAL_GATEWAY_ENROLLMENT_TOKEN"],
-            relayId: gatewayId ?? env["INFISICAL_GATEWAY_ID"], domain: apiURL, logFile: logFile,
+            name: gatewayName, method: method, token: token ?? env[.gatewayEnrollmentToken],
+            relayId: gatewayId ?? env[.gatewayId], domain: apiURL, logFile: logFile,
             executable: absolute(executable ?? selfExecutable()), arguments: start.arguments, stateDirectory: start.stateDir.map(absolute),
             targetRelayName: targetRelayName)
-        RelayLog.bootstrap(format: .text, level: RelayLog.level(named: env["LOG_LEVEL"]))
+        RelayLog.bootstrap(format: .text, level: RelayLog.level(named: env[.logLevel]))
         let installer = SystemdInstaller(root: root, systemctl: runSystemctl, say: { RelayLog.gateway.info("\($0)") }, resource: .gateway)
         var login: (@Sendable (RelayLoginRequest) -> RelayAPILogin)?
         if method == .token {
@@ -331,26 +331,10 @@ struct GatewaySystemdUninstall: ParsableCommand {
     }
 }
 
-/// Environment access for commands.
-enum CommandEnv {
-    static func get(_ name: String) -> String? { getenv(name).map { String(cString: $0) } }
-}
 
 /// A fresh 64-bit seed for jitter (the model takes it as configuration).
 enum RandomSeed {
     static func fresh() -> UInt64 { UInt64.random(in: 0...UInt64.max) }
 }
 
-/// Blocks until SIGTERM or SIGINT (delivered to this thread with sigwait; no handler code).
-enum ShutdownSignals {
-    static func wait() {
-        var set = sigset_t()
-        sigemptyset(&set)
-        sigaddset(&set, SIGTERM)
-        sigaddset(&set, SIGINT)
-        pthread_sigmask(SIG_BLOCK, &set, nil)
-        var sig: Int32 = 0
-        sigwait(&set, &sig)
-    }
-}
 

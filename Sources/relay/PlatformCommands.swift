@@ -168,15 +168,14 @@ struct AdminConnection: ParsableArguments {
     var caFile: String?
 
     func client() throws -> AdminClient {
-        let env = ProcessEnvironment.self
-        guard let url = domain ?? env.get("RELAY_PLATFORM_URL") else { throw ValidationError("--domain or RELAY_PLATFORM_URL is required") }
+                guard let url = domain ?? Environment.get(.platformURL) else { throw ValidationError("--domain or RELAY_PLATFORM_URL is required") }
         return AdminClient(baseURL: url, adminToken: try token(), http: HTTPClient(caFile: caFile))
     }
 
     func token() throws -> String {
-        var token = adminToken ?? ProcessEnvironment.get("RELAY_ADMIN_TOKEN")
+        var token = adminToken ?? Environment.get(.adminToken)
         if token == nil, let f = adminTokenFile {
-            guard let text = ProcessEnvironment.read(f) else { throw ValidationError("cannot read \(f)") }
+            guard let text = Files.readText(f) else { throw ValidationError("cannot read \(f)") }
             token = text.split(whereSeparator: \.isNewline).first.map(String.init)
         }
         guard let token, !token.isEmpty else { throw ValidationError("an admin token is required (--admin-token-file, --admin-token or RELAY_ADMIN_TOKEN)") }
@@ -543,22 +542,6 @@ struct AdminClient {
     }
 }
 
-enum ProcessEnvironment {
-    static func get(_ name: String) -> String? { getenv(name).map { String(cString: $0) } }
-
-    static func read(_ path: String) -> String? {
-        guard let f = fopen(path, "r") else { return nil }
-        defer { fclose(f) }
-        var out = [UInt8]()
-        var buf = [UInt8](repeating: 0, count: 4096)
-        while true {
-            let n = fread(&buf, 1, buf.count, f)
-            if n <= 0 { break }
-            out += buf[0..<n]
-        }
-        return String(decoding: out, as: UTF8.self)
-    }
-}
 
 extension String {
     var trimmingTrailingSpaces: String {

@@ -57,7 +57,7 @@ struct Start: ParsableCommand {
     @Option(name: .customLong("loops"), help: .hidden) var loops: Int?
 
     func run() throws {
-        RelayRuntime.ShutdownSignals.blockEarly()  // before any thread exists: threads inherit the mask
+        ShutdownSignals.blockEarly()  // before any thread exists: threads inherit the mask
         let env = Environment.current
         let flags = StartSettings.Flags(
             name: name, host: host, type: type, enrollMethod: enrollMethod, tokenGiven: token != nil,
@@ -113,16 +113,3 @@ struct Start: ParsableCommand {
     }
 }
 
-/// The process environment as a dictionary.
-enum Environment {
-    static var current: [String: String] {
-        var out: [String: String] = [:]
-        var p = environ
-        while let entry = p.pointee {
-            let s = String(cString: entry)
-            if let eq = s.firstIndex(of: "=") { out[String(s[..<eq])] = String(s[s.index(after: eq)...]) }
-            p += 1
-        }
-        return out
-    }
-}

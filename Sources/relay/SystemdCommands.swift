@@ -53,7 +53,7 @@ struct SystemdInstall: ParsableCommand {
             fail("invalid --enroll-method \"\(methodText)\": supported values are \"token\" and \"aws\"", status: .usage)
         }
         if let d = domain, !(d.hasPrefix("https://") || d.hasPrefix("http://")) { fail("invalid --domain \"\(d)\": expected the platform's URL", status: .usage) }
-        let token = (token ?? env["INFISICAL_RELAY_ENROLLMENT_TOKEN"]).flatMap { $0.isEmpty ? nil : $0 }
+        let token = (token ?? env[.relayEnrollmentToken]).flatMap { $0.isEmpty ? nil : $0 }
         // relay start's own checks, so that the unit does not fail on them at boot.
         let flags = StartSettings.Flags(
             name: relayName, host: start.host, type: start.type, enrollMethod: methodText, tokenGiven: token != nil,
@@ -66,7 +66,7 @@ struct SystemdInstall: ParsableCommand {
             name: relayName, method: method, token: token, relayId: relayId, domain: apiURL,
             logFile: logFile, executable: absolute(executable ?? selfExecutable()), arguments: start.arguments,
             stateDirectory: start.stateDir.map(absolute), drainTimeoutSeconds: start.drainTimeout ?? 30)
-        RelayLog.bootstrap(format: .text, level: RelayLog.level(named: env["LOG_LEVEL"]))
+        RelayLog.bootstrap(format: .text, level: RelayLog.level(named: env[.logLevel]))
         let installer = SystemdInstaller(root: root, systemctl: runSystemctl, say: { RelayLog.relay.info("\($0)") })
         // The install-time login reads the CA bundle the unit will use (inside --root when given).
         let caFile = start.caFile.map { installer.path(absolute($0)) }

@@ -254,7 +254,7 @@ struct EnrollmentTests {
         let method = target.method
         let attempt = target.failures + 1
         var r = random
-        let delay = TimeSpan(milliseconds: Int64(r.uniform(upTo: UInt64(M.backoffCeiling(failures: attempt, base: config.retryBase, cap: config.retryCap).milliseconds))))
+        let delay = ExponentialBackoff.delay(failures: attempt, base: config.retryBase, cap: config.retryCap, random: &r)
         let retryAt = tg + delay
         let exhausted = attempt >= config.maxStartAttempts
         let serveTimers: [Action] = [.scheduleTimer(timer: .renewal, at: tg + .hours(6)),
@@ -556,6 +556,13 @@ struct EnrollmentTests {
         }
     }
 
+    @Test("State.name is the spec name of every state (metrics and the status file label by it)")
+    func stateNamesMatchSpecNames() {
+        let reached = Set(TargetState.allCases.map { $0.machine.state.name.rawValue })
+        for t in TargetState.allCases { #expect(t.machine.state.name.rawValue == t.machine.stateName, "\(t)") }
+        #expect(reached == Set(M.State.Name.allCases.map(\.rawValue)))
+    }
+
     @Test("grid: every state × event", arguments: cells)
     func grid(_ cell: Cell) {
         var m = cell.target.machine
@@ -663,10 +670,10 @@ struct EnrollmentTests {
     @Test("backoff ceilings double from the base up to the cap, saturating")
     func backoff() {
         let base = TimeSpan.seconds(2), cap = TimeSpan.minutes(5)
-        let ceilings = (0...12).map { M.backoffCeiling(failures: $0, base: base, cap: cap).milliseconds }
+        let ceilings = (0...12).map { ExponentialBackoff.ceiling(failures: $0, base: base, cap: cap).milliseconds }
         #expect(ceilings == [0, 2000, 4000, 8000, 16_000, 32_000, 64_000, 128_000, 256_000, 300_000, 300_000, 300_000, 300_000])
-        #expect(M.backoffCeiling(failures: .max, base: .milliseconds(.max / 3), cap: .milliseconds(.max)).milliseconds == .max)
-        #expect(M.backoffCeiling(failures: 3, base: .zero, cap: cap) == .zero)
+        #expect(ExponentialBackoff.ceiling(failures: .max, base: .milliseconds(.max / 3), cap: .milliseconds(.max)).milliseconds == .max)
+        #expect(ExponentialBackoff.ceiling(failures: 3, base: .zero, cap: cap) == .zero)
     }
 
     @Test("certificates that expire implausibly far away or in the past never wrap a timer")

@@ -471,6 +471,12 @@ struct GatewayTunnelMachineTests {
 
     // MARK: Focused behaviour
 
+    @Test("State.name is the spec name of every state (metrics and readiness label by it)")
+    func stateNamesMatchSpecNames() {
+        for t in TargetState.allCases { #expect(Self.reach(t).state.name.rawValue == Self.reach(t).stateName, "\(t)") }
+        #expect(Set(TargetState.allCases.map { Self.reach($0).state.name }) == Set(M.State.Name.allCases))
+    }
+
     @Test("backoff windows double from 1 s and stop at 30 s")
     func backoffWindows() {
         let m = M(config: M.Config())

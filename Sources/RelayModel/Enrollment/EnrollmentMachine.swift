@@ -83,6 +83,32 @@ public struct EnrollmentMachine: StateMachine {
     // EnrollmentVocabulary.swift.
 
     public enum State: CaseNamed, Equatable, Sendable {
+        /// The state's name without its payload: what metrics label and the status file write, so a
+        /// renamed state breaks the build there instead of silently emptying a gauge.
+        public enum Name: String, CaseIterable, Sendable {
+            case idle, signingAws, loggingIn, loginBackoff, persisting, connecting, connectBackoff, serving
+            case renewing, renewalBackoff, lapsed, lapsedBackoff, failed, stopped
+        }
+
+        public var name: Name {
+            switch self {
+            case .idle: return .idle
+            case .signingAws: return .signingAws
+            case .loggingIn: return .loggingIn
+            case .loginBackoff: return .loginBackoff
+            case .persisting: return .persisting
+            case .connecting: return .connecting
+            case .connectBackoff: return .connectBackoff
+            case .serving: return .serving
+            case .renewing: return .renewing
+            case .renewalBackoff: return .renewalBackoff
+            case .lapsed: return .lapsed
+            case .lapsedBackoff: return .lapsedBackoff
+            case .failed: return .failed
+            case .stopped: return .stopped
+            }
+        }
+
         /// Nothing has happened yet.
         case idle
         /// The runtime is signing an STS GetCallerIdentity request.
@@ -638,22 +664,9 @@ public struct EnrollmentMachine: StateMachine {
         return Instant(milliseconds: r.overflow ? Int64.max : r.partialValue)
     }
 
-    /// Full jitter: uniform in `0 … ceiling(failures)`; advances `random`.
+    /// Full jitter after `failures` consecutive failures (`ExponentialBackoff`); advances `random`.
     private mutating func nextDelay(failures: Int) -> TimeSpan {
-        let ceiling = EnrollmentMachine.backoffCeiling(failures: failures, base: config.retryBase, cap: config.retryCap)
-        return TimeSpan(milliseconds: Int64(random.uniform(upTo: UInt64(ceiling.milliseconds))))
-    }
-
-    /// `min(cap, base · 2^(failures − 1))`, saturating; zero for no failures or non-positive inputs.
-    public static func backoffCeiling(failures: Int, base: TimeSpan, cap: TimeSpan) -> TimeSpan {
-        guard failures > 0, base.milliseconds > 0, cap.milliseconds > 0 else { return .zero }
-        var ceiling = base.milliseconds
-        var doublings = failures - 1
-        while doublings > 0 && ceiling < cap.milliseconds {
-            ceiling = ceiling > Int64.max / 2 ? Int64.max : ceiling * 2
-            doublings -= 1
-        }
-        return TimeSpan(milliseconds: min(ceiling, cap.milliseconds))
+        ExponentialBackoff.delay(failures: failures, base: config.retryBase, cap: config.retryCap, random: &random)
     }
 
     /// When to stop accepting: `now + (notAfter − wallNow) − margin`, saturating; nil when that is

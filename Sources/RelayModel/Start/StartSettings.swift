@@ -137,10 +137,10 @@ public enum StartSettings {
     /// Validates flags and environment in Infisical's order (name, enroll method, host), then ours.
     public static func resolve(_ f: Flags, environment env: [String: String]) -> Result<Resolved, Problem> {
         // 1. name: flag, then INFISICAL_RELAY_NAME (GetCmdFlagOrEnv).
-        guard let name = nonEmpty(f.name) ?? nonEmpty(env["INFISICAL_RELAY_NAME"]) else { return .failure(.nameMissing) }
+        guard let name = nonEmpty(f.name) ?? nonEmpty(env[.relayName]) else { return .failure(.nameMissing) }
         guard isValidName(name) else { return .failure(.nameInvalid(name: name)) }
         // 2. enroll method: flag, then INFISICAL_RELAY_ENROLL_METHOD.
-        let methodText = nonEmpty(f.enrollMethod) ?? nonEmpty(env["INFISICAL_RELAY_ENROLL_METHOD"])
+        let methodText = nonEmpty(f.enrollMethod) ?? nonEmpty(env[.relayEnrollMethod])
         var method: EnrollmentMachine.EnrollMethod?
         if let methodText {
             guard let m = EnrollmentMachine.EnrollMethod(rawValue: methodText) else {
@@ -152,7 +152,7 @@ public enum StartSettings {
         if credentialsFile != nil && method != nil { return .failure(.standaloneWithEnrollMethod) }
         if let a = nonEmpty(f.authMethod), credentialsFile == nil { return .failure(.authMethodUnsupported(value: a)) }
         // 3. host: required only without an enroll method (Infisical); standalone needs none.
-        let host = nonEmpty(f.host) ?? nonEmpty(env["INFISICAL_RELAY_HOST"])
+        let host = nonEmpty(f.host) ?? nonEmpty(env[.relayHost])
         if method == nil && credentialsFile == nil {
             return .failure(host == nil ? .hostMissing : .legacyFlowUnsupported)
         }
@@ -161,9 +161,9 @@ public enum StartSettings {
             return .failure(.portInvalid(flag: flag, value: port))
         }
         if f.sshPort == f.tlsPort && f.sshPort != 0 { return .failure(.portsCollide(port: f.sshPort)) }
-        let format = nonEmpty(f.logFormat) ?? nonEmpty(env["LOG_FORMAT"]) ?? "text"
+        let format = nonEmpty(f.logFormat) ?? nonEmpty(env[.logFormat]) ?? "text"
         guard format == "text" || format == "json" else { return .failure(.logFormatInvalid(value: format)) }
-        let level = nonEmpty(f.logLevel) ?? nonEmpty(env["LOG_LEVEL"]) ?? "info"
+        let level = nonEmpty(f.logLevel) ?? nonEmpty(env[.logLevel]) ?? "info"
         if let problem = logLevelProblem(level) { return .failure(problem) }
         var domainFlag: String?
         if let d = nonEmpty(f.domain) {
@@ -171,7 +171,7 @@ public enum StartSettings {
             domainFlag = appendAPIEndpoint(d)
         }
         if method == .token, f.tokenGiven, let problem = f.tokenProblem { return .failure(.tokenMalformed(reason: problem)) }
-        let relayId = nonEmpty(f.relayId) ?? nonEmpty(env["INFISICAL_RELAY_ID"])
+        let relayId = nonEmpty(f.relayId) ?? nonEmpty(env[.relayId])
         let mode: Mode
         if let method { mode = .enrolled(method: method) } else { mode = .standalone(credentialsFile: credentialsFile!) }
         return .success(Resolved(name: name, mode: mode, relayId: relayId, domainFlag: domainFlag, logFormat: format,
@@ -187,7 +187,7 @@ public enum StartSettings {
 
     /// The domain some source names, in precedence order; nil when none does (the default applies).
     static func namedDomain(flag: String?, stored: String?, cliConfigDomain: String?, environment env: [String: String]) -> String? {
-        nonEmpty(flag) ?? nonEmpty(stored) ?? nonEmpty(cliConfigDomain) ?? nonEmpty(env["INFISICAL_DOMAIN"]) ?? nonEmpty(env["INFISICAL_API_URL"])
+        nonEmpty(flag) ?? nonEmpty(stored) ?? nonEmpty(cliConfigDomain) ?? nonEmpty(env[.domain]) ?? nonEmpty(env[.apiURL])
     }
 
     /// The line a start logs when no source named a platform, so an operator of a self-hosted

@@ -28,7 +28,8 @@
 ///
 /// ## Invariants
 /// - Each state owns at most one timer (`State.pendingTimer`); leaving a state cancels it.
-/// - Backoff delays are drawn from `0 … min(cap, base · 2^failures)` with `SeededRandom`.
+/// - Backoff delays are drawn from `0 … min(cap, base · 2^failures)` (`ExponentialBackoff`, shared with
+///   enrollment) with `SeededRandom`.
 /// - Only healthy candidates are dialed, and never one held down while another is not.
 /// - `closed` absorbs every event without actions.
 /// - `credentialsReplaced` dials only from `backoff` (failure count kept); during an attempt it
@@ -309,6 +310,26 @@ public struct GatewayTunnelMachine: StateMachine {
         case draining(Draining)
         /// Terminal.
         case closed(ClosedReason)
+
+        /// The state's name without its payload (metrics labels, readiness): a renamed state breaks
+        /// the build there instead of silently changing what they report.
+        public enum Name: String, CaseIterable, Sendable {
+            case idle, searching, dialing, handshaking, authenticating, established, backoff, draining, closed
+        }
+
+        public var name: Name {
+            switch self {
+            case .idle: return .idle
+            case .searching: return .searching
+            case .dialing: return .dialing
+            case .handshaking: return .handshaking
+            case .authenticating: return .authenticating
+            case .established: return .established
+            case .backoff: return .backoff
+            case .draining: return .draining
+            case .closed: return .closed
+            }
+        }
 
         /// The one timer this state owns, if any (Specs §1 "Timers").
         public var pendingTimer: TimerKind? {
@@ -739,21 +760,15 @@ public struct GatewayTunnelMachine: StateMachine {
     /// Records the failure, draws the jittered delay and enters `backoff`.
     private mutating func failAndBackOff(relay: String?, _ now: Instant) -> TimeSpan {
         if let relay { lastFailure[relay] = now }
-        let delay = TimeSpan(milliseconds: Int64(random.uniform(upTo: UInt64(backoffWindow(failures: failures).milliseconds))))
+        let delay = ExponentialBackoff.delay(failures: failures + 1, base: config.backoffBase, cap: config.backoffCap, random: &random)
         failures = min(failures + 1, 1000)
         state = .backoff(Backoff(delay: delay, until: now + delay))
         return delay
     }
 
-    /// `min(cap, base · 2^failures)`, without overflow; never negative.
+    /// The jitter window after `n` earlier consecutive failures: `ExponentialBackoff.ceiling(failures: n + 1, …)`,
+    /// i.e. `min(cap, base · 2^n)`.
     public func backoffWindow(failures n: Int) -> TimeSpan {
-        let cap = max(0, config.backoffCap.milliseconds)
-        var window = min(max(0, config.backoffBase.milliseconds), cap)
-        var left = n
-        while left > 0, window > 0, window < cap {
-            window = window > cap / 2 ? cap : window * 2
-            left -= 1
-        }
-        return TimeSpan(milliseconds: window)
+        ExponentialBackoff.ceiling(failures: max(0, n) + 1, base: config.backoffBase, cap: config.backoffCap)
     }
 }

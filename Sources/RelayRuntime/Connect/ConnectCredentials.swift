@@ -102,7 +102,7 @@ public final class ConnectCredentialSource: Sendable {
         gatewayId = Mutex(nil)
         current = Mutex(nil)
         let text: String
-        switch ReplayFiles.readFile(path, limit: 1 << 20) {
+        switch Files.read(path, limit: 1 << 20) {
         case .success(let b): text = String(decoding: b, as: UTF8.self)
         case .failure(let e): throw .invalidInput("cannot read \(path): \(e.reason)")
         }

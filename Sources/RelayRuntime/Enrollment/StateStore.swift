@@ -83,7 +83,7 @@ public final class StateStore: @unchecked Sendable {
     public static func defaultDirectory(resource: EnrollmentMachine.Resource = .relay) -> String {
         let leaf = resource == .relay ? "relays" : "gateways"
         if geteuid() == 0 { return "/etc/infisical/" + leaf }
-        let home = getenv("HOME").map { String(cString: $0) } ?? ""
+        let home = Environment.get(.home) ?? ""
         return (home.isEmpty ? "." : home) + "/.infisical/" + leaf
     }
 
@@ -100,7 +100,7 @@ public final class StateStore: @unchecked Sendable {
             throw .directory(path: directory, problem: "does not let this user create \(lockPath): \(String(cString: strerror(errno)))")
         }
         if flock(fd, LOCK_EX | LOCK_NB) != 0 {
-            let holder = FileBytes.read(fd: fd, limit: 32).map { String(decoding: $0, as: UTF8.self).trimmingCharacters() }
+            let holder = Files.read(fd: fd, limit: 32).map { String(decoding: $0, as: UTF8.self).trimmingCharacters() }
             close(fd)
             throw .locked(name: relayName, lockPath: lockPath, holder: holder.flatMap { $0.isEmpty ? nil : $0 }, resource: resource)
         }
@@ -233,7 +233,7 @@ public final class StateStore: @unchecked Sendable {
         guard fstat(fd, &st2) == 0, st2.st_ino == st.st_ino, st2.st_dev == st.st_dev else {
             return .unreadable("changed while it was being read")
         }
-        guard let bytes = FileBytes.read(fd: fd, limit: StateStore.maxStateBytes) else {
+        guard let bytes = Files.read(fd: fd, limit: StateStore.maxStateBytes) else {
             return .unreadable("larger than \(StateStore.maxStateBytes) bytes or unreadable")
         }
         return .bytes(bytes)
@@ -332,59 +332,10 @@ public final class StateStore: @unchecked Sendable {
         }
         let bytes = Array(StateStore.encode(c, relayName: relayName, now: Clock.wallNow(), resource: resource).utf8)
         let temp = directory + "/." + relayName + ".json.tmp-\(getpid())"
-        unlink(temp)
-        let fd = Glibc.open(temp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw WriteError(reason: "cannot create \(temp): \(String(cString: strerror(errno)))") }
-        var closed = false
-        func fail(_ what: String) -> WriteError {
-            let e = WriteError(reason: "\(what): \(String(cString: strerror(errno)))")
-            if !closed { close(fd) }
-            unlink(temp)
-            return e
+        if let problem = Files.writeAtomically(bytes, to: path, mode: 0o600, temp: temp, syncDirectory: true,
+                                               stage: { Failpoint.hit("persist-" + $0.rawValue) }) {
+            throw WriteError(reason: problem)
         }
-        _ = fchmod(fd, 0o600)  // whatever the umask
-        let half = bytes.count / 2
-        guard FileBytes.writeAll(fd: fd, bytes[0..<half]) else { throw fail("writing \(temp)") }
-        Failpoint.hit("persist-partial")
-        guard FileBytes.writeAll(fd: fd, bytes[half...]) else { throw fail("writing \(temp)") }
-        guard fsync(fd) == 0 else { throw fail("fsync \(temp)") }
-        closed = true
-        guard close(fd) == 0 else { throw fail("close \(temp)") }
-        Failpoint.hit("persist-before-rename")
-        guard rename(temp, path) == 0 else { throw fail("rename \(temp) to \(path)") }
-        Failpoint.hit("persist-after-rename")
-        let dfd = Glibc.open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if dfd >= 0 {
-            let ok = fsync(dfd) == 0
-            close(dfd)
-            if !ok { throw WriteError(reason: "fsync \(directory): \(String(cString: strerror(errno)))") }
-        }
-    }
-}
-
-/// Bounded whole-file reads and complete writes on raw descriptors.
-enum FileBytes {
-    /// Reads from the current offset to EOF; nil when more than `limit` bytes or on an error.
-    static func read(fd: Int32, limit: Int) -> [UInt8]? {
-        var out: [UInt8] = []
-        var buf = [UInt8](repeating: 0, count: 16384)
-        while true {
-            let n = buf.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
-            if n == 0 { return out }
-            if n < 0 { if errno == EINTR { continue }; return nil }
-            out.append(contentsOf: buf[0..<n])
-            if out.count > limit { return nil }
-        }
-    }
-
-    static func writeAll(fd: Int32, _ bytes: ArraySlice<UInt8>) -> Bool {
-        var off = bytes.startIndex
-        while off < bytes.endIndex {
-            let n = bytes[off...].withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
-            if n < 0 { if errno == EINTR { continue }; return false }
-            off += n
-        }
-        return true
     }
 }
 

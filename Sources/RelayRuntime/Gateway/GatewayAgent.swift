@@ -89,7 +89,7 @@ public final class GatewayAgent: @unchecked Sendable {
     }
 
     /// The tunnel machine's state (`established`, `backoff`, …), for metrics and readiness.
-    public var tunnelState: String { machine.stateName }
+    public var tunnelState: GatewayTunnelMachine.State.Name { machine.read { $0.state.name } }
 
     public func start() {
         loop.start(name: "gateway-loop")
@@ -116,7 +116,7 @@ public final class GatewayAgent: @unchecked Sendable {
     }
 
     private func checkClosed() {
-        guard machine.stateName == "closed", let s = stopped else { return }
+        guard tunnelState == .closed, let s = stopped else { return }
         stopped = nil
         s()
     }
@@ -270,22 +270,5 @@ public final class GatewayAgent: @unchecked Sendable {
                 }
             }
         }
-    }
-}
-
-extension GatewayAgent {
-    /// Heartbeats to the platform (`POST /api/v2/gateways/heartbeat`), scheduled by the
-    /// `HeartbeatMachine` in its gateway role (Specs/heartbeat.md) on this agent's loop.
-    public func startHeartbeats(api: PlatformAPIClient, accessToken: String, steadyInterval: TimeSpan, trace: TraceRecorder?) -> HeartbeatDriver {
-        var config = HeartbeatMachine.Config.gateway
-        config.steadyInterval = steadyInterval
-        let driver = HeartbeatDriver(
-            config: config, instance: options.credentials.gatewayId, loop: loop, trace: trace,
-            send: { token in
-                do { try api.gatewayHeartbeat(accessToken: token); return .success } catch { return .failure("\(error)") }
-            },
-            accessToken: { accessToken }, report: { _ in })
-        driver.start()
-        return driver
     }
 }

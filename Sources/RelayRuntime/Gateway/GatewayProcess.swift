@@ -115,9 +115,6 @@ public final class GatewayProcess: @unchecked Sendable {
 
     /// The `alpn` label values of the channel and byte counters (`none`: no ALPN was negotiated).
     static let alpnModes = ["infisical-tcp-proxy", "infisical-http-proxy", "infisical-ping", "infisical-health", "none"]
-    static let tunnelStates = ["idle", "searching", "dialing", "handshaking", "authenticating", "established", "backoff", "draining", "closed"]
-    static let enrollmentStates = ["idle", "signingAws", "loggingIn", "loginBackoff", "persisting", "connecting", "connectBackoff", "serving",
-                                   "renewing", "renewalBackoff", "lapsed", "lapsedBackoff", "failed", "stopped"]
 
     // MARK: Readiness and metrics
 
@@ -126,24 +123,24 @@ public final class GatewayProcess: @unchecked Sendable {
         if draining.load(ordering: .acquiring) { return .notReady("shutting down") }
         guard let a = agent.withLock({ $0 }) else { return .notReady("no tunnel yet (enrolling or lapsed)") }
         let state = a.tunnelState
-        return state == "established" ? .ready : .notReady("tunnel \(state)")
+        return state == .established ? .ready : .notReady("tunnel \(state.rawValue)")
     }
 
-    func renderMetrics(enrollmentState: String?) -> String {
+    func renderMetrics(enrollmentState: EnrollmentMachine.State.Name?) -> String {
         let r = metrics
         ProcessMetrics.update(r)
         let ready: Bool
         if case .ready = readiness() { ready = true } else { ready = false }
         r.set("gateway_ready", ready ? 1 : 0)
-        let tunnel = agent.withLock { $0?.tunnelState } ?? "idle"
-        for s in GatewayProcess.tunnelStates { r.set("gateway_tunnel_state", s == tunnel ? 1 : 0, labels: [("state", s)]) }
+        let tunnel = agent.withLock { $0?.tunnelState } ?? .idle
+        for s in GatewayTunnelMachine.State.Name.allCases { r.set("gateway_tunnel_state", s == tunnel ? 1 : 0, labels: [("state", s.rawValue)]) }
         if let state = enrollmentState {
-            for s in GatewayProcess.enrollmentStates { r.set("gateway_enrollment_state", s == state ? 1 : 0, labels: [("state", s)]) }
+            for s in EnrollmentMachine.State.Name.allCases { r.set("gateway_enrollment_state", s == state ? 1 : 0, labels: [("state", s.rawValue)]) }
         }
         return r.render()
     }
 
-    private func startMetrics(enrollmentState: @escaping @Sendable () -> String?) -> Bool {
+    private func startMetrics(enrollmentState: @escaping @Sendable () -> EnrollmentMachine.State.Name?) -> Bool {
         guard let address = options.metricsListen else { return true }
         let m = MetricsServer(address: address, loop: control,
                               render: { [unowned self] in renderMetrics(enrollmentState: enrollmentState()) },
@@ -243,13 +240,13 @@ public final class GatewayProcess: @unchecked Sendable {
             return error.exitStatus.rawValue
         }
         let reading = store.read()
-        let start = EnrolledStart(inputs, reading: reading, accessTokenVariable: "INFISICAL_GATEWAY_ACCESS_TOKEN", resource: .gateway)
+        let start = EnrolledStart(inputs, reading: reading, accessTokenVariable: .gatewayAccessToken, resource: .gateway)
         let domain = start.domain, api = start.api, fromEnvironment = start.fromEnvironment
         let legacyAccessToken = start.legacyAccessToken, held = start.held
 
         control.start(name: "gateway-control")
         let machineRef = Mutex<Driven<EnrollmentMachine>?>(nil)
-        guard startMetrics(enrollmentState: { machineRef.withLock { $0?.stateName } }) else { return 1 }
+        guard startMetrics(enrollmentState: { machineRef.withLock { $0?.read { $0.state.name } } }) else { return 1 }
         let heartbeatRef = Mutex<HeartbeatDriver?>(nil)
 
         let target = options.targetRelayName

@@ -63,7 +63,7 @@ public enum RelayLog {
             if a == "--" { break }
             if a == "--log-format" { chosen = it.next() } else if a.hasPrefix("--log-format=") { chosen = String(a.dropFirst("--log-format=".count)) }
         }
-        return Format(rawValue: chosen ?? environment["LOG_FORMAT"] ?? "text") ?? .text
+        return Format(rawValue: chosen ?? environment[.logFormat] ?? "text") ?? .text
     }
 
     public static func level(named name: String?) -> Logger.Level {

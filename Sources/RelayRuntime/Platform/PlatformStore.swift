@@ -328,34 +328,8 @@ enum FileSystem {
 
     /// Writes `text` to `path` with `mode` through a temporary file, fsync and rename.
     static func writeAtomically(_ text: String, to path: String, mode: mode_t) throws {
-        let tmp = path + ".tmp-\(getpid())"
-        let fd = open(tmp, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, mode)
-        guard fd >= 0 else { throw RuntimeError.errno("open \(tmp)", errno) }
-        fchmod(fd, mode)
-        let bytes = Array(text.utf8)
-        var off = 0
-        while off < bytes.count {
-            let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + off, bytes.count - off) }
-            if n < 0 { let e = errno; close(fd); unlink(tmp); throw RuntimeError.errno("write \(tmp)", e) }
-            off += n
-        }
-        fsync(fd)
-        close(fd)
-        guard rename(tmp, path) == 0 else { let e = errno; unlink(tmp); throw RuntimeError.errno("rename \(path)", e) }
+        if let problem = Files.writeAtomically(Array(text.utf8), to: path, mode: mode) { throw RuntimeError.invalidInput(problem) }
     }
 
-    static func readText(_ path: String) -> String? {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return nil }
-        defer { close(fd) }
-        var out = [UInt8]()
-        var buf = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = read(fd, &buf, buf.count)
-            if n <= 0 { break }
-            out += buf[0..<n]
-            if out.count > 16 << 20 { return nil }
-        }
-        return String(decoding: out, as: UTF8.self)
-    }
+    static func readText(_ path: String) -> String? { Files.readText(path, limit: 16 << 20) }
 }

@@ -56,11 +56,6 @@ public struct PlatformAPIClient: Sendable {
         }
     }
 
-    /// `POST /api/v2/gateways/heartbeat` (the platform pings back through the relay).
-    public func gatewayHeartbeat(accessToken: String) throws(Failure) {
-        _ = try call("POST", "/api/v2/gateways/heartbeat", bearer: accessToken, body: .object([("capabilities", .object([]))]))
-    }
-
     /// Ours (admin): identities for `relay connect` to reach a target through a gateway.
     /// `lifetimeSeconds` (ours, 1-300): shorter-lived credentials; nil: the platform's 5 minutes.
     public func connectCredentials(adminToken: String, gatewayId: String, targetHost: String, targetPort: Int,

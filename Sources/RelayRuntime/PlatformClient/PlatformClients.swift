@@ -21,7 +21,7 @@ public enum PlatformClients {
                 return .failure(.init(reason: "\(error)"))
             }
         }
-        return DefaultAWSLoginSigner(chain: AWSCredentialChain(environment: environment, home: environment["HOME"] ?? "", fetch: fetch))
+        return DefaultAWSLoginSigner(chain: AWSCredentialChain(environment: environment, home: environment[.home] ?? "", fetch: fetch))
     }
 
     /// `relay doctor`'s platform check: `GET url`, its status and `Date` header, trusting

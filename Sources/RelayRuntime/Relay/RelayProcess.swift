@@ -37,7 +37,7 @@ struct EnrolledStart<API> {
     let legacyAccessToken: String?
     let held: String?
 
-    init(_ inputs: EnrolledInputs<API>, reading: StateStore.Reading, accessTokenVariable: String,
+    init(_ inputs: EnrolledInputs<API>, reading: StateStore.Reading, accessTokenVariable: EnvironmentVariable,
          resource: EnrollmentMachine.Resource = .relay) {
         domain = StartSettings.domain(flag: inputs.domainFlag, stored: reading.domain,
                                       cliConfigDomain: RelayProcess.cliConfigDomain(environment: inputs.environment),
@@ -164,7 +164,7 @@ public final class RelayProcess: @unchecked Sendable {
         }
     }
 
-    func renderMetrics(enrollmentState: String?) -> String {
+    func renderMetrics(enrollmentState: EnrollmentMachine.State.Name?) -> String {
         let r = metrics.registry
         ProcessMetrics.update(r)
         let ready: Bool
@@ -179,15 +179,14 @@ public final class RelayProcess: @unchecked Sendable {
             r.set("relay_certificate_expires_in_seconds", Double(notAfter - Clock.wallNow().seconds))
         }
         if let state = enrollmentState {
-            for s in ["idle", "signingAws", "loggingIn", "loginBackoff", "persisting", "connecting", "connectBackoff", "serving",
-                      "renewing", "renewalBackoff", "lapsed", "lapsedBackoff", "failed", "stopped"] {
-                r.set("relay_enrollment_state", s == state ? 1 : 0, labels: [("state", s)])
+            for s in EnrollmentMachine.State.Name.allCases {
+                r.set("relay_enrollment_state", s == state ? 1 : 0, labels: [("state", s.rawValue)])
             }
         }
         return r.render()
     }
 
-    private func startMetrics(enrollmentState: @escaping @Sendable () -> String?) -> Bool {
+    private func startMetrics(enrollmentState: @escaping @Sendable () -> EnrollmentMachine.State.Name?) -> Bool {
         guard let address = options.metricsListen else { return true }
         let m = MetricsServer(address: address, loop: control,
                               render: { [unowned self] in renderMetrics(enrollmentState: enrollmentState()) },
@@ -248,7 +247,7 @@ public final class RelayProcess: @unchecked Sendable {
         if stat(path, &st) == 0, st.st_mode & 0o077 != 0 {
             RelayLog.relay.warning("The credentials file \(path) holds private keys but other users can read it (mode \(StateStore.octal(st.st_mode & 0o777))); chmod 600 it")
         }
-        switch ReplayFiles.readFile(path, limit: 1 << 20) {
+        switch Files.read(path, limit: 1 << 20) {
         case .failure(let e): return .failure(CommandFailure(message: "Cannot read the credentials file \(path): \(e.reason)", status: .noInput))
         case .success(let bytes):
             do {
@@ -333,15 +332,15 @@ public final class RelayProcess: @unchecked Sendable {
         status.withLock {
             $0 = (inputs.stateDirectory, RelayStatus(relayName: options.relayName, pid: getpid(), listenAddress: options.listenAddress,
                                                      sshPort: options.sshPort, tlsPort: options.tlsPort, metricsListen: options.metricsListen,
-                                                     caFile: options.caFile, enrollment: "idle", updatedAt: Clock.wallNow().seconds))
+                                                     caFile: options.caFile, enrollment: EnrollmentMachine.State.Name.idle.rawValue, updatedAt: Clock.wallNow().seconds))
         }
-        let start = EnrolledStart(inputs, reading: reading, accessTokenVariable: "INFISICAL_RELAY_ACCESS_TOKEN")
+        let start = EnrolledStart(inputs, reading: reading, accessTokenVariable: .relayAccessToken)
         let domain = start.domain, api = start.api, fromEnvironment = start.fromEnvironment
         let legacyAccessToken = start.legacyAccessToken, held = start.held
 
         control.start(name: "relay-control")
         let machineRef = Mutex<Driven<EnrollmentMachine>?>(nil)
-        guard startMetrics(enrollmentState: { machineRef.withLock { $0?.stateName } }) else { return 1 }
+        guard startMetrics(enrollmentState: { machineRef.withLock { $0?.read { $0.state.name } } }) else { return 1 }
         let heartbeatRef = Mutex<HeartbeatDriver?>(nil)
 
         let metrics = metrics
@@ -351,18 +350,18 @@ public final class RelayProcess: @unchecked Sendable {
                 if failure == nil, !heartbeatStarted.exchange(true, ordering: .acquiringAndReleasing) {
                     heartbeatRef.withLock { $0 }?.start()
                 }
-                updateStatus { $0.enrollment = failure == nil ? "serving" : "failed" }
+                updateStatus { $0.enrollment = (failure == nil ? EnrollmentMachine.State.Name.serving : .failed).rawValue }
                 return failure
             },
             applyCertificates: { [unowned self] creds in
                 do { try server.withLock { $0 }?.replaceCredentials(creds) } catch {
                     RelayLog.relay.error("Failed to apply renewed certificates: \(error)")
                 }
-                updateStatus { $0.enrollment = "serving" }
+                updateStatus { $0.enrollment = EnrollmentMachine.State.Name.serving.rawValue }
             },
             stopAccepting: { [unowned self] in
                 server.withLock { $0 }?.stopAccepting()
-                updateStatus { $0.enrollment = "not accepting" }
+                updateStatus { $0.enrollment = RelayStatus.notAccepting }
             },
             finish: { [gate] outcome in
                 switch outcome {
@@ -410,17 +409,17 @@ public final class RelayProcess: @unchecked Sendable {
         }
         driver.waitForWrites(timeout: .seconds(10))
         heartbeat.stop()
-        updateStatus { $0.enrollment = code == 0 ? "stopping" : "failed" }
+        updateStatus { $0.enrollment = code == 0 ? RelayStatus.stopping : EnrollmentMachine.State.Name.failed.rawValue }
         shutDown()
-        updateStatus { $0.enrollment = code == 0 ? "stopped" : "failed" }
+        updateStatus { $0.enrollment = (code == 0 ? EnrollmentMachine.State.Name.stopped : .failed).rawValue }
         withExtendedLifetime(store) {}
         return code
     }
 
     /// `LoggedInUserDomain` from the Infisical CLI's `~/.infisical/infisical-config.json`, if any.
     static func cliConfigDomain(environment: [String: String]) -> String? {
-        guard let home = environment["HOME"], !home.isEmpty,
-              case .success(let bytes) = ReplayFiles.readFile(home + "/.infisical/infisical-config.json", limit: 1 << 20),
+        guard let home = environment[.home], !home.isEmpty,
+              case .success(let bytes) = Files.read(home + "/.infisical/infisical-config.json", limit: 1 << 20),
               let json = try? Jansson.parse(bytes: bytes), case .object(let o) = json,
               case .string(let d)? = o.first(where: { $0.key == "LoggedInUserDomain" })?.value, !d.isEmpty else { return nil }
         return d

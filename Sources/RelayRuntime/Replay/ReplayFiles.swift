@@ -13,29 +13,10 @@ public enum ReplayFiles {
         public var errors: [String]
     }
 
-    /// Reads a whole file (bounded), or a one-line reason.
-    public static func readFile(_ path: String, limit: Int = Jansson.maxDocumentBytes) -> Result<[UInt8], FileReadError> {
-        guard let f = fopen(path, "rb") else { return .failure(FileReadError(path: path, reason: String(cString: strerror(errno)))) }
-        defer { fclose(f) }
-        var out: [UInt8] = []
-        var buf = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = fread(&buf, 1, buf.count, f)
-            if n > 0 { out.append(contentsOf: buf[0..<n]) }
-            if out.count > limit { return .failure(FileReadError(path: path, reason: "larger than \(limit) bytes")) }
-            if n < buf.count {
-                if ferror(f) != 0 { return .failure(FileReadError(path: path, reason: String(cString: strerror(errno)))) }
-                break
-            }
-        }
-        return .success(out)
-    }
-
     public struct LoadError: Error, Sendable { public var message: String }
-    public struct FileReadError: Error, Sendable { public var path: String; public var reason: String }
 
     public static func loadFixture(path: String) -> Result<Fixture, LoadError> {
-        switch readFile(path) {
+        switch Files.read(path) {
         case .failure(let e): return .failure(LoadError(message: "\(path): cannot read: \(e.reason)"))
         case .success(let bytes):
             let json: JSONValue
@@ -46,7 +27,7 @@ public enum ReplayFiles {
 
     /// A fixture file, or a `--trace-out` JSON Lines trace (one fixture per machine instance).
     public static func loadFixtures(path: String) -> Result<[Fixture], LoadError> {
-        switch readFile(path) {
+        switch Files.read(path) {
         case .failure(let e): return .failure(LoadError(message: "\(path): cannot read: \(e.reason)"))
         case .success(let bytes):
             if let whole = try? Jansson.parse(bytes: bytes) {

@@ -226,7 +226,7 @@ extension StateStore {
         guard (st.st_mode & S_IFMT) == S_IFREG else { return .unreadable("not a regular file") }
         guard st.st_uid == geteuid() else { return .refused(.foreignOwned) }
         guard st.st_mode & 0o077 == 0 else { return .refused(.worldReadable) }
-        switch ReplayFiles.readFile(path, limit: maxStateBytes) {
+        switch Files.read(path, limit: maxStateBytes) {
         case .success(let b): return .bytes(b)
         case .failure(let e): return .unreadable(e.reason)
         }

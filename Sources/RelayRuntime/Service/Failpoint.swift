@@ -8,7 +8,7 @@ import Glibc
 /// `after-login`, `persist-partial` (half the temporary state file written), `persist-before-rename`,
 /// `persist-after-rename`. Unset in production; reading one environment variable is the only cost.
 enum Failpoint {
-    static let armed: String? = getenv("RELAY_FAILPOINT").map { String(cString: $0) }
+    static let armed: String? = Environment.get(.failpoint)
 
     static func hit(_ name: String) {
         guard let armed, armed == name else { return }

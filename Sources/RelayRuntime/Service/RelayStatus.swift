@@ -31,30 +31,30 @@ public struct RelayStatus: Codable, Equatable, Sendable {
     public var metricsListen: String?
     /// `--ca-file` of the run (absolute), for `relay doctor`'s platform check.
     public var caFile: String?
+    /// The enrollment machine's state (`EnrollmentMachine.State.Name`), or one of the two
+    /// runtime phases below that no machine state names.
     public var enrollment: String?
     public var certificateNotAfter: Int64?
     public var heartbeat: Heartbeat?
     public var updatedAt: Int64
+
+    /// `enrollment` while the data plane has stopped accepting (lapsed, or on its way out).
+    public static let notAccepting = "not accepting"
+    /// `enrollment` while a stopped relay drains.
+    public static let stopping = "stopping"
 
     public static func path(directory: String, relayName: String) -> String { directory + "/" + relayName + ".status.json" }
 
     /// Writes atomically (temp, fsync, rename); failures are reported, never fatal.
     public func write(directory: String) -> String? {
         let final = RelayStatus.path(directory: directory, relayName: relayName)
-        let temp = final + ".tmp-\(getpid())"
         let text: String
         do { text = try JSONText.encode(self, pretty: true) + "\n" } catch { return "\(error)" }
-        unlink(temp)
-        let fd = open(temp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { return "cannot create \(temp): \(String(cString: strerror(errno)))" }
-        let ok = FileBytes.writeAll(fd: fd, Array(text.utf8)[...]) && fsync(fd) == 0
-        close(fd)
-        guard ok, rename(temp, final) == 0 else { unlink(temp); return "cannot write \(final): \(String(cString: strerror(errno)))" }
-        return nil
+        return Files.writeAtomically(Array(text.utf8), to: final, mode: 0o600).map { "cannot write \(final): \($0)" }
     }
 
     public static func read(directory: String, relayName: String) -> RelayStatus? {
-        guard case .success(let b) = ReplayFiles.readFile(path(directory: directory, relayName: relayName), limit: 1 << 16) else { return nil }
+        guard case .success(let b) = Files.read(path(directory: directory, relayName: relayName), limit: 1 << 16) else { return nil }
         return try? JSONText.decode(RelayStatus.self, from: String(decoding: b, as: UTF8.self))
     }
 }

@@ -48,19 +48,19 @@ public enum RunningRelays {
             guard let eq = kv.firstIndex(of: "=") else { return nil }
             return (String(kv[..<eq]), String(kv[kv.index(after: eq)...]))
         }, uniquingKeysWith: { a, _ in a })
-        guard (flag("--name") ?? env["INFISICAL_RELAY_NAME"]) == name else { return nil }
+        guard (flag("--name") ?? env[.relayName]) == name else { return nil }
         if let d = flag("--state-dir") {
             if d.hasPrefix("/") { return d }
             guard let cwd else { return nil }
             return cwd + "/" + (d.hasPrefix("./") ? String(d.dropFirst(2)) : d)
         }
         if uid == 0 { return "/etc/infisical/relays" }
-        guard let home = env["HOME"], !home.isEmpty else { return nil }
+        guard let home = env[.home], !home.isEmpty else { return nil }
         return home + "/.infisical/relays"
     }
 
     private static func nulSeparated(_ path: String) -> [String]? {
-        guard case .success(let bytes) = ReplayFiles.readFile(path, limit: 1 << 20), !bytes.isEmpty else { return nil }
+        guard case .success(let bytes) = Files.read(path, limit: 1 << 20), !bytes.isEmpty else { return nil }
         return bytes.split(separator: 0, omittingEmptySubsequences: false).map { String(decoding: $0, as: UTF8.self) }.filter { !$0.isEmpty }
     }
 
@@ -73,7 +73,7 @@ public enum RunningRelays {
 
     /// The effective uid from `/proc/PID/status` (`Uid: real effective saved fs`).
     private static func uid(_ path: String) -> UInt32? {
-        guard case .success(let bytes) = ReplayFiles.readFile(path, limit: 1 << 16) else { return nil }
+        guard case .success(let bytes) = Files.read(path, limit: 1 << 16) else { return nil }
         for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n") where line.hasPrefix("Uid:") {
             let fields = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
             if fields.count >= 3 { return UInt32(fields[2]) }

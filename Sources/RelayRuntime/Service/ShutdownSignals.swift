@@ -24,12 +24,32 @@ public final class ShutdownSignals: @unchecked Sendable {
     /// Blocks SIGINT and SIGTERM in the calling thread and ignores SIGPIPE. Call first thing in
     /// `main`, before any thread exists.
     public static func blockEarly() {
+        var set = ShutdownSignals.stopSet()
+        pthread_sigmask(SIG_BLOCK, &set, nil)
+        ignoreBrokenPipes()
+    }
+
+    /// SIGINT and SIGTERM, the signals that stop a process.
+    private static func stopSet() -> sigset_t {
         var set = sigset_t()
         sigemptyset(&set)
         sigaddset(&set, SIGINT)
         sigaddset(&set, SIGTERM)
-        pthread_sigmask(SIG_BLOCK, &set, nil)
-        signal(SIGPIPE, SIG_IGN)
+        return set
+    }
+
+    /// SIGPIPE ignored process-wide (DESIGN D4), for commands that take no stop signals.
+    public static func ignoreBrokenPipes() { signal(SIGPIPE, SIG_IGN) }
+
+    /// Blocks the calling thread until SIGTERM or SIGINT (taken with sigwait, no handler code);
+    /// returns the signal. For commands that only wait to be stopped (`relay connect`, the demo, bench).
+    @discardableResult
+    public static func waitForStop() -> Int32 {
+        blockEarly()
+        var set = ShutdownSignals.stopSet()
+        var sig: Int32 = 0
+        while sigwait(&set, &sig) != 0 {}
+        return sig
     }
 
     /// Starts the signal thread. The returned object lives for the rest of the process.
@@ -53,10 +73,7 @@ public final class ShutdownSignals: @unchecked Sendable {
     public var received: Int { count.load(ordering: .acquiring) }
 
     private func run() {
-        var set = sigset_t()
-        sigemptyset(&set)
-        sigaddset(&set, SIGINT)
-        sigaddset(&set, SIGTERM)
+        var set = ShutdownSignals.stopSet()
         while true {
             var sig: Int32 = 0
             guard sigwait(&set, &sig) == 0 else { continue }

@@ -284,7 +284,7 @@ public struct SystemdInstaller: Sendable {
         var st = stat()
         guard lstat(p, &st) == 0 else { return errno == ENOENT ? .absent : .unreadable(String(cString: strerror(errno))) }
         guard st.st_mode & S_IFMT == S_IFREG else { return .unreadable("not a regular file") }
-        guard case .success(let bytes) = ReplayFiles.readFile(p, limit: 1 << 20) else { return .unreadable("cannot be read") }
+        guard case .success(let bytes) = Files.read(p, limit: 1 << 20) else { return .unreadable("cannot be read") }
         let text = String(decoding: bytes, as: UTF8.self)
         let lines = text.split(separator: "\n", maxSplits: 2, omittingEmptySubsequences: false)
         guard lines.count == 3, SystemdInstaller.markerPrefixes.contains(where: { lines[0].hasPrefix($0) }),
@@ -301,7 +301,7 @@ public struct SystemdInstaller: Sendable {
         case .absent, .unreadable: return false
         case .foreign: break
         }
-        guard case .success(let bytes) = ReplayFiles.readFile(p, limit: 1 << 20) else { return false }
+        guard case .success(let bytes) = Files.read(p, limit: 1 << 20) else { return false }
         let lines = String(decoding: bytes, as: UTF8.self).split(separator: "\n").map(String.init)
         let verb = resource == .relay ? ["start"] : ["gateway", "start"]
         let exec = lines.first { $0.hasPrefix("ExecStart=") }.map { SystemdInstaller.unquoteSystemdWords(String($0.dropFirst(10))) } ?? []
@@ -512,7 +512,7 @@ public struct SystemdInstaller: Sendable {
 
     /// The state file read without its lock (a running service holds the lock).
     private func storedContents(directory: String, name: String) -> StateStore.Contents? {
-        guard case .success(let b) = ReplayFiles.readFile(directory + "/" + name + ".json", limit: 1 << 20) else { return nil }
+        guard case .success(let b) = Files.read(directory + "/" + name + ".json", limit: 1 << 20) else { return nil }
         return try? StateStore.decode(b, relayName: name, resource: resource).get()
     }
 
@@ -522,7 +522,7 @@ public struct SystemdInstaller: Sendable {
     private func retireEarlierUnit(_ name: String, stop: Bool) -> Failure? {
         let bare = bareUnitPath(name), unit = unitName(name)
         var log: String?
-        if case .success(let b) = ReplayFiles.readFile(bare, limit: 1 << 20) { log = SystemdInstaller.recorded(in: String(decoding: b, as: UTF8.self)).logFile }
+        if case .success(let b) = Files.read(bare, limit: 1 << 20) { log = SystemdInstaller.recorded(in: String(decoding: b, as: UTF8.self)).logFile }
         var active = false
         if managesSystemd {
             if stop { _ = systemctl(["stop", name]) } else { active = systemctl(["is-active", "--quiet", name]) == 0 }
@@ -530,7 +530,7 @@ public struct SystemdInstaller: Sendable {
         }
         if unlink(bare) != 0 && errno != ENOENT { return Failure("failed to remove \(bare): \(String(cString: strerror(errno)))") }
         let bareLog = bareLogrotatePath(name)
-        if let log, case .success(let b) = ReplayFiles.readFile(bareLog, limit: 1 << 16),
+        if let log, case .success(let b) = Files.read(bareLog, limit: 1 << 16),
            String(decoding: b, as: UTF8.self) == SystemdInstaller.logrotate(logFile: log) || ownership(bareLog) != .foreign {
             unlink(bareLog)
         }
@@ -599,7 +599,7 @@ public struct SystemdInstaller: Sendable {
     private func uninstallLegacy() -> Result<Void, Failure> {
         let service = "infisical-\(resource.rawValue)"
         let unit = path("/etc/systemd/system/\(service).service")
-        if case .success(let b) = ReplayFiles.readFile(unit, limit: 1 << 20) {
+        if case .success(let b) = Files.read(unit, limit: 1 << 20) {
             let verb = resource == .relay ? "relay start" : "gateway start"
             guard String(decoding: b, as: UTF8.self).split(separator: "\n").contains(where: { $0.hasPrefix("ExecStart=") && $0.contains(verb) }) else {
                 return .failure(Failure("\(unit) does not run '\(verb)'; it is left as it is", .configuration))
@@ -620,7 +620,7 @@ public struct SystemdInstaller: Sendable {
     // MARK: Files
 
     private func legacyConfValue(_ key: String) -> String? {
-        guard case .success(let b) = ReplayFiles.readFile(path("/etc/infisical/\(resource.rawValue).conf"), limit: 1 << 16) else { return nil }
+        guard case .success(let b) = Files.read(path("/etc/infisical/\(resource.rawValue).conf"), limit: 1 << 16) else { return nil }
         for line in String(decoding: b, as: UTF8.self).split(separator: "\n") where line.hasPrefix(key + "=") {
             return String(line.dropFirst(key.count + 1))
         }
@@ -641,18 +641,7 @@ public struct SystemdInstaller: Sendable {
 
     /// Atomic: temp file with `mode`, fsync, rename.
     private func writeFile(_ p: String, _ text: String, mode: mode_t) -> Failure? {
-        let temp = p + ".tmp-\(getpid())"
-        unlink(temp)
-        let fd = open(temp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode)
-        guard fd >= 0 else { return Failure("failed to write \(p): \(String(cString: strerror(errno)))") }
-        _ = fchmod(fd, mode)
-        let ok = FileBytes.writeAll(fd: fd, Array(text.utf8)[...]) && fsync(fd) == 0
-        close(fd)
-        guard ok, rename(temp, p) == 0 else {
-            unlink(temp)
-            return Failure("failed to write \(p): \(String(cString: strerror(errno)))")
-        }
-        return nil
+        Files.writeAtomically(Array(text.utf8), to: p, mode: mode).map { Failure("failed to write \(p): \($0)") }
     }
 }
 

@@ -15,7 +15,7 @@ public enum SystemdNotify {
 
     @discardableResult
     public static func notify(_ state: String, socketPath: String? = nil) -> Outcome {
-        let env = getenv("NOTIFY_SOCKET").map { String(cString: $0) }
+        let env = Environment.get(.notifySocket)
         guard let path = socketPath ?? env, !path.isEmpty else { return .notRequested }
         var bytes = Array(path.utf8)
         guard bytes.first == UInt8(ascii: "/") || bytes.first == UInt8(ascii: "@") else {

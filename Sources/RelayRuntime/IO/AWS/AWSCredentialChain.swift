@@ -47,10 +47,10 @@ public struct AWSCredentialChain: Sendable {
 
     /// Credentials and region, or why not (never a secret in the reason).
     public func resolve() -> Result<(credentials: AWSCredentials, region: String), Failure> {
-        let profileName = env("AWS_PROFILE") ?? env("AWS_DEFAULT_PROFILE") ?? "default"
-        let explicitProfile = env("AWS_PROFILE") != nil || env("AWS_DEFAULT_PROFILE") != nil
-        let credentialsFile = env("AWS_SHARED_CREDENTIALS_FILE") ?? home + "/.aws/credentials"
-        let configFile = env("AWS_CONFIG_FILE") ?? home + "/.aws/config"
+        let profileName = env(.awsProfile) ?? env(.awsDefaultProfile) ?? "default"
+        let explicitProfile = env(.awsProfile) != nil || env(.awsDefaultProfile) != nil
+        let credentialsFile = env(.awsSharedCredentialsFile) ?? home + "/.aws/credentials"
+        let configFile = env(.awsConfigFile) ?? home + "/.aws/config"
         let fromCredentials = AWSCredentialChain.iniSection(path: credentialsFile, section: profileName)
         let fromConfig = AWSCredentialChain.iniSection(path: configFile, section: profileName == "default" ? "default" : "profile \(profileName)")
 
@@ -78,7 +78,7 @@ public struct AWSCredentialChain: Sendable {
         }
         // 4. IMDSv2.
         var imdsTried = false
-        if credentials == nil, env("AWS_EC2_METADATA_DISABLED")?.lowercased() != "true" {
+        if credentials == nil, env(.awsEC2MetadataDisabled)?.lowercased() != "true" {
             imdsTried = true
             switch fromInstanceMetadata() {
             case .success(let pair): credentials = pair?.credentials; imdsToken = pair?.token
@@ -92,7 +92,7 @@ public struct AWSCredentialChain: Sendable {
             return .failure(Failure(reason: "no AWS credentials found; looked in " + looked.joined(separator: ", ")))
         }
         // Region.
-        let region = env("AWS_REGION") ?? env("AWS_DEFAULT_REGION") ?? fromConfig?["region"] ?? imdsRegion(token: imdsToken)
+        let region = env(.awsRegion) ?? env(.awsDefaultRegion) ?? fromConfig?["region"] ?? imdsRegion(token: imdsToken)
         guard let region else {
             return .failure(Failure(reason: "no AWS region configured: set AWS_REGION (or AWS_DEFAULT_REGION, or region in the profile \"\(profileName)\")"))
         }
@@ -100,20 +100,20 @@ public struct AWSCredentialChain: Sendable {
         return .success((credentials, region))
     }
 
-    private func env(_ k: String) -> String? {
+    private func env(_ k: EnvironmentVariable) -> String? {
         guard let v = environment[k], !v.isEmpty else { return nil }
         return v
     }
 
     private func fromEnvironment() -> Result<AWSCredentials?, Failure> {
-        let id = env("AWS_ACCESS_KEY_ID") ?? env("AWS_ACCESS_KEY")
-        let secret = env("AWS_SECRET_ACCESS_KEY") ?? env("AWS_SECRET_KEY")
+        let id = env(.awsAccessKeyId) ?? env(.awsAccessKey)
+        let secret = env(.awsSecretAccessKey) ?? env(.awsSecretKey)
         switch (id, secret) {
         case (nil, nil): return .success(nil)
         case (.some, nil): return .failure(Failure(reason: "AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not"))
         case (nil, .some): return .failure(Failure(reason: "AWS_SECRET_ACCESS_KEY is set but AWS_ACCESS_KEY_ID is not"))
         case let (id?, secret?):
-            return .success(AWSCredentials(accessKeyId: id, secretAccessKey: secret, sessionToken: env("AWS_SESSION_TOKEN"), source: "environment"))
+            return .success(AWSCredentials(accessKeyId: id, secretAccessKey: secret, sessionToken: env(.awsSessionToken), source: "environment"))
         }
     }
 
@@ -137,9 +137,9 @@ public struct AWSCredentialChain: Sendable {
 
     private func fromContainer() -> Result<AWSCredentials?, Failure> {
         let url: String
-        if let rel = env("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI") {
+        if let rel = env(.awsContainerCredentialsRelativeURI) {
             url = containerBase + (rel.hasPrefix("/") ? rel : "/" + rel)
-        } else if let full = env("AWS_CONTAINER_CREDENTIALS_FULL_URI") {
+        } else if let full = env(.awsContainerCredentialsFullURI) {
             guard AWSCredentialChain.isAllowedContainerURL(full) else {
                 return .failure(Failure(reason: "AWS_CONTAINER_CREDENTIALS_FULL_URI must be https or a loopback http address"))
             }
@@ -148,12 +148,12 @@ public struct AWSCredentialChain: Sendable {
             return .success(nil)
         }
         var headers: [(name: String, value: String)] = []
-        if let file = env("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE") {
-            switch ReplayFiles.readFile(file, limit: 16384) {
+        if let file = env(.awsContainerAuthorizationTokenFile) {
+            switch Files.read(file, limit: 16384) {
             case .success(let b): headers.append(("Authorization", String(decoding: b, as: UTF8.self).trimmingCharacters()))
             case .failure(let e): return .failure(Failure(reason: "cannot read AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE \(file): \(e.reason)"))
             }
-        } else if let token = env("AWS_CONTAINER_AUTHORIZATION_TOKEN") {
+        } else if let token = env(.awsContainerAuthorizationToken) {
             headers.append(("Authorization", token))
         }
         switch fetch.perform("GET", url, headers) {
@@ -165,7 +165,7 @@ public struct AWSCredentialChain: Sendable {
     }
 
     var imdsEndpoint: String {
-        var e = env("AWS_EC2_METADATA_SERVICE_ENDPOINT") ?? "http://169.254.169.254"
+        var e = env(.awsEC2MetadataServiceEndpoint) ?? "http://169.254.169.254"
         while e.hasSuffix("/") { e.removeLast() }
         return e
     }
@@ -229,7 +229,7 @@ public struct AWSCredentialChain: Sendable {
     /// One section of an AWS INI file (`[name]`, `key = value`, `#`/`;` comments); nil when the file
     /// or the section does not exist.
     static func iniSection(path: String, section: String) -> [String: String]? {
-        guard case .success(let bytes) = ReplayFiles.readFile(path, limit: 1 << 20) else { return nil }
+        guard case .success(let bytes) = Files.read(path, limit: 1 << 20) else { return nil }
         var current: String?
         var found: [String: String]?
         for raw in String(decoding: bytes, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: true) {

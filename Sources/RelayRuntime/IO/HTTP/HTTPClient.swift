@@ -181,7 +181,7 @@ extension HTTPClient {
     /// `--ca-file` checked before any request: missing or unreadable (66) or without a PEM
     /// certificate (65) fail the command at once instead of every request failing later.
     public static func checkCAFile(_ path: String, flag: String = "--ca-file") -> CommandFailure? {
-        switch ReplayFiles.readFile(path, limit: 16 << 20) {
+        switch Files.read(path, limit: 16 << 20) {
         case .failure(let e):
             return CommandFailure(message: "cannot read \(flag) \(path): \(e.reason)", status: .noInput)
         case .success(let bytes):
