@@ -315,6 +315,21 @@ public struct TunnelRegistryMachine: StateMachine {
         /// Terminal; nothing registered.
         case stopped(StoppedReason)
 
+        /// The state's name without its payload: the driver compares this, so a renamed state breaks
+        /// the build there instead of silently never matching.
+        public enum Name: String, CaseIterable, Sendable {
+            case idle, serving, draining, stopped
+        }
+
+        public var name: Name {
+            switch self {
+            case .idle: return .idle
+            case .serving: return .serving
+            case .draining: return .draining
+            case .stopped: return .stopped
+            }
+        }
+
         /// The table, where there is one.
         public var table: Table? {
             switch self {

@@ -142,7 +142,7 @@ final class RegistryDriver: GatewaySessionDelegate, @unchecked Sendable {
     }
 
     private func checkStopped() {
-        guard machine.stateName == "stopped", let done = onStopped else { return }
+        guard machine.read({ $0.state.name }) == .stopped, let done = onStopped else { return }
         onStopped = nil
         done()
     }
