@@ -338,7 +338,7 @@ struct EnrollmentTests {
             }
         case "persisting":
             let purpose = target == .persistingImport ? "legacy import" : method == .aws ? "aws login" : "token enrollment"
-            let connect: [Action] = [log(.startingRelay), .requestConnect]
+            let connect: [Action] = [log(.startingRelay), .requestConnect(relayName: nil)]
             switch kind {
             case .stateWritten:
                 let done: [Action] = target == .persistingImport ? [] : method == .aws ? [log(.awsAuthenticated(statePath: path))] : [log(.relayEnrolled(statePath: path))]
@@ -368,7 +368,7 @@ struct EnrollmentTests {
             }
             switch kind {
             case .connectSucceeded:
-                return Expected(guardText: "certificates usable", actions: [log(.connected), .startServing] + serveTimers, state: "serving")
+                return Expected(guardText: "certificates usable", actions: [log(.connected), .startServing, .startHeartbeats] + serveTimers, state: "serving")
             case .connectUnauthorized:
                 return Expected(actions: [log(.credentialRejected(method: method)), finish(.credentialRejected)], state: "failed")
             case .shutdownRequested: return Expected(actions: [log(.shuttingDown), stop], state: "stopped")
@@ -376,15 +376,15 @@ struct EnrollmentTests {
             }
         case "connectBackoff":
             switch kind {
-            case .retryTimerFired: return Expected(actions: [.requestConnect], state: "connecting")
+            case .retryTimerFired: return Expected(actions: [.requestConnect(relayName: nil)], state: "connecting")
             case .shutdownRequested: return Expected(actions: [log(.shuttingDown), .cancelTimer(timer: .retry), stop], state: "stopped")
             default: return kind.isTimer ? ignored : unexpected
             }
         case "serving":
             switch kind {
-            case .renewalTimerFired: return Expected(actions: [log(.renewingCertificates), .requestConnect], state: "renewing")
+            case .renewalTimerFired: return Expected(actions: [log(.renewingCertificates), .requestConnect(relayName: nil)], state: "renewing")
             case .expiryTimerFired:
-                return Expected(actions: [pathExpiryLog, .stopAccepting, .cancelTimer(timer: .renewal), .requestConnect], state: "lapsed")
+                return Expected(actions: [pathExpiryLog, .stopAccepting, .cancelTimer(timer: .renewal), .requestConnect(relayName: nil)], state: "lapsed")
             case .listenFailed:
                 return Expected(actions: [log(.listenFailed(reason: "bind 0.0.0.0:2222: Address already in use")), .stopAccepting,
                                           .cancelTimer(timer: .renewal), .cancelTimer(timer: .expiry), finish(.listenFailed)], state: "failed")
@@ -419,7 +419,7 @@ struct EnrollmentTests {
             let lapsed = name == "lapsedBackoff"
             switch kind {
             case .retryTimerFired:
-                return Expected(actions: [log(.renewingCertificates), .requestConnect], state: lapsed ? "lapsed" : "renewing")
+                return Expected(actions: [log(.renewingCertificates), .requestConnect(relayName: nil)], state: lapsed ? "lapsed" : "renewing")
             case .expiryTimerFired where !lapsed:
                 return Expected(actions: [pathExpiryLog, .stopAccepting], state: "lapsedBackoff")
             case .shutdownRequested:
@@ -477,7 +477,7 @@ struct EnrollmentTests {
 
         var expected: Expected {
             let s = EnrollmentTests.self
-            let connect: [Action] = [s.log(.startingRelay), .requestConnect]
+            let connect: [Action] = [s.log(.startingRelay), .requestConnect(relayName: nil)]
             let imported = s.log(.legacyStateImported(relayName: "relay-7f3c", statePath: s.path))
             let login = Expected(guardText: "token, token presented",
                                  actions: [s.log(.enrollingWithToken), .sendLogin(request: .token(tokenHash: s.presented))], state: "loggingIn")
@@ -754,8 +754,13 @@ struct EnrollmentTests {
         var loginAttempts = 0
         var connectAttempts = 0
         var everServed = false
+        /// A first connect succeeded (and served); the relay it named, for gateways.
+        var everSucceeded = false
+        var pinned: String?
+        var heartbeatsStarted = 0
 
-        mutating func check(_ event: Event, now: Instant, _ actions: [Action], before: M.State, after: M.State) -> [String] {
+        mutating func check(_ event: Event, now: Instant, _ actions: [Action], before: M.State, after: M.State,
+                            machineHeartbeatsStarted: Bool) -> [String] {
             var problems: [String] = []
             func require(_ ok: Bool, _ what: @autoclosure () -> String) { if !ok { problems.append(what()) } }
             let unexpectedOnly = actions.count == 1 && { if case .log(.unexpectedEvent) = actions[0] { return true } else { return false } }()
@@ -817,15 +822,32 @@ struct EnrollmentTests {
                     default: problems.append("persistEnrollment(\(token)) in answer to \(event.specName)")
                     }
                     require(method != .aws || token == .none, "an access token was persisted with aws")
-                case .requestConnect:
+                case .requestConnect(let relayName):
                     require(outstanding == nil, "two requests in flight"); outstanding = .connect
+                    if config.resource == .relay {
+                        require(relayName == nil, "a relay asked for a relay by name")
+                    } else if everSucceeded {
+                        require(relayName == (pinned ?? config.targetRelayName), "a connect after the first success asked for \(relayName ?? "any relay"), not the pinned \(pinned ?? "-")")
+                    } else {
+                        require(relayName == config.targetRelayName, "a first connect asked for \(relayName ?? "any relay"), not the target")
+                    }
                     require(method != .aws || awsFreshLogin, "connected with aws before a fresh AWS login")
                     if !everServed {
                         connectAttempts += 1
                         require(connectAttempts <= config.maxStartAttempts, "more first-connect attempts than maxStartAttempts")
                     }
                 case .startServing:
-                    require(!accepting, "startServing while accepting"); accepting = true; everServed = true
+                    require(!accepting, "startServing while accepting"); accepting = true
+                    if !everServed, case let .connectSucceeded(_, relayName, _, _) = event {
+                        everSucceeded = true
+                        if config.resource == .gateway { pinned = relayName }
+                    }
+                    everServed = true
+                case .startHeartbeats:
+                    heartbeatsStarted += 1
+                    require(heartbeatsStarted == 1, "startHeartbeats emitted \(heartbeatsStarted) times in one run")
+                    require(i > 0 && actions[i - 1] == .startServing, "startHeartbeats not right after startServing")
+                    if case .connectSucceeded = event {} else { problems.append("startHeartbeats in answer to \(event.specName)") }
                 case .applyCertificates: require(accepting, "applyCertificates while not accepting")
                 case .stopAccepting: require(accepting, "stopAccepting while not accepting"); accepting = false
                 case let .scheduleTimer(t, at):
@@ -840,6 +862,7 @@ struct EnrollmentTests {
                 }
             }
             require(finished == after.isTerminal, "entered \(after.specName) with finish = \(finished)")
+            require((heartbeatsStarted == 1) == machineHeartbeatsStarted, "heartbeatsStarted disagrees with the actions seen")
             if finished { require(pending.isEmpty && !accepting, "finished with timers pending or still accepting") }
             require(Set(pending.keys) == EnrollmentTests.expectedTimers(after.specName),
                     "pending timers \(pending.keys.map(\.rawValue).sorted()) in \(after.specName)")
@@ -903,7 +926,12 @@ struct EnrollmentTests {
     func properties() async {
         let total = PropertyStepCounter()
         await propertyCheck(count: 800, input: Self.stepGen) { steps in
-            let config = M.Config(relayName: "relay-7f3c", maxStartAttempts: 4, seed: UInt64(steps.count))
+            // A third of the runs are gateways, half of those with --target-relay-name (pinning, §8).
+            let gateway = steps.count % 3 == 0
+            let config = M.Config(relayName: "relay-7f3c", maxStartAttempts: 4, seed: UInt64(steps.count),
+                                  resource: gateway ? .gateway : .relay,
+                                  targetRelayName: gateway && steps.count % 2 == 0 ? "relay-target" : nil)
+            let names: [String?] = gateway ? ["relay-eu-1", "relay-us-2", nil] : [nil]
             var m = M(config: config)
             var obs = Observer(config: config)
             var clock: Int64 = 0
@@ -940,7 +968,7 @@ struct EnrollmentTests {
                     case .connect:
                         let w = wall(now)
                         switch variant {
-                        case 0, 1, 2, 3: event = .connectSucceeded(notAfter: w + 86_400, now: now, wallNow: w)
+                        case 0, 1, 2, 3: event = .connectSucceeded(notAfter: w + 86_400, relayName: names[choice % names.count], now: now, wallNow: w)
                         case 4: event = .connectSucceeded(notAfter: choice % 2 == 0 ? w + 100 : w + -10, now: now, wallNow: w)
                         case 5, 6: event = .connectFailed(failure: [.rateLimited, .unreachable(reason: "timed out"), .serverError(status: 500),
                                                                     .unusableCredentials(reason: "bad PEM"),
@@ -963,7 +991,8 @@ struct EnrollmentTests {
                 let before = m.state
                 let actions = m.handle(event)
                 trace.append((before, event, actions, m.state))
-                let problems = obs.check(event, now: now, actions, before: before, after: m.state)
+                let problems = obs.check(event, now: now, actions, before: before, after: m.state,
+                                         machineHeartbeatsStarted: m.heartbeatsStarted)
                 if !problems.isEmpty {
                     let lines = trace.map { "\($0.before.specName) + \($0.event) → \($0.after.specName) \($0.actions.map(\.specName))" }
                     Issue.record("step \(trace.count): \(problems.joined(separator: "; "))\ntrace:\n\(lines.joined(separator: "\n"))")
@@ -1119,6 +1148,24 @@ struct EnrollmentTests {
         try Fixtures.record(M.self, "gateway-aws-without-id", description: "A gateway with --enroll-method=aws but no --gateway-id, INFISICAL_GATEWAY_ID or stored id: fails at once.",
                             config: gw, events: [
                                 (nil, gwStart(.aws, 0)),
+                            ])
+        let pinning = M.Config(relayName: "gw-edge-1", seed: 7, resource: .gateway, targetRelayName: "relay-eu-1")
+        let gwEnrolled = Self.stored(Self.presented, token: true, relayId: gatewayId)
+        func gwConnected(_ t: Int64, _ notAfter: UnixTime? = nil) -> Event {
+            .connectSucceeded(notAfter: notAfter ?? wall(t) + 86_400, relayName: "relay-eu-1", now: at(t), wallNow: wall(t))
+        }
+        try Fixtures.record(M.self, "gateway-pins-relay", description: "A gateway with --target-relay-name relay-eu-1: the first connect asks for it, the success names it and it is pinned; the renewal, and the connects after a lapse, ask for the pinned relay; heartbeats start once, not again when serving resumes.",
+                            config: pinning, events: [
+                                (nil, gwStart(.token, token: Self.presented, file: .present(state: gwEnrolled), 0)),
+                                (nil, gwConnected(1, wall(0) + 8 * 3600)),
+                                (nil, .renewalTimerFired(now: at(1 + sixHours))),
+                                (nil, .connectFailed(failure: .unreachable(reason: "connection refused"), now: at(2 + sixHours))),
+                                (nil, .expiryTimerFired(now: at(8 * 3600 - 300))),
+                                (nil, .retryTimerFired(now: at(8 * 3600 - 299))),
+                                (nil, gwConnected(8 * 3600 - 298)),
+                                (nil, .renewalTimerFired(now: at(8 * 3600 - 298 + sixHours))),
+                                (nil, gwConnected(8 * 3600 - 297 + sixHours)),
+                                (nil, .shutdownRequested(now: at(8 * 3600 - 296 + sixHours))),
                             ])
         #expect(Fixtures.files(M.machineName).count >= 5)
     }

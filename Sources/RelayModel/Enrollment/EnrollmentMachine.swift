@@ -63,15 +63,18 @@ public struct EnrollmentMachine: StateMachine {
         public var seed: UInt64
         /// Relay or gateway (Specs/enrollment.md §8): the same decisions, other paths and words.
         public var resource: Resource
+        /// Gateways: `--target-relay-name`, the relay to ask for until a connect pinned one (§8).
+        /// Ignored for relays.
+        public var targetRelayName: String?
 
         public init(
             relayName: String, renewalInterval: TimeSpan = .hours(6), retryBase: TimeSpan = .seconds(2),
             retryCap: TimeSpan = .minutes(5), maxStartAttempts: Int = 8, expiryMargin: TimeSpan = .minutes(5),
-            seed: UInt64 = 0, resource: Resource = .relay
+            seed: UInt64 = 0, resource: Resource = .relay, targetRelayName: String? = nil
         ) {
             self.relayName = relayName; self.renewalInterval = renewalInterval; self.retryBase = retryBase
             self.retryCap = retryCap; self.maxStartAttempts = maxStartAttempts; self.expiryMargin = expiryMargin
-            self.seed = seed; self.resource = resource
+            self.seed = seed; self.resource = resource; self.targetRelayName = targetRelayName
         }
     }
 
@@ -189,8 +192,9 @@ public struct EnrollmentMachine: StateMachine {
         case stateWritten(now: Instant)
         /// Writing the state file failed.
         case stateWriteFailed(reason: String, now: Instant)
-        /// Connect answered 200; `notAfter` is the earliest certificate expiry.
-        case connectSucceeded(notAfter: UnixTime, now: Instant, wallNow: UnixTime)
+        /// Connect answered 200; `notAfter` is the earliest certificate expiry; `relayName` the relay
+        /// the credentials name (gateways; nil for relays).
+        case connectSucceeded(notAfter: UnixTime, relayName: String? = nil, now: Instant, wallNow: UnixTime)
         /// Connect failed.
         case connectFailed(failure: ConnectFailure, now: Instant)
         /// The retry timer fired.
@@ -225,10 +229,13 @@ public struct EnrollmentMachine: StateMachine {
         case sendLogin(request: LoginRequest)
         /// Write the state file atomically (D5); the access token as named.
         case persistEnrollment(tokenHash: String?, relayId: String?, domain: String, accessToken: AccessTokenToPersist)
-        /// `POST /api/v2/relays/connect` with the access token held.
-        case requestConnect
+        /// `POST /api/v2/relays/connect` with the access token held (gateways: `/api/v3/gateways/connect`
+        /// asking for `relayName`, the pinned relay or the configured target; nil: any).
+        case requestConnect(relayName: String?)
         /// Accept connections on both listeners with the certificates just received.
         case startServing
+        /// Start the heartbeat driver: once per run, right after the first `startServing`.
+        case startHeartbeats
         /// Use the certificates just received for new connections.
         case applyCertificates
         /// Stop accepting new connections (existing sessions end on their own).
@@ -246,7 +253,7 @@ public struct EnrollmentMachine: StateMachine {
             case .sendLogin(let r): return "sendLogin(\(r.caseName))"
             case .scheduleTimer(let t, _): return "scheduleTimer(\(t.rawValue))"
             case .cancelTimer(let t): return "cancelTimer(\(t.rawValue))"
-            case .signAwsLogin, .persistEnrollment, .requestConnect, .startServing, .applyCertificates,
+            case .signAwsLogin, .persistEnrollment, .requestConnect, .startServing, .startHeartbeats, .applyCertificates,
                  .stopAccepting, .finish:
                 return caseName
             }
@@ -259,6 +266,11 @@ public struct EnrollmentMachine: StateMachine {
     public private(set) var state: State
     /// The jitter source; advances once per scheduled retry.
     public private(set) var random: SeededRandom
+    /// `startHeartbeats` was emitted: serving started in this run (Specs/enrollment.md §6.10). A run
+    /// stopped by a signal while this is false is not a success.
+    public private(set) var heartbeatsStarted = false
+    /// Gateways: the relay the first successful connect named; every later connect asks for it (§8).
+    public private(set) var pinnedRelay: String?
 
     public init(config: Config) {
         self.config = config
@@ -278,7 +290,7 @@ public struct EnrollmentMachine: StateMachine {
         case let .loginFailed(failure, now): return onLoginFailed(event, failure, now)
         case .stateWritten: return onStateWritten(event)
         case let .stateWriteFailed(reason, _): return onStateWriteFailed(event, reason)
-        case let .connectSucceeded(notAfter, now, wallNow): return onConnectSucceeded(event, notAfter, now, wallNow)
+        case let .connectSucceeded(notAfter, relayName, now, wallNow): return onConnectSucceeded(event, notAfter, relayName, now, wallNow)
         case let .connectFailed(failure, now): return onConnectFailed(event, failure, now)
         case let .retryTimerFired(now): return onRetryTimerFired(now)
         case let .renewalTimerFired(now): return onRenewalTimerFired(now)
@@ -354,7 +366,7 @@ public struct EnrollmentMachine: StateMachine {
                                        accessToken: imported.hasAccessToken ? .imported : .none)]
         }
         state = .connecting(ConnectContext(method: .token, domain: s.domain, failures: 0))
-        return [.log(message: greeting), .log(message: .startingRelay), .requestConnect]
+        return [.log(message: greeting), .log(message: .startingRelay), .requestConnect(relayName: connectTarget)]
     }
 
     private mutating func startWithAws(_ s: Start, stored: StoredState?) -> [Action] {
@@ -477,12 +489,13 @@ public struct EnrollmentMachine: StateMachine {
 
     private mutating func beginConnect(_ p: PersistContext) -> [Action] {
         state = .connecting(ConnectContext(method: p.method, domain: p.domain, failures: 0))
-        return [.log(message: .startingRelay), .requestConnect]
+        return [.log(message: .startingRelay), .requestConnect(relayName: connectTarget)]
     }
 
     // MARK: - Connect answers
 
-    private mutating func onConnectSucceeded(_ event: Event, _ notAfter: UnixTime, _ now: Instant, _ wallNow: UnixTime) -> [Action] {
+    private mutating func onConnectSucceeded(_ event: Event, _ notAfter: UnixTime, _ relayName: String?, _ now: Instant,
+                                             _ wallNow: UnixTime) -> [Action] {
         let expiry = expiryInstant(notAfter: notAfter, now: now, wallNow: wallNow)
         let tooSoon = "the certificates received expire at \(EnrollmentFormat.date(notAfter)), within \(EnrollmentFormat.span(config.expiryMargin)) of now (\(EnrollmentFormat.date(wallNow))); check this host's clock"
         switch state {
@@ -492,7 +505,9 @@ public struct EnrollmentMachine: StateMachine {
                 return connectAttemptFailed(c, problem: tooSoon, now: now)
             }
             state = .serving(ServingContext(method: c.method, domain: c.domain, notAfter: notAfter, failures: 0))
-            return [.log(message: .connected), .startServing] + serveTimers(now: now, expiry: expiry)
+            if config.resource == .gateway, pinnedRelay == nil { pinnedRelay = relayName }
+            heartbeatsStarted = true
+            return [.log(message: .connected), .startServing, .startHeartbeats] + serveTimers(now: now, expiry: expiry)
         case .renewing(var sv):
             guard let expiry else {
                 return renewalAttemptFailed(&sv, problem: tooSoon, now: now, lapsed: false)
@@ -579,13 +594,13 @@ public struct EnrollmentMachine: StateMachine {
             }
         case .connectBackoff(let c):
             state = .connecting(c)
-            return [.requestConnect]
+            return [.requestConnect(relayName: connectTarget)]
         case .renewalBackoff(let sv):
             state = .renewing(sv)
-            return [.log(message: .renewingCertificates), .requestConnect]
+            return [.log(message: .renewingCertificates), .requestConnect(relayName: connectTarget)]
         case .lapsedBackoff(let sv):
             state = .lapsed(sv)
-            return [.log(message: .renewingCertificates), .requestConnect]
+            return [.log(message: .renewingCertificates), .requestConnect(relayName: connectTarget)]
         case .idle, .signingAws, .loggingIn, .persisting, .connecting, .serving, .renewing, .lapsed, .failed, .stopped:
             return []  // not pending: a fire that raced with its cancellation
         }
@@ -595,7 +610,7 @@ public struct EnrollmentMachine: StateMachine {
         switch state {
         case .serving(let sv):
             state = .renewing(sv)
-            return [.log(message: .renewingCertificates), .requestConnect]
+            return [.log(message: .renewingCertificates), .requestConnect(relayName: connectTarget)]
         case .idle, .signingAws, .loggingIn, .loginBackoff, .persisting, .connecting, .connectBackoff, .renewing,
              .renewalBackoff, .lapsed, .lapsedBackoff, .failed, .stopped:
             return []  // not pending
@@ -607,7 +622,7 @@ public struct EnrollmentMachine: StateMachine {
         case .serving(let sv):
             state = .lapsed(sv)
             return [.log(message: .certificatesLapsed(notAfter: sv.notAfter)), .stopAccepting, .cancelTimer(timer: .renewal),
-                    .requestConnect]
+                    .requestConnect(relayName: connectTarget)]
         case .renewing(let sv):
             state = .lapsed(sv)
             return [.log(message: .certificatesLapsed(notAfter: sv.notAfter)), .stopAccepting]
@@ -648,6 +663,11 @@ public struct EnrollmentMachine: StateMachine {
     }
 
     // MARK: - Helpers
+
+    /// The relay a connect asks for: the pinned one, else the configured target; never one for relays.
+    private var connectTarget: String? {
+        config.resource == .gateway ? pinnedRelay ?? config.targetRelayName : nil
+    }
 
     private mutating func fail(_ reason: FailureReason, _ actions: [Action]) -> [Action] {
         state = .failed(reason: reason)

@@ -9,11 +9,12 @@ import Synchronization
 /// (it loads, and its earliest expiry). Specs/enrollment.md §1, §8.
 struct EnrollmentPlatform<Credentials: Sendable>: Sendable {
     var login: @Sendable (RelayLoginRequest) -> RelayAPILogin
-    var connect: @Sendable (_ accessToken: String) -> Connected
+    /// `relayName`: the relay to ask for, as the machine's `requestConnect` says (gateways).
+    var connect: @Sendable (_ accessToken: String, _ relayName: String?) -> Connected
 
-    /// What a connect gave.
+    /// What a connect gave: the credentials and the relay they name (gateways; nil for relays).
     enum Connected: Sendable {
-        case success(Credentials)
+        case success(Credentials, relayName: String?)
         case failure(EnrollmentMachine.ConnectFailure)
     }
     /// The credentials' earliest expiry, or why they cannot be used (→ `unusableCredentials`).
@@ -25,9 +26,9 @@ extension EnrollmentPlatform where Credentials == RelayCredentials {
     static func relay(_ api: any RelayAPI, relayName: String) -> Self {
         EnrollmentPlatform(
             login: { api.login($0) },
-            connect: { token in
+            connect: { token, _ in
                 switch api.connect(accessToken: token) {
-                case .success(let c): return .success(c)
+                case .success(let c): return .success(c, relayName: nil)
                 case .failure(let f): return .failure(f)
                 }
             },
@@ -54,6 +55,8 @@ final class EnrollmentDriver<Credentials: Sendable>: @unchecked Sendable {
         /// New handshakes use these credentials.
         var applyCertificates: @Sendable (Credentials) -> Void
         var stopAccepting: @Sendable () -> Void
+        /// Start the heartbeat driver (the machine says so once per run).
+        var startHeartbeats: @Sendable () -> Void
         /// The run is over.
         var finish: @Sendable (M.Outcome) -> Void
     }
@@ -194,24 +197,24 @@ final class EnrollmentDriver<Credentials: Sendable>: @unchecked Sendable {
                 }
             }
 
-        case .requestConnect:
+        case .requestConnect(let relayName):
             guard let bearer = currentAccessToken else {
                 post(.connectFailed(failure: .unauthorized, now: Clock.now()))
                 return
             }
             let api = api
             background { [self] in
-                switch api.connect(bearer) {
+                switch api.connect(bearer, relayName) {
                 case .failure(let f):
                     return .connectFailed(failure: f, now: Clock.now())
-                case .success(let creds):
+                case let .success(creds, named):
                     let wall = Clock.wallNow()
                     switch api.check(creds, wall) {
                     case .failure(let e):
                         return .connectFailed(failure: .unusableCredentials(reason: "\(e)"), now: Clock.now())
                     case .success(let notAfter):
                         loop.execute { [self] in pendingCredentials = creds }
-                        return .connectSucceeded(notAfter: notAfter, now: Clock.now(), wallNow: wall)
+                        return .connectSucceeded(notAfter: notAfter, relayName: named, now: Clock.now(), wallNow: wall)
                     }
                 }
             }
@@ -221,6 +224,9 @@ final class EnrollmentDriver<Credentials: Sendable>: @unchecked Sendable {
             if let failure = hooks.startServing(creds) {
                 post(.listenFailed(reason: failure, now: Clock.now()))
             }
+
+        case .startHeartbeats:
+            hooks.startHeartbeats()
 
         case .applyCertificates:
             if let creds = pendingCredentials { hooks.applyCertificates(creds) }

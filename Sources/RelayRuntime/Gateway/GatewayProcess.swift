@@ -14,8 +14,12 @@ public struct GatewayStartOptions: Sendable {
     public var tunnel: GatewayTunnelMachine.Config
     public var metricsListen: String?
     public var tracePath: String?
-    /// `--target-relay-name`: ask the platform for this relay.
-    public var targetRelayName: String?
+    /// `--target-relay-name`: ask the platform for this relay (the enrollment machine carries it,
+    /// until a connect pinned one).
+    public var targetRelayName: String? {
+        get { enrollment.targetRelayName }
+        set { enrollment.targetRelayName = newValue }
+    }
     /// `--relay NAME=HOST[:PORT]` overrides; empty: the relay the credentials name.
     public var relays: [GatewayAgent.Relay] = []
     public var algorithms: GatewayAlgorithms = .modern
@@ -72,12 +76,8 @@ public final class GatewayProcess: @unchecked Sendable {
     private var metricsServer: MetricsServer?
     private let trace: TraceRecorder?
     private let draining = Atomic<Bool>(false)
-    private let heartbeatStarted = Atomic<Bool>(false)
     /// Agents being stopped on worker threads (the process waits for them before exiting).
     private let stopsInFlight = Atomic<Int>(0)
-    /// The relay the first connect gave: later connects (renewals) ask for it, because the SSH
-    /// certificate's KeyId `client-<relayName>` binds the gateway to that relay.
-    private let pinnedRelay = Mutex<String?>(nil)
 
     public init(options: GatewayStartOptions) throws(RuntimeError) {
         self.options = options
@@ -249,16 +249,13 @@ public final class GatewayProcess: @unchecked Sendable {
         guard startMetrics(enrollmentState: { machineRef.withLock { $0?.read { $0.state.name } } }) else { return 1 }
         let heartbeatRef = Mutex<HeartbeatDriver?>(nil)
 
-        let target = options.targetRelayName
+        // The relay to ask for (pinned after the first success) is the machine's decision (§8).
         let platform = EnrollmentPlatform<GatewayCredentials>(
             login: { api.login($0) },
-            connect: { [unowned self] token in
-                switch api.connect(accessToken: token, relayName: pinnedRelay.withLock { $0 } ?? target) {
-                case .success(let c):
-                    if let name = c.relayName { pinnedRelay.withLock { if $0 == nil { $0 = name } } }
-                    return .success(c)
-                case .failure(let f):
-                    return .failure(f)
+            connect: { token, relayName in
+                switch api.connect(accessToken: token, relayName: relayName) {
+                case .success(let c): return .success(c, relayName: c.relayName)
+                case .failure(let f): return .failure(f)
                 }
             },
             check: { creds, now in GatewayCredentialCheck.check(creds, now: now) })
@@ -266,7 +263,6 @@ public final class GatewayProcess: @unchecked Sendable {
             startServing: { [unowned self] creds in
                 if let failure = startAgent(creds) { return failure }
                 noteExpiry(creds)
-                if !heartbeatStarted.exchange(true, ordering: .acquiringAndReleasing) { heartbeatRef.withLock { $0 }?.start() }
                 return nil
             },
             applyCertificates: { [unowned self] creds in
@@ -276,6 +272,7 @@ public final class GatewayProcess: @unchecked Sendable {
                 noteExpiry(creds)
             },
             stopAccepting: { [unowned self] in stopAgent() },
+            startHeartbeats: { heartbeatRef.withLock { $0 }?.start() },
             finish: { [gate] outcome in
                 switch outcome {
                 case .stopped: gate.open(ExitStatus.ok.rawValue)
@@ -310,7 +307,7 @@ public final class GatewayProcess: @unchecked Sendable {
                              now: Clock.now(), wallNow: Clock.wallNow()))
         var code = gate.wait()
         // Stopped by a signal before the tunnel agent ever ran: not a success.
-        if code == 0, !heartbeatStarted.load(ordering: .acquiring), let sig = signalled.withLock({ $0 }) {
+        if code == 0, !driver.machine.read({ $0.heartbeatsStarted }), let sig = signalled.withLock({ $0 }) {
             code = ExitStatus.signalled(sig)
         }
         driver.waitForWrites(timeout: .seconds(10))

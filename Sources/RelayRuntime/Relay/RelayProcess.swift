@@ -96,7 +96,6 @@ public final class RelayProcess: @unchecked Sendable {
     private var metricsServer: MetricsServer?
     private let trace: TraceRecorder?
     private let draining = Atomic<Bool>(false)
-    private let heartbeatStarted = Atomic<Bool>(false)
     /// Both listeners, bound before the login so that a taken port costs no enrollment token;
     /// the first `startServing` hands them to the server.
     private let reservation = Mutex<RelayServer.Reservation?>(nil)
@@ -347,9 +346,6 @@ public final class RelayProcess: @unchecked Sendable {
         let hooks = EnrollmentDriver<RelayCredentials>.Hooks(
             startServing: { [unowned self] creds in
                 let failure = startServing(creds)
-                if failure == nil, !heartbeatStarted.exchange(true, ordering: .acquiringAndReleasing) {
-                    heartbeatRef.withLock { $0 }?.start()
-                }
                 updateStatus { $0.enrollment = (failure == nil ? EnrollmentMachine.State.Name.serving : .failed).rawValue }
                 return failure
             },
@@ -363,6 +359,7 @@ public final class RelayProcess: @unchecked Sendable {
                 server.withLock { $0 }?.stopAccepting()
                 updateStatus { $0.enrollment = RelayStatus.notAccepting }
             },
+            startHeartbeats: { heartbeatRef.withLock { $0 }?.start() },
             finish: { [gate] outcome in
                 switch outcome {
                 case .stopped: gate.open(ExitStatus.ok.rawValue)
@@ -404,7 +401,7 @@ public final class RelayProcess: @unchecked Sendable {
         var code = gate.wait()
         // Stopped by a signal before ever serving: not a success (a supervisor or script must
         // not read "enrolled and served" into it).
-        if code == 0, !heartbeatStarted.load(ordering: .acquiring), let sig = signalled.withLock({ $0 }) {
+        if code == 0, !driver.machine.read({ $0.heartbeatsStarted }), let sig = signalled.withLock({ $0 }) {
             code = ExitStatus.signalled(sig)
         }
         driver.waitForWrites(timeout: .seconds(10))
