@@ -77,11 +77,7 @@ struct AdmissionMachineTests {
 
     // MARK: Expectations (an independent statement of Specs/admission.md with payloads)
 
-    struct Expectation {
-        var guardText: String = ""
-        var actions: [A] = []
-        var next: String? = nil
-    }
+    typealias Expectation = GridExpectation<M>
 
     static func expectation(_ t: TargetState, _ g: GridEvent, _ m: M) -> Expectation {
         let cfg = configFor(t)
@@ -122,40 +118,17 @@ struct AdmissionMachineTests {
         }
     }
 
-    struct Cell: Sendable {
-        var grid: GridCase<M>
-        var actions: [A]
-        var next: String
-    }
-
-    static let cells: [TargetState: [Cell]] = {
-        var out: [TargetState: [Cell]] = [:]
-        for t in TargetState.allCases {
-            let m = reach(t)
-            out[t] = GridEvent.allCases.map { g in
-                let x = expectation(t, g, m)
-                return Cell(grid: GridCase(target: t.rawValue, machine: m, event: event(g), guardText: x.guardText),
-                            actions: x.actions, next: x.next ?? m.stateName)
-            }
-        }
-        return out
-    }()
-
-    static var allGridCases: [GridCase<M>] { TargetState.allCases.flatMap { cells[$0]!.map(\.grid) } }
+    static let cells = Grid.cells(targets: TargetState.allCases, reach: reach, events: GridEvent.allCases,
+                                  event: { g, _ in event(g) }, expectation: expectation)
 
     @Test("state × event grid", arguments: TargetState.allCases)
     func grid(_ t: TargetState) {
-        for cell in Self.cells[t]! {
-            var m = cell.grid.machine
-            let actions = m.handle(cell.grid.event)
-            #expect(actions == cell.actions, "\(cell.grid.testDescription): actions")
-            #expect(m.stateName == cell.next, "\(cell.grid.testDescription) → \(m.stateName), expected \(cell.next)")
-        }
+        Grid.expectCells(Self.cells[t])
     }
 
     @Test("model and Specs/admission.md agree")
     func conformance() throws {
-        try Grid.expectConformance(M.self, cases: Self.allGridCases)
+        try Grid.expectConformance(M.self, cases: Self.cells.cases)
     }
 
     @Test("the refusal line operators grep for, verbatim")

@@ -22,7 +22,60 @@ struct GridCase<M: StateMachine>: CustomTestStringConvertible, Sendable {
     var testDescription: String { "\(target) + \(event.specName)\(guardText.isEmpty ? "" : " [\(guardText)]")" }
 }
 
+/// What a suite's independent statement of the Specs table says one cell does, with payloads:
+/// the row's guard label, the actions in order, and the next state (`nil` = unchanged).
+struct GridExpectation<M: StateMachine> {
+    var guardText: String = ""
+    var actions: [M.Action] = []
+    var next: String? = nil
+}
+
+/// A grid case with what it must do: the actions and the state name after the event.
+struct GridCell<M: StateMachine>: Sendable {
+    var grid: GridCase<M>
+    var actions: [M.Action]
+    var next: String
+}
+
+/// Every target's cells, in the targets' order.
+struct GridCells<M: StateMachine, Target: Hashable & Sendable>: Sendable {
+    var targets: [Target]
+    var byTarget: [Target: [GridCell<M>]]
+    subscript(_ t: Target) -> [GridCell<M>] { byTarget[t] ?? [] }
+    /// All cases, target by target, for `Grid.expectConformance`.
+    var cases: [GridCase<M>] { targets.flatMap { self[$0].map(\.grid) } }
+}
+
 enum Grid {
+    /// Builds the grid: each target reached once (by its event script), then every event against it
+    /// with the suite's expectation turned into a cell.
+    static func cells<M: StateMachine, Target: RawRepresentable & Hashable & Sendable, Event>(
+        targets: [Target], reach: (Target) -> M, events: [Event], event: (Event, M) -> M.Event,
+        expectation: (Target, Event, M) -> GridExpectation<M>
+    ) -> GridCells<M, Target> where Target.RawValue == String {
+        var out: [Target: [GridCell<M>]] = [:]
+        for t in targets {
+            let m = reach(t)
+            out[t] = events.map { g in
+                let x = expectation(t, g, m)
+                return GridCell(grid: GridCase(target: t.rawValue, machine: m, event: event(g, m), guardText: x.guardText),
+                                actions: x.actions, next: x.next ?? m.stateName)
+            }
+        }
+        return GridCells(targets: targets, byTarget: out)
+    }
+
+    /// Runs each cell and checks its actions and next state against the expectation.
+    static func expectCells<M: StateMachine>(_ cells: [GridCell<M>], sourceLocation: SourceLocation = #_sourceLocation) {
+        for cell in cells {
+            var m = cell.grid.machine
+            let actions = m.handle(cell.grid.event)
+            #expect(actions == cell.actions, "\(cell.grid.testDescription): actions", sourceLocation: sourceLocation)
+            #expect(m.stateName == cell.next, "\(cell.grid.testDescription) → \(m.stateName), expected \(cell.next)",
+                    sourceLocation: sourceLocation)
+        }
+    }
+
     /// Runs every case, returning what the model did in the table's terms.
     static func observe<M: StateMachine>(_ cases: [GridCase<M>]) -> [ObservedTransition] {
         cases.map { c in
