@@ -427,20 +427,15 @@ struct GatewayTunnelMachineTests {
                            next: "dialing")
     }
 
-    static let cells = Grid.cells(targets: TargetState.allCases, reach: reach, events: GridEvent.allCases,
-                                  event: { g, m in event(g, for: m) }, expectation: expectation)
+    static let cells = Grid.cells(reach: reach, event: { g, m in event(g, for: m) }, expectation: expectation)
 
     // MARK: Grid, conformance
 
     @Test("state × event grid", arguments: TargetState.allCases)
-    func grid(_ t: TargetState) {
-        Grid.expectCells(Self.cells[t])
-    }
+    func grid(_ t: TargetState) { Grid.expectCells(Self.cells[t]) }
 
     @Test("model and Specs/gatewayTunnel.md agree")
-    func conformance() throws {
-        try Grid.expectConformance(M.self, cases: Self.cells.cases)
-    }
+    func conformance() throws { try Grid.expectConformance(M.self, cases: Self.cells.cases) }
 
     // MARK: Focused behaviour
 

@@ -289,20 +289,15 @@ struct TunnelRegistryMachineTests {
         }
     }
 
-    static let cells = Grid.cells(targets: TargetState.allCases, reach: reach, events: GridEvent.allCases,
-                                  event: { g, _ in event(g) }, expectation: expectation)
+    static let cells = Grid.cells(reach: reach, event: event, expectation: expectation)
 
     // MARK: Grid, conformance
 
     @Test("state × event grid", arguments: TargetState.allCases)
-    func grid(_ t: TargetState) {
-        Grid.expectCells(Self.cells[t])
-    }
+    func grid(_ t: TargetState) { Grid.expectCells(Self.cells[t]) }
 
     @Test("model and Specs/tunnelRegistry.md agree")
-    func conformance() throws {
-        try Grid.expectConformance(M.self, cases: Self.cells.cases)
-    }
+    func conformance() throws { try Grid.expectConformance(M.self, cases: Self.cells.cases) }
 
     // MARK: Focused behaviour
 
@@ -500,15 +495,7 @@ struct TunnelRegistryMachineTests {
 
     // MARK: Fixtures
 
-    struct Script {
-        var m: M
-        var events: [(instance: String?, event: E)] = []
-        init(_ config: M.Config) { m = M(config: config) }
-        @discardableResult mutating func send(_ e: E) -> [A] {
-            events.append((nil, e))
-            return m.handle(e)
-        }
-    }
+    typealias Script = FixtureScript<M>
 
     static let fixtureConfig = M.Config()
 

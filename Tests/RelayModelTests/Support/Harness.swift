@@ -30,11 +30,13 @@ struct GridExpectation<M: StateMachine> {
     var next: String? = nil
 }
 
-/// A grid case with what it must do: the actions and the state name after the event.
-struct GridCell<M: StateMachine>: Sendable {
+/// A grid case with what it must do: the actions and the state after the event (its name, or
+/// whatever rendering the suite checks with, see `Grid.expectCells(_:state:)`).
+struct GridCell<M: StateMachine>: CustomTestStringConvertible, Sendable {
     var grid: GridCase<M>
     var actions: [M.Action]
     var next: String
+    var testDescription: String { "\(grid.testDescription) → \(next) \(actions.map(\.specName))" }
 }
 
 /// Every target's cells, in the targets' order.
@@ -42,6 +44,8 @@ struct GridCells<M: StateMachine, Target: Hashable & Sendable>: Sendable {
     var targets: [Target]
     var byTarget: [Target: [GridCell<M>]]
     subscript(_ t: Target) -> [GridCell<M>] { byTarget[t] ?? [] }
+    /// All cells, target by target (one parameterised test case each).
+    var all: [GridCell<M>] { targets.flatMap { self[$0] } }
     /// All cases, target by target, for `Grid.expectConformance`.
     var cases: [GridCase<M>] { targets.flatMap { self[$0].map(\.grid) } }
 }
@@ -65,14 +69,31 @@ enum Grid {
         return GridCells(targets: targets, byTarget: out)
     }
 
-    /// Runs each cell and checks its actions and next state against the expectation.
-    static func expectCells<M: StateMachine>(_ cells: [GridCell<M>], sourceLocation: SourceLocation = #_sourceLocation) {
+    /// `cells(targets:…)` over every target and every grid event, in their declaration order.
+    static func cells<M: StateMachine, Target: CaseIterable & RawRepresentable & Hashable & Sendable, Event: CaseIterable>(
+        reach: (Target) -> M, event: (Event, M) -> M.Event, expectation: (Target, Event, M) -> GridExpectation<M>
+    ) -> GridCells<M, Target> where Target.RawValue == String {
+        cells(targets: Array(Target.allCases), reach: reach, events: Array(Event.allCases), event: event, expectation: expectation)
+    }
+
+    /// The same, for grid events that do not depend on the machine they are sent to.
+    static func cells<M: StateMachine, Target: CaseIterable & RawRepresentable & Hashable & Sendable, Event: CaseIterable>(
+        reach: (Target) -> M, event: (Event) -> M.Event, expectation: (Target, Event, M) -> GridExpectation<M>
+    ) -> GridCells<M, Target> where Target.RawValue == String {
+        cells(reach: reach, event: { g, _ in event(g) }, expectation: expectation)
+    }
+
+    /// Runs each cell and checks its actions and next state against the expectation; `state` renders
+    /// the machine after the event as the cells' `next` does (its state name unless told).
+    static func expectCells<M: StateMachine>(
+        _ cells: [GridCell<M>], state: (M) -> String = { $0.stateName }, sourceLocation: SourceLocation = #_sourceLocation
+    ) {
         for cell in cells {
             var m = cell.grid.machine
             let actions = m.handle(cell.grid.event)
+            let after = state(m)
             #expect(actions == cell.actions, "\(cell.grid.testDescription): actions", sourceLocation: sourceLocation)
-            #expect(m.stateName == cell.next, "\(cell.grid.testDescription) → \(m.stateName), expected \(cell.next)",
-                    sourceLocation: sourceLocation)
+            #expect(after == cell.next, "\(cell.grid.testDescription) → \(after), expected \(cell.next)", sourceLocation: sourceLocation)
         }
     }
 
@@ -97,6 +118,21 @@ enum Grid {
         let table = try SpecTable(markdown: text)
         let problems = SpecConformance.check(table: table, observed: observe(cases))
         #expect(problems.isEmpty, Comment(rawValue: "\(url.lastPathComponent):\n" + problems.joined(separator: "\n")), sourceLocation: sourceLocation)
+    }
+}
+
+/// Feeds events to one machine and keeps them, as `Fixtures.record` wants them.
+struct FixtureScript<M: StateMachine> {
+    var m: M
+    var instance: String? = nil
+    var events: [(instance: String?, event: M.Event)] = []
+    init(_ config: M.Config, instance: String? = nil) {
+        m = M(config: config)
+        self.instance = instance
+    }
+    @discardableResult mutating func send(_ e: M.Event) -> [M.Action] {
+        events.append((instance, e))
+        return m.handle(e)
     }
 }
 
