@@ -77,11 +77,7 @@ struct AdmissionMachineTests {
 
     // MARK: Expectations (an independent statement of Specs/admission.md with payloads)
 
-    struct Expectation {
-        var guardText: String = ""
-        var actions: [A] = []
-        var next: String? = nil
-    }
+    typealias Expectation = GridExpectation<M>
 
     static func expectation(_ t: TargetState, _ g: GridEvent, _ m: M) -> Expectation {
         let cfg = configFor(t)
@@ -122,41 +118,13 @@ struct AdmissionMachineTests {
         }
     }
 
-    struct Cell: Sendable {
-        var grid: GridCase<M>
-        var actions: [A]
-        var next: String
-    }
-
-    static let cells: [TargetState: [Cell]] = {
-        var out: [TargetState: [Cell]] = [:]
-        for t in TargetState.allCases {
-            let m = reach(t)
-            out[t] = GridEvent.allCases.map { g in
-                let x = expectation(t, g, m)
-                return Cell(grid: GridCase(target: t.rawValue, machine: m, event: event(g), guardText: x.guardText),
-                            actions: x.actions, next: x.next ?? m.stateName)
-            }
-        }
-        return out
-    }()
-
-    static var allGridCases: [GridCase<M>] { TargetState.allCases.flatMap { cells[$0]!.map(\.grid) } }
+    static let cells = Grid.cells(reach: reach, event: event, expectation: expectation)
 
     @Test("state × event grid", arguments: TargetState.allCases)
-    func grid(_ t: TargetState) {
-        for cell in Self.cells[t]! {
-            var m = cell.grid.machine
-            let actions = m.handle(cell.grid.event)
-            #expect(actions == cell.actions, "\(cell.grid.testDescription): actions")
-            #expect(m.stateName == cell.next, "\(cell.grid.testDescription) → \(m.stateName), expected \(cell.next)")
-        }
-    }
+    func grid(_ t: TargetState) { Grid.expectCells(Self.cells[t]) }
 
     @Test("model and Specs/admission.md agree")
-    func conformance() throws {
-        try Grid.expectConformance(M.self, cases: Self.allGridCases)
-    }
+    func conformance() throws { try Grid.expectConformance(M.self, cases: Self.cells.cases) }
 
     @Test("the refusal line operators grep for, verbatim")
     func lines() {
@@ -307,15 +275,7 @@ struct AdmissionMachineTests {
 
     // MARK: Fixtures
 
-    struct Script {
-        var m: M
-        var events: [(instance: String?, event: E)] = []
-        init(_ config: M.Config) { m = M(config: config) }
-        @discardableResult mutating func send(_ e: E) -> [A] {
-            events.append((nil, e))
-            return m.handle(e)
-        }
-    }
+    typealias Script = FixtureScript<M>
 
     static let fixtureConfig = M.Config(maxUnauthenticated: 4, maxUnauthenticatedPerSource: 2, queueAtLimit: true,
                                         maxPendingTLS: 3, maxPendingTLSPerSource: 2)

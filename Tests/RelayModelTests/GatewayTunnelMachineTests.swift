@@ -198,11 +198,7 @@ struct GatewayTunnelMachineTests {
 
     // MARK: Expectations (an independent statement of Specs/gatewayTunnel.md with payloads)
 
-    struct Expectation {
-        var guardText: String = ""
-        var actions: [A] = []
-        var next: String? = nil  // nil = unchanged
-    }
+    typealias Expectation = GridExpectation<M>
 
     /// The delay the machine will draw next, given the failure count it will use.
     static func draw(_ m: M, failures: Int? = nil) -> TimeSpan {
@@ -431,43 +427,15 @@ struct GatewayTunnelMachineTests {
                            next: "dialing")
     }
 
-    struct Cell: Sendable {
-        var grid: GridCase<M>
-        var actions: [A]
-        var next: String
-    }
-
-    static let cells: [TargetState: [Cell]] = {
-        var out: [TargetState: [Cell]] = [:]
-        for t in TargetState.allCases {
-            let m = reach(t)
-            out[t] = GridEvent.allCases.map { g in
-                let x = expectation(t, g, m)
-                return Cell(grid: GridCase(target: t.rawValue, machine: m, event: event(g, for: m), guardText: x.guardText),
-                            actions: x.actions, next: x.next ?? m.stateName)
-            }
-        }
-        return out
-    }()
-
-    static var allGridCases: [GridCase<M>] { TargetState.allCases.flatMap { cells[$0]!.map(\.grid) } }
+    static let cells = Grid.cells(reach: reach, event: { g, m in event(g, for: m) }, expectation: expectation)
 
     // MARK: Grid, conformance
 
     @Test("state × event grid", arguments: TargetState.allCases)
-    func grid(_ t: TargetState) {
-        for cell in Self.cells[t]! {
-            var m = cell.grid.machine
-            let actions = m.handle(cell.grid.event)
-            #expect(actions == cell.actions, "\(cell.grid.testDescription): actions")
-            #expect(m.stateName == cell.next, "\(cell.grid.testDescription) → \(m.stateName), expected \(cell.next)")
-        }
-    }
+    func grid(_ t: TargetState) { Grid.expectCells(Self.cells[t]) }
 
     @Test("model and Specs/gatewayTunnel.md agree")
-    func conformance() throws {
-        try Grid.expectConformance(M.self, cases: Self.allGridCases)
-    }
+    func conformance() throws { try Grid.expectConformance(M.self, cases: Self.cells.cases) }
 
     // MARK: Focused behaviour
 

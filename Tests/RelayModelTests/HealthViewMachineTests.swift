@@ -86,13 +86,6 @@ struct HealthViewMachineTests {
         .removed,
     ]
 
-    struct Case: CustomTestStringConvertible, Sendable {
-        var grid: GridCase<M>
-        var actions: [Action]
-        var state: String
-        var testDescription: String { "\(grid.testDescription) → \(state) \(actions.map(\.specName))" }
-    }
-
     static func guardText(_ target: TargetState, _ event: Event) -> String {
         guard target == .healthy else { return "" }
         switch event {
@@ -151,32 +144,23 @@ struct HealthViewMachineTests {
         }
     }
 
-    static let expectedCases: [Case] = TargetState.allCases.flatMap { target in
-        gridEvents.map { event in
-            let e = expected(target, event)
-            return Case(
-                grid: GridCase(target: target.rawValue, machine: reach(target), event: event, guardText: guardText(target, event)),
-                actions: e.actions, state: e.state)
-        }
+    /// The cells; `next` is the state as `summary` renders it.
+    static let cells = Grid.cells(targets: TargetState.allCases, reach: { reach($0) }, events: gridEvents, event: { e, _ in e }) { t, e, _ in
+        let x = expected(t, e)
+        return GridExpectation(guardText: guardText(t, e), actions: x.actions, next: x.state)
     }
-    static let allGridCases: [GridCase<M>] = expectedCases.map(\.grid)
 
     @Test("reach helper lands in the named state", arguments: TargetState.allCases)
     func reachesTarget(_ target: TargetState) {
         #expect(Self.reach(target).stateName == target.stateName)
     }
 
-    @Test("grid: state + event → outcome", arguments: expectedCases)
-    func grid(_ c: Case) {
-        var m = c.grid.machine
-        let actions = m.handle(c.grid.event)
-        #expect(actions == c.actions)
-        #expect(Self.summary(m.state) == c.state)
-    }
+    @Test("grid: state + event → outcome", arguments: cells.all)
+    func grid(_ c: GridCell<M>) { Grid.expectCells([c], state: { Self.summary($0.state) }) }
 
     @Test("Specs/healthView.md agrees with the model")
     func conformance() throws {
-        try Grid.expectConformance(M.self, cases: Self.allGridCases)
+        try Grid.expectConformance(M.self, cases: Self.cells.cases)
     }
 
     // MARK: Status, windows, messages

@@ -126,11 +126,7 @@ struct InnerConnectionMachineTests {
 
     // MARK: Expectations (an independent statement of Specs/innerConnection.md with payloads)
 
-    struct Expectation {
-        var guardText: String = ""
-        var actions: [A] = []
-        var next: String? = nil
-    }
+    typealias Expectation = GridExpectation<M>
 
     static func expectation(_ t: TargetState, _ g: GridEvent, _ m: M) -> Expectation {
         let state = t.stateName
@@ -239,41 +235,15 @@ struct InnerConnectionMachineTests {
         }
     }
 
-    struct Cell: Sendable {
-        var grid: GridCase<M>
-        var actions: [A]
-        var next: String
-    }
-
-    static let cells: [TargetState: [Cell]] = {
-        var out: [TargetState: [Cell]] = [:]
-        for t in TargetState.allCases {
-            let m = reach(t)
-            out[t] = GridEvent.allCases.map { g in
-                let x = expectation(t, g, m)
-                return Cell(grid: GridCase(target: t.rawValue, machine: m, event: event(g), guardText: x.guardText),
-                            actions: x.actions, next: x.next ?? m.stateName)
-            }
-        }
-        return out
-    }()
+    static let cells = Grid.cells(reach: reach, event: event, expectation: expectation)
 
     // MARK: Grid, conformance
 
     @Test("state × event grid", arguments: TargetState.allCases)
-    func grid(_ t: TargetState) {
-        for cell in Self.cells[t]! {
-            var m = cell.grid.machine
-            let actions = m.handle(cell.grid.event)
-            #expect(actions == cell.actions, "\(cell.grid.testDescription): actions")
-            #expect(m.stateName == cell.next, "\(cell.grid.testDescription) → \(m.stateName), expected \(cell.next)")
-        }
-    }
+    func grid(_ t: TargetState) { Grid.expectCells(Self.cells[t]) }
 
     @Test("model and Specs/innerConnection.md agree")
-    func conformance() throws {
-        try Grid.expectConformance(M.self, cases: TargetState.allCases.flatMap { Self.cells[$0]!.map(\.grid) })
-    }
+    func conformance() throws { try Grid.expectConformance(M.self, cases: Self.cells.cases) }
 
     // MARK: Focused behaviour
 
