@@ -20,6 +20,7 @@ struct SpliceMachineTests {
         case openFlowing, openWindowClosed, openUpstreamEnding, openEOFSent
         case openQueueFull, openDownstreamEnding, openCloseNotifySent
         case openUpstreamEndingCloseNotifySent, openEOFSentDownstreamEnding
+        case openCloseNotifyPending, openLingering, openUpstreamEndingCloseNotifyPending
         case closed, closedNeverOpened
 
         var specState: String {
@@ -48,11 +49,16 @@ struct SpliceMachineTests {
         case .openEOFSent: send { .tlsEnded(now: $0) }
         case .openQueueFull: send { .toTLSQueueFull(now: $0) }
         case .openDownstreamEnding: send { .channelEOF(queueEmpty: false, now: $0) }
-        case .openCloseNotifySent: send { .channelEOF(queueEmpty: true, now: $0) }
+        case .openCloseNotifySent: send { .channelEOF(queueEmpty: true, now: $0) }; send { .closeNotifyFlushed(now: $0) }
         case .openUpstreamEndingCloseNotifySent:
             send { .remoteWindowClosed(now: $0) }; send { .tlsEnded(now: $0) }; send { .channelEOF(queueEmpty: true, now: $0) }
+            send { .closeNotifyFlushed(now: $0) }
         case .openEOFSentDownstreamEnding: send { .tlsEnded(now: $0) }; send { .channelEOF(queueEmpty: false, now: $0) }
-        case .closed: send { .tlsEnded(now: $0) }; send { .channelEOF(queueEmpty: true, now: $0) }
+        case .openCloseNotifyPending: send { .channelEOF(queueEmpty: true, now: $0) }
+        case .openUpstreamEndingCloseNotifyPending:
+            send { .remoteWindowClosed(now: $0) }; send { .tlsEnded(now: $0) }; send { .channelEOF(queueEmpty: true, now: $0) }
+        case .openLingering: send { .tlsEnded(now: $0) }; send { .channelEOF(queueEmpty: true, now: $0) }
+        case .closed: send { .tlsEnded(now: $0) }; send { .channelEOF(queueEmpty: true, now: $0) }; send { .closeNotifyFlushed(now: $0) }
         }
         return m
     }
@@ -71,6 +77,11 @@ struct SpliceMachineTests {
         case .openCloseNotifySent: #expect(o?.downstream == .closeNotifySent && o?.upstream == .flowing)
         case .openUpstreamEndingCloseNotifySent: #expect(o == M.Open(upstream: .ending, downstream: .closeNotifySent))
         case .openEOFSentDownstreamEnding: #expect(o == M.Open(upstream: .eofSent, downstream: .ending))
+        case .openCloseNotifyPending: #expect(o == M.Open(upstream: .flowing, downstream: .closeNotifyPending))
+        case .openUpstreamEndingCloseNotifyPending: #expect(o == M.Open(upstream: .ending, downstream: .closeNotifyPending))
+        case .openLingering:
+            #expect(o == M.Open(upstream: .eofSent, downstream: .closeNotifyPending))
+            #expect(m.state.pendingTimers == [.closeNotifyFlush])
         case .closed: #expect(m.state == .closed(M.Closed(cause: .completed, opened: true)))
         case .closedNeverOpened: #expect(m.state == .closed(M.Closed(cause: .openTimedOut, opened: false)))
         case .idle, .opening, .openFlowing: break
@@ -83,6 +94,7 @@ struct SpliceMachineTests {
         case started, channelOpened, channelOpenFailed, timerFired, tlsEnded
         case remoteWindowClosed, remoteWindowReopened, toTLSQueueFull, toTLSQueueDrained
         case channelEOFEmpty, channelEOFQueued, channelClosed, sessionLost, tlsFailed, channelWriteFailed
+        case closeNotifyFlushed, timerFiredFlush
     }
 
     static func event(_ g: GridEvent, _ n: Instant = now) -> E {
@@ -102,16 +114,28 @@ struct SpliceMachineTests {
         case .sessionLost: return .sessionLost(now: n)
         case .tlsFailed: return .tlsFailed(detail: "unexpected eof while reading", now: n)
         case .channelWriteFailed: return .channelWriteFailed(detail: "Socket error: disconnected", now: n)
+        case .closeNotifyFlushed: return .closeNotifyFlushed(now: n)
+        case .timerFiredFlush: return .timerFired(timer: .closeNotifyFlush, now: n)
         }
     }
 
     /// The guard label the Specs table uses for this machine and event.
     static func guardText(_ m: M, _ g: GridEvent) -> String {
-        guard let o = m.state.open else { return "" }
+        guard let o = m.state.open else {
+            guard m.stateName == "opening" else { return "" }
+            return g == .timerFired ? "channelOpen" : g == .timerFiredFlush ? "closeNotifyFlush" : ""
+        }
+        func afterEOF(_ prefix: String) -> String {
+            switch o.downstream {
+            case .closeNotifyPending: return "\(prefix), close_notify pending"
+            case .closeNotifySent: return "\(prefix), close_notify sent"
+            case .flowing, .queueFull, .ending: return "\(prefix), downstream open"
+            }
+        }
         switch g {
         case .tlsEnded:
             switch o.upstream {
-            case .flowing: return o.downstream == .closeNotifySent ? "upstream flowing, close_notify sent" : "upstream flowing, downstream open"
+            case .flowing: return afterEOF("upstream flowing")
             case .windowClosed: return "window closed"
             case .ending, .eofSent: return "TLS already ended"
             }
@@ -119,7 +143,7 @@ struct SpliceMachineTests {
         case .remoteWindowReopened:
             switch o.upstream {
             case .windowClosed: return "window closed"
-            case .ending: return o.downstream == .closeNotifySent ? "TLS ended, close_notify sent" : "TLS ended, downstream open"
+            case .ending: return afterEOF("TLS ended")
             case .flowing, .eofSent: return "window not closed"
             }
         case .toTLSQueueFull: return o.downstream == .flowing ? "downstream flowing" : "downstream not flowing"
@@ -127,16 +151,22 @@ struct SpliceMachineTests {
             switch o.downstream {
             case .queueFull: return "queue full"
             case .ending: return o.upstream == .eofSent ? "channel ended, channel EOF sent" : "channel ended, upstream open"
-            case .flowing, .closeNotifySent: return "not waiting for a drain"
+            case .flowing, .closeNotifyPending, .closeNotifySent: return "not waiting for a drain"
             }
         case .channelEOFEmpty, .channelEOFQueued:
             switch o.downstream {
             case .flowing, .queueFull:
                 if g == .channelEOFQueued { return "bytes queued" }
                 return o.upstream == .eofSent ? "queue empty, channel EOF sent" : "queue empty, upstream open"
-            case .ending, .closeNotifySent: return "channel already ended"
+            case .ending, .closeNotifyPending, .closeNotifySent: return "channel already ended"
             }
-        case .started, .channelOpened, .channelOpenFailed, .timerFired, .channelClosed, .sessionLost, .tlsFailed, .channelWriteFailed:
+        case .closeNotifyFlushed:
+            if o.lingers { return "lingering" }
+            return o.downstream == .closeNotifyPending ? "close_notify pending, upstream open" : "no close_notify pending"
+        case .timerFired: return "not lingering or channelOpen"
+        case .timerFiredFlush: return o.lingers ? "lingering, closeNotifyFlush" : "not lingering or channelOpen"
+        case .channelClosed, .sessionLost, .tlsFailed, .channelWriteFailed: return o.lingers ? "lingering" : "not lingering"
+        case .started, .channelOpened, .channelOpenFailed:
             return ""
         }
     }
@@ -180,6 +210,27 @@ struct SpliceMachineTests {
         #expect(Self.reach(.openCloseNotifySent).state.open?.writesTLS == false)
         #expect(Self.reach(.openQueueFull).state.open?.awaitsTLSDrain == true)
         #expect(Self.reach(.openDownstreamEnding).state.open?.awaitsTLSDrain == true)
+        let pending = Self.reach(.openCloseNotifyPending).state.open
+        #expect(pending?.writesTLS == false && pending?.flushesCloseNotify == true && pending?.lingers == false)
+        #expect(Self.reach(.openLingering).state.open.map { $0.lingers && $0.flushesCloseNotify && !$0.writesTLS } == true)
+    }
+
+    @Test("a lingering splice keeps the platform side until the close_notify is written, or the timer")
+    func lingering() {
+        var m = Self.reach(.opening)
+        _ = m.handle(.channelOpened(now: at(20)))
+        _ = m.handle(.tlsEnded(now: at(100)))
+        #expect(m.handle(.channelEOF(queueEmpty: true, now: at(200))) ==
+                [.sendCloseNotify, .scheduleTimer(timer: .closeNotifyFlush, at: at(5_200))])
+        #expect(m.handle(.channelClosed(now: at(210))) == [])
+        #expect(m.handle(.closeNotifyFlushed(now: at(300))) ==
+                [.cancelTimer(timer: .closeNotifyFlush), .releaseChannel, .releaseTLS, .reportClosed])
+        #expect(m.state == .closed(M.Closed(cause: .completed, opened: true)))
+        m = Self.reach(.openLingering)
+        #expect(m.handle(Self.event(.timerFiredFlush)) == [.releaseChannel, .releaseTLS, .reportClosed])
+        #expect(m.state == .closed(M.Closed(cause: .closeNotifyTimedOut, opened: true)))
+        m = Self.reach(.openLingering)
+        #expect(m.handle(Self.event(.tlsFailed)) == [.cancelTimer(timer: .closeNotifyFlush), .releaseChannel, .releaseTLS, .reportClosed])
     }
 
     // MARK: Properties
@@ -190,6 +241,7 @@ struct SpliceMachineTests {
         var counts: [String: Int] = [:]
         var pending: Set<M.TimerKind> = []
         var started = false
+        var flushed = false
 
         func n(_ k: String) -> Int { counts[k, default: 0] }
 
@@ -199,6 +251,18 @@ struct SpliceMachineTests {
             var problems: [String] = []
             if case .closed = before, !actions.isEmpty { problems.append("closed emitted \(actions)") }
             if case .started = e { started = true }
+            if case .closeNotifyFlushed = e, before.open?.downstream == .closeNotifyPending { flushed = true }
+            let flushEvent: Bool
+            if case .closeNotifyFlushed = e { flushEvent = true } else { flushEvent = false }
+            if actions.contains(.releaseTLS), before.open?.flushesCloseNotify == true, !flushEvent {
+                // Invariant 7: released with the close_notify pending only on the timer or an error.
+                switch m.state {
+                case .closed(let c) where c.cause == .completed: problems.append("completed with close_notify pending")
+                case .closed(let c) where c.cause == .channelClosed && before.open?.lingers == true:
+                    problems.append("lingering splice ended by channelClosed")
+                default: break
+                }
+            }
             for a in actions {
                 if n("releaseChannel") > 0 && a != .releaseTLS && a != .reportClosed && a.caseName != "reportOpenFailed" { problems.append("\(a.specName) after releaseChannel") }
                 switch a {
@@ -222,7 +286,9 @@ struct SpliceMachineTests {
             if n("reportClosed") > 0 && n("reportOpened") == 0 { problems.append("closed reported, never opened") }
             if let o = m.state.open {
                 if (o.upstream == .eofSent) != (n("sendChannelEOF") == 1) { problems.append("upstream \(o.upstream) vs EOF sent") }
-                if (o.downstream == .closeNotifySent) != (n("sendCloseNotify") == 1) { problems.append("downstream \(o.downstream) vs close_notify") }
+                let issued = o.downstream == .closeNotifySent || o.downstream == .closeNotifyPending
+                if issued != (n("sendCloseNotify") == 1) { problems.append("downstream \(o.downstream) vs close_notify") }
+                if (o.downstream == .closeNotifySent) != flushed { problems.append("downstream \(o.downstream) vs flushed \(flushed)") }
                 if n("releaseChannel") + n("releaseTLS") > 0 { problems.append("released while open") }
             }
             switch m.state {
@@ -232,7 +298,9 @@ struct SpliceMachineTests {
                     if n("reportOpened") != 1 || n("reportClosed") != 1 || n("releaseTLS") != 1 || n("reportOpenFailed") != 0 {
                         problems.append("opened splice closed with \(counts)")
                     }
-                    if c.cause == .completed && (n("sendChannelEOF") != 1 || n("sendCloseNotify") != 1) { problems.append("completed without both half-closes") }
+                    if c.cause == .completed && (n("sendChannelEOF") != 1 || n("sendCloseNotify") != 1 || !flushed) {
+                        problems.append("completed without both half-closes and the flush")
+                    }
                 } else if n("reportOpenFailed") != 1 || n("reportOpened") + n("reportClosed") + n("releaseTLS") != 0 {
                     problems.append("never-opened splice closed with \(counts)")
                 }
@@ -250,7 +318,8 @@ struct SpliceMachineTests {
         var seen = Set<String>()
         // Mostly the splice's own traffic; errors and session loss rarely, so the half-closes complete.
         let flow: [GridEvent] = [.tlsEnded, .remoteWindowClosed, .remoteWindowReopened, .toTLSQueueFull, .toTLSQueueDrained,
-                                 .channelEOFEmpty, .channelEOFQueued]
+                                 .channelEOFEmpty, .channelEOFQueued, .closeNotifyFlushed, .closeNotifyFlushed, .timerFiredFlush,
+                                 .channelClosed]
         let input = zip(Gen.int(in: 0...999), Gen.int(in: 0...4_000)).array(of: 15...35)
         await propertyCheck(count: 4_200, input: input) { script in
             var c = Checker()
@@ -272,7 +341,8 @@ struct SpliceMachineTests {
             }
         }
         #expect(steps >= 100_000, "only \(steps) random steps")
-        #expect(seen.isSuperset(of: ["opening", "open", "closed", "completed", "openTimedOut", "sessionLost", "channelClosed"]),
+        #expect(seen.isSuperset(of: ["opening", "open", "closed", "completed", "openTimedOut", "sessionLost", "channelClosed",
+                                     "closeNotifyTimedOut"]),
                 "never reached: \(seen)")
     }
 
@@ -288,7 +358,7 @@ struct SpliceMachineTests {
                             config: Self.config, events: Self.script([
                                 (0, .started(now: at(0))), (0, .channelOpened(now: at(15))),
                                 (0, .tlsEnded(now: at(900))), (0, .channelEOF(queueEmpty: false, now: at(950))),
-                                (0, .toTLSQueueDrained(now: at(960))),
+                                (0, .toTLSQueueDrained(now: at(960))), (0, .closeNotifyFlushed(now: at(960))),
                             ]))
     }
 
@@ -297,8 +367,29 @@ struct SpliceMachineTests {
         try Fixtures.record(M.self, "half-close-channel-first", description: "The gateway ends first: close_notify at once; the platform keeps sending, its TLS end is propagated as channel EOF after the window reopened and the queued bytes were written.",
                             config: Self.config, events: Self.script([
                                 (0, .started(now: at(0))), (0, .channelOpened(now: at(15))),
-                                (0, .channelEOF(queueEmpty: true, now: at(500))), (0, .remoteWindowClosed(now: at(600))),
+                                (0, .channelEOF(queueEmpty: true, now: at(500))), (0, .closeNotifyFlushed(now: at(500))),
+                                (0, .remoteWindowClosed(now: at(600))),
                                 (0, .tlsEnded(now: at(610))), (0, .remoteWindowReopened(now: at(700))),
+                            ]))
+    }
+
+    @Test("fixture: close-notify-pending-then-flushed")
+    func fixtureCloseNotifyPending() throws {
+        try Fixtures.record(M.self, "close-notify-pending-then-flushed", description: "The platform ends first; the gateway's EOF and close follow while the platform socket cannot take the close_notify (WANT_WRITE): the splice lingers, keeps the TLS, ignores the channel close, and ends once the close_notify was written.",
+                            config: Self.config, events: Self.script([
+                                (0, .started(now: at(0))), (0, .channelOpened(now: at(15))),
+                                (0, .tlsEnded(now: at(400))), (0, .channelEOF(queueEmpty: true, now: at(500))),
+                                (0, .channelClosed(now: at(501))), (0, .closeNotifyFlushed(now: at(740))),
+                            ]))
+    }
+
+    @Test("fixture: close-notify-timeout")
+    func fixtureCloseNotifyTimeout() throws {
+        try Fixtures.record(M.self, "close-notify-timeout", description: "Both directions ended but the platform never reads: the close_notify stays pending and after 5 s the splice ends with closeNotifyTimedOut, closing the socket without it.",
+                            config: Self.config, events: Self.script([
+                                (0, .started(now: at(0))), (0, .channelOpened(now: at(15))),
+                                (0, .channelEOF(queueEmpty: true, now: at(300))), (0, .tlsEnded(now: at(350))),
+                                (0, .timerFired(timer: .closeNotifyFlush, now: at(5_350))),
                             ]))
     }
 

@@ -13,7 +13,7 @@
 ///         started              channelOpened
 ///  idle ──────────▶ opening ─────────────────▶ open ──── both ended / error / closed / lost ──▶ closed
 ///                     │ openFailed, timer,       upstream:   flowing ⇄ windowClosed → ending → eofSent
-///                     │ sessionLost              downstream: flowing ⇄ queueFull    → ending → closeNotifySent
+///                     │ sessionLost              downstream: flowing ⇄ queueFull    → ending → closeNotifyPending → closeNotifySent
 ///                     └──────────────────────────────────────────────────────────────────────▶ closed
 /// ```
 ///
@@ -21,7 +21,10 @@
 /// - Exactly one `closed` with a cause; `releaseChannel` once, on entering it.
 /// - `reportOpened` ⇒ later `reportClosed`; never opened ⇒ `reportOpenFailed`; each at most once.
 /// - `releaseTLS` iff the channel opened; `sendChannelEOF`/`sendCloseNotify` at most once each.
-/// - `channelOpen` pending exactly in `opening`.
+/// - `channelOpen` pending exactly in `opening`; `closeNotifyFlush` exactly while both
+///   directions ended and the close_notify is pending (the splice lingers, bounded).
+/// - The platform side is released with a close_notify pending only on the timer or an error,
+///   whose cause is recorded.
 ///
 /// Spec: Specs/splice.md §1–§3 and the Transitions table.
 public struct SpliceMachine: StateMachine {
@@ -31,7 +34,11 @@ public struct SpliceMachine: StateMachine {
     public struct Config: Codable, Equatable, Sendable {
         /// How long the gateway may take to confirm the channel.
         public var openTimeout: TimeSpan
-        public init(openTimeout: TimeSpan = .seconds(10)) { self.openTimeout = openTimeout }
+        /// How long a finished splice waits for a close_notify the socket could not take yet.
+        public var closeNotifyTimeout: TimeSpan
+        public init(openTimeout: TimeSpan = .seconds(10), closeNotifyTimeout: TimeSpan = .seconds(5)) {
+            self.openTimeout = openTimeout; self.closeNotifyTimeout = closeNotifyTimeout
+        }
     }
 
     /// TLS → channel.
@@ -54,7 +61,10 @@ public struct SpliceMachine: StateMachine {
         case queueFull
         /// The channel ended; close_notify waits for the queue to drain.
         case ending
-        /// close_notify sent: nothing more is written to the TLS.
+        /// close_notify issued but not yet written (the socket said WANT_WRITE): the runtime
+        /// retries when writable and reports `closeNotifyFlushed`; nothing else is written.
+        case closeNotifyPending
+        /// close_notify written: nothing more is written to the TLS.
         case closeNotifySent
     }
 
@@ -69,7 +79,11 @@ public struct SpliceMachine: StateMachine {
         /// The runtime may write to the channel (queued or fresh bytes).
         public var writesChannel: Bool { upstream != .eofSent }
         /// The runtime may write to the TLS.
-        public var writesTLS: Bool { downstream != .closeNotifySent }
+        public var writesTLS: Bool { downstream == .flowing || downstream == .queueFull || downstream == .ending }
+        /// The runtime must retry the close_notify when the socket is writable.
+        public var flushesCloseNotify: Bool { downstream == .closeNotifyPending }
+        /// Both directions ended but the close_notify is not written yet: `closeNotifyFlush` pending.
+        public var lingers: Bool { upstream == .eofSent && downstream == .closeNotifyPending }
         /// The runtime must report `toTLSQueueDrained` when the to-TLS queue empties.
         public var awaitsTLSDrain: Bool { downstream == .queueFull || downstream == .ending }
     }
@@ -90,6 +104,8 @@ public struct SpliceMachine: StateMachine {
         case clientTLSError(detail: String)
         /// Writing to the channel failed.
         case channelWriteError(detail: String)
+        /// Both directions ended but the platform's socket never took the close_notify in time.
+        case closeNotifyTimedOut
     }
 
     public struct Closed: Equatable, Sendable {
@@ -102,6 +118,8 @@ public struct SpliceMachine: StateMachine {
     public enum TimerKind: String, Codable, Sendable, CaseIterable {
         /// The channel-open timeout (opening).
         case channelOpen
+        /// The wait for a pending close_notify after both directions ended (open, lingering).
+        case closeNotifyFlush
     }
 
     // MARK: State
@@ -117,8 +135,11 @@ public struct SpliceMachine: StateMachine {
         case closed(Closed)
 
         public var pendingTimers: Set<TimerKind> {
-            if case .opening = self { return [.channelOpen] }
-            return []
+            switch self {
+            case .opening: return [.channelOpen]
+            case .open(let o) where o.lingers: return [.closeNotifyFlush]
+            case .idle, .open, .closed: return []
+            }
         }
         public var open: Open? {
             if case .open(let o) = self { return o }
@@ -155,6 +176,8 @@ public struct SpliceMachine: StateMachine {
         case tlsFailed(detail: String, now: Instant)
         /// A channel write failed.
         case channelWriteFailed(detail: String, now: Instant)
+        /// The close_notify `sendCloseNotify` issued has been written to the socket.
+        case closeNotifyFlushed(now: Instant)
     }
 
     public enum Action: Codable, Equatable, Sendable, CaseNamed {
@@ -170,7 +193,8 @@ public struct SpliceMachine: StateMachine {
         case startSplicing
         /// Send channel EOF.
         case sendChannelEOF
-        /// Send TLS close_notify.
+        /// Send TLS close_notify; report `closeNotifyFlushed` once it is written (at once, or
+        /// after the socket became writable).
         case sendCloseNotify
         /// Remove the callbacks, close and free the channel (outside libssh callbacks).
         case releaseChannel
@@ -223,10 +247,12 @@ public struct SpliceMachine: StateMachine {
             return failOpen(.openFailed(detail: detail), detail, cancel: true)
         case .sessionLost:
             return failOpen(.sessionLost, "gateway connection closed", cancel: true)
-        case .timerFired:
+        case .timerFired(.channelOpen, _):
             return failOpen(.openTimedOut, "channel open timed out", cancel: false)
+        case .timerFired(.closeNotifyFlush, _):
+            return []
         case .started, .tlsEnded, .remoteWindowClosed, .remoteWindowReopened, .toTLSQueueFull, .toTLSQueueDrained,
-             .channelEOF, .channelClosed, .tlsFailed, .channelWriteFailed:
+             .channelEOF, .channelClosed, .tlsFailed, .channelWriteFailed, .closeNotifyFlushed:
             return []
         }
     }
@@ -239,55 +265,69 @@ public struct SpliceMachine: StateMachine {
     private mutating func open(_ o: Open, _ event: Event) -> [Action] {
         var o = o
         switch event {
-        case .tlsEnded:
+        case .tlsEnded(let now):
             switch o.upstream {
-            case .flowing: o.upstream = .eofSent; return settle(o, [.sendChannelEOF])
+            case .flowing: o.upstream = .eofSent; return settle(o, [.sendChannelEOF], now)
             case .windowClosed: o.upstream = .ending
             case .ending, .eofSent: break
             }
         case .remoteWindowClosed:
             if o.upstream == .flowing { o.upstream = .windowClosed }
-        case .remoteWindowReopened:
+        case .remoteWindowReopened(let now):
             switch o.upstream {
             case .windowClosed: o.upstream = .flowing
-            case .ending: o.upstream = .eofSent; return settle(o, [.sendChannelEOF])
+            case .ending: o.upstream = .eofSent; return settle(o, [.sendChannelEOF], now)
             case .flowing, .eofSent: break
             }
         case .toTLSQueueFull:
             if o.downstream == .flowing { o.downstream = .queueFull }
-        case .toTLSQueueDrained:
+        case .toTLSQueueDrained(let now):
             switch o.downstream {
             case .queueFull: o.downstream = .flowing
-            case .ending: o.downstream = .closeNotifySent; return settle(o, [.sendCloseNotify])
-            case .flowing, .closeNotifySent: break
+            case .ending: o.downstream = .closeNotifyPending; return settle(o, [.sendCloseNotify], now)
+            case .flowing, .closeNotifyPending, .closeNotifySent: break
             }
-        case .channelEOF(let queueEmpty, _):
+        case .channelEOF(let queueEmpty, let now):
             switch o.downstream {
             case .flowing, .queueFull:
-                if queueEmpty { o.downstream = .closeNotifySent; return settle(o, [.sendCloseNotify]) }
+                if queueEmpty { o.downstream = .closeNotifyPending; return settle(o, [.sendCloseNotify], now) }
                 o.downstream = .ending
-            case .ending, .closeNotifySent: break
+            case .ending, .closeNotifyPending, .closeNotifySent: break
             }
-        case .channelClosed: return finish(.channelClosed, [])
+        case .closeNotifyFlushed(let now):
+            guard o.downstream == .closeNotifyPending else { break }
+            o.downstream = .closeNotifySent
+            return settle(o, [], now)
+        case .timerFired(.closeNotifyFlush, _):
+            guard o.lingers else { break }
+            return finish(.closeNotifyTimedOut, [])
+        case .channelClosed:
+            // Both ends sent EOF and only our close_notify is still on its way: the gateway's
+            // close is the normal end of the channel; the flush (or its timer) ends the splice.
+            if o.lingers { break }
+            return finish(.channelClosed, [])
         case .sessionLost: return finish(.sessionLost, [])
         case .tlsFailed(let detail, _): return finish(.clientTLSError(detail: detail), [])
         case .channelWriteFailed(let detail, _): return finish(.channelWriteError(detail: detail), [])
-        case .started, .channelOpened, .channelOpenFailed, .timerFired:
+        case .started, .channelOpened, .channelOpenFailed, .timerFired(.channelOpen, _):
             return []
         }
         state = .open(o)
         return []
     }
 
-    /// After a half-close: the splice ends once both directions ended.
-    private mutating func settle(_ o: Open, _ head: [Action]) -> [Action] {
+    /// After a half-close: the splice ends once both directions ended and the close_notify is
+    /// written; with the close_notify still pending it lingers under `closeNotifyFlush`.
+    private mutating func settle(_ o: Open, _ head: [Action], _ now: Instant) -> [Action] {
         if o.upstream == .eofSent && o.downstream == .closeNotifySent { return finish(.completed, head) }
         state = .open(o)
+        if o.lingers { return head + [.scheduleTimer(timer: .closeNotifyFlush, at: now + config.closeNotifyTimeout)] }
         return head
     }
 
     private mutating func finish(_ cause: CloseCause, _ head: [Action]) -> [Action] {
+        let lingered = state.open?.lingers == true && cause != .closeNotifyTimedOut
         state = .closed(Closed(cause: cause, opened: true))
-        return head + [.releaseChannel, .releaseTLS, .reportClosed]
+        return head + (lingered ? [.cancelTimer(timer: .closeNotifyFlush)] : []) + [.releaseChannel, .releaseTLS, .reportClosed]
     }
 }

@@ -13,7 +13,10 @@ import RelayModel
 /// (`pumpFromTLS`, `flushToTLS`, `channelData`); they feed the machine only at transitions
 /// (TLS ended, window closed/reopened, queue full/drained, channel EOF/close, errors) and read
 /// its directions (`view`) after each event: the TLS is read only while upstream is `flowing`,
-/// the channel written until `eofSent`, the TLS written until `closeNotifySent`.
+/// the channel written until `eofSent`, the TLS written until close_notify was issued; a
+/// close_notify the socket could not take is retried when writable (`flushesCloseNotify`) and
+/// reported written with `closeNotifyFlushed` — the machine keeps the TLS until then (or its
+/// `closeNotifyFlush` timer).
 /// Backpressure: TLS → channel is bounded by the channel's remote window (the TLS socket is not
 /// read while the window is closed); channel → TLS is bounded by `toTLS` — when it is full the
 /// data callback consumes nothing, libssh keeps the bytes and stops growing our window, which
@@ -41,18 +44,15 @@ final class Splice: PollHandler, @unchecked Sendable {
     private var toTLS = ByteQueue(capacity: 256 * 1024)
     private var toChannel = ByteQueue(capacity: 64 * 1024)
     private let timers: MachineTimers<Machine.TimerKind>
-    /// libssh kept channel bytes we had no room for (pulled with `ssh_channel_read_nonblocking`).
+    /// Byte-level fact, not a decision: libssh kept channel bytes we had no room for (pulled
+    /// with `ssh_channel_read_nonblocking`).
     private var libsshHoldsData = false
-    /// True while libssh is inside our data callback: reading from the channel then would
-    /// consume bytes libssh is about to drop from its own buffer.
+    /// libssh-calling-context fact, not a decision: libssh is inside our data callback, so
+    /// reading from the channel now would consume bytes libssh is about to drop.
     private var inDataCallback = false
-    /// The after-poll window watch is armed (after `remoteWindowClosed`).
-    private var watchingWindow = false
-    /// A close_notify the socket could not take yet; retried when writable.
-    private var closeNotifyPending = false
     private var interest: UInt32 = 0
-    private var opened = false
     private var pending: [Machine.Event] = []
+    /// Driver mechanics, not a decision: an event is being fed (events raised meanwhile queue).
     private var feeding = false
     private(set) var bytesUp: UInt64 = 0, bytesDown: UInt64 = 0
     /// Test tap: every spliced byte, both directions.
@@ -121,7 +121,6 @@ final class Splice: PollHandler, @unchecked Sendable {
             loop.setAfterPoll(self) { [weak self] in self?.pollOpen() }
             pollOpen()
         case .reportOpened:
-            opened = true
             onOpen?(self)
             onOpen = nil
         case .startSplicing:
@@ -129,7 +128,8 @@ final class Splice: PollHandler, @unchecked Sendable {
         case .sendChannelEOF:
             if let ch = channel { ssh_channel_send_eof(ch) }
         case .sendCloseNotify:
-            closeNotifyPending = !tls.sendCloseNotify()
+            // Written at once, or retried when writable (`view.flushesCloseNotify`, flushToTLS).
+            if tls.sendCloseNotify() { feed(.closeNotifyFlushed(now: Clock.now())) }
         case .releaseChannel:
             loop.setAfterPoll(self, nil)
             timers.cancelAll()
@@ -147,13 +147,13 @@ final class Splice: PollHandler, @unchecked Sendable {
                 tls.release()
             }
         case .reportOpenFailed(let detail):
-            report(detail)
+            report(detail, opened: false)
         case .reportClosed:
-            report("")
+            report("", opened: true)
         }
     }
 
-    private func report(_ detail: String) {
+    private func report(_ detail: String, opened: Bool) {
         loop.later { [self] in
             owner.splices[id] = nil
             onClose?(self, opened, detail)
@@ -214,7 +214,7 @@ final class Splice: PollHandler, @unchecked Sendable {
         guard phase == .open else { return }
         var ev: UInt32 = 0
         if view.readsTLS && toChannel.isEmpty { ev |= UInt32(RELAY_EPOLLIN) }
-        if (view.writesTLS && !toTLS.isEmpty) || closeNotifyPending { ev |= UInt32(RELAY_EPOLLOUT) }
+        if (view.writesTLS && !toTLS.isEmpty) || view.flushesCloseNotify { ev |= UInt32(RELAY_EPOLLOUT) }
         // Keep the fd registered (interest 0 is represented by EPOLLRDHUP so errors still arrive).
         setInterest(ev == 0 ? UInt32(RELAY_EPOLLRDHUP) : ev)
     }
@@ -268,18 +268,17 @@ final class Splice: PollHandler, @unchecked Sendable {
         return true
     }
 
-    /// The remote window closed: report it once, then watch after each poll until it is open
-    /// again and the queued bytes are written (`remoteWindowReopened`).
+    /// The remote window closed: report it once (the machine's upstream leaves `flowing`), then
+    /// watch after each poll until it is open again and the queued bytes are written
+    /// (`remoteWindowReopened`).
     private func blockOnWindow() {
-        guard !watchingWindow else { return }
-        watchingWindow = true
+        guard view.upstream == .flowing else { return }
         feed(.remoteWindowClosed(now: Clock.now()))
         loop.setAfterPoll(self) { [weak self] in
             guard let self else { return }
             guard let ch = self.channel, self.phase == .open else { self.loop.setAfterPoll(self, nil); return }
             guard ssh_channel_window_size(ch) > 0 else { return }
             if !self.toChannel.isEmpty && !self.drainToChannel(ch) { return }
-            self.watchingWindow = false
             self.loop.setAfterPoll(self, nil)
             self.feed(.remoteWindowReopened(now: Clock.now()))
             self.pumpFromTLS()
@@ -311,7 +310,10 @@ final class Splice: PollHandler, @unchecked Sendable {
 
     private func flushToTLS() {
         guard phase == .open, let ch = channel else { return }
-        if closeNotifyPending { closeNotifyPending = !tls.sendCloseNotify() }
+        if view.flushesCloseNotify {
+            if tls.sendCloseNotify() { feed(.closeNotifyFlushed(now: Clock.now())) }
+            return
+        }
         while view.writesTLS {
             while !toTLS.isEmpty {
                 let r = toTLS.withReadable { tls.write($0) }
