@@ -198,6 +198,14 @@ extension EnrollmentMachine {
         case failed(reason: FailureReason)
         /// Orderly stop; exit 0.
         case stopped
+
+        /// The process's exit status for this outcome.
+        public var exitStatus: ExitStatus {
+            switch self {
+            case .failed(let reason): return reason.exitStatus
+            case .stopped: return .ok
+            }
+        }
     }
 
     // MARK: - Per-state contexts

@@ -142,17 +142,10 @@ public final class GatewayProcess: @unchecked Sendable {
 
     private func startMetrics(enrollmentState: @escaping @Sendable () -> EnrollmentMachine.State.Name?) -> Bool {
         guard let address = options.metricsListen else { return true }
-        let m = MetricsServer(address: address, loop: control,
-                              render: { [unowned self] in renderMetrics(enrollmentState: enrollmentState()) },
-                              readiness: { [unowned self] in readiness() })
-        do { try m.start() } catch {
-            RelayLog.gateway.error("Cannot serve metrics on \(address): \(error)")
-            return false
-        }
-        metricsServer = m
-        let host = MetricsServer.parse(address: address).map { $0.host.isEmpty ? "0.0.0.0" : ($0.host.contains(":") ? "[\($0.host)]" : $0.host) } ?? address
-        RelayLog.gateway.info("Metrics listening on http://\(host):\(m.boundPort)/metrics (also /healthz and /ready)")
-        return true
+        metricsServer = MetricsServer.started(address: address, loop: control, log: RelayLog.gateway,
+                                              render: { [unowned self] in renderMetrics(enrollmentState: enrollmentState()) },
+                                              readiness: { [unowned self] in readiness() })
+        return metricsServer != nil
     }
 
     // MARK: The tunnel agent
@@ -207,10 +200,7 @@ public final class GatewayProcess: @unchecked Sendable {
     public func runStandalone(credentials creds: GatewayCredentials) -> Int32 {
         control.start(name: "gateway-control")
         guard startMetrics(enrollmentState: { nil }) else { return 1 }
-        ShutdownSignals.install(onFirst: { [gate] sig in
-            RelayLog.gateway.info("Received \(ShutdownSignals.name(sig)), shutting down (a second signal exits at once)")
-            gate.open(0)
-        }, onSecond: { _ in RelayProcess.forceExit() })
+        ShutdownSignals.install(log: RelayLog.gateway) { [gate] _ in gate.open(0) }
         if let failure = startAgent(creds) {
             RelayLog.gateway.error("Cannot start the gateway: \(failure)")
             return 1
@@ -240,15 +230,8 @@ public final class GatewayProcess: @unchecked Sendable {
             return error.exitStatus.rawValue
         }
         let reading = store.read()
-        let start = EnrolledStart(inputs, reading: reading, accessTokenVariable: .gatewayAccessToken, resource: .gateway)
-        let domain = start.domain, api = start.api, fromEnvironment = start.fromEnvironment
-        let legacyAccessToken = start.legacyAccessToken, held = start.held
-
-        control.start(name: "gateway-control")
-        let machineRef = Mutex<Driven<EnrollmentMachine>?>(nil)
-        guard startMetrics(enrollmentState: { machineRef.withLock { $0?.read { $0.state.name } } }) else { return 1 }
-        let heartbeatRef = Mutex<HeartbeatDriver?>(nil)
-
+        let start = EnrolledStart(inputs, reading: reading, accessTokenVariable: .gatewayAccessToken, log: RelayLog.gateway)
+        let api = start.api
         // The relay to ask for (pinned after the first success) is the machine's decision (§8).
         let platform = EnrollmentPlatform<GatewayCredentials>(
             login: { api.login($0) },
@@ -259,7 +242,7 @@ public final class GatewayProcess: @unchecked Sendable {
                 }
             },
             check: { creds, now in GatewayCredentialCheck.check(creds, now: now) })
-        let hooks = EnrollmentDriver<GatewayCredentials>.Hooks(
+        let serving = EnrolledRun<GatewayCredentials>.Serving(
             startServing: { [unowned self] creds in
                 if let failure = startAgent(creds) { return failure }
                 noteExpiry(creds)
@@ -271,47 +254,20 @@ public final class GatewayProcess: @unchecked Sendable {
                 }
                 noteExpiry(creds)
             },
-            stopAccepting: { [unowned self] in stopAgent() },
-            startHeartbeats: { heartbeatRef.withLock { $0 }?.start() },
-            finish: { [gate] outcome in
-                switch outcome {
-                case .stopped: gate.open(ExitStatus.ok.rawValue)
-                case .failed(let reason): gate.open(reason.exitStatus.rawValue)
-                }
-            })
-        let driver = EnrollmentDriver(config: options.enrollment, loop: control, trace: trace, api: platform, store: store,
-                                      signer: inputs.signer, token: inputs.token, heldAccessToken: held,
-                                      importedAccessToken: legacyAccessToken, hooks: hooks)
+            stopAccepting: { [unowned self] in stopAgent() })
         let metrics = metrics
-        let heartbeat = HeartbeatDriver(
-            config: options.heartbeat, instance: options.name, loop: control, trace: trace,
-            send: { api.heartbeat(accessToken: $0) }, accessToken: { driver.currentAccessToken },
-            report: { report in
-                metrics.set("gateway_heartbeat_healthy", report.health == .healthy ? 1 : 0)
-                metrics.set("gateway_heartbeat_consecutive_failures", Double(report.consecutiveFailures))
-                if report.health == .healthy { metrics.set("gateway_heartbeat_last_success_timestamp_seconds", Double(Clock.wallNow().seconds)) }
-            })
-        heartbeatRef.withLock { $0 = heartbeat }
-        machineRef.withLock { $0 = driver.machine }
-
-        let signalled = Mutex<Int32?>(nil)
-        ShutdownSignals.install(onFirst: { sig in
-            RelayLog.gateway.info("Received \(ShutdownSignals.name(sig)), shutting down (a second signal exits at once)")
-            signalled.withLock { $0 = sig }
-            driver.post(.shutdownRequested(now: Clock.now()))
-        }, onSecond: { _ in RelayProcess.forceExit() })
-
-        let tokenHash = inputs.method == .token ? inputs.token.map(Crypto.sha256Hex) : nil
-        driver.post(.started(method: inputs.method, tokenHash: tokenHash, relayId: inputs.resourceId, domain: domain,
-                             accessTokenFromEnvironment: fromEnvironment != nil, stateFile: reading.model, statePath: store.path,
-                             now: Clock.now(), wallNow: Clock.wallNow()))
-        var code = gate.wait()
-        // Stopped by a signal before the tunnel agent ever ran: not a success.
-        if code == 0, !driver.machine.read({ $0.heartbeatsStarted }), let sig = signalled.withLock({ $0 }) {
-            code = ExitStatus.signalled(sig)
-        }
-        driver.waitForWrites(timeout: .seconds(10))
-        heartbeat.stop()
+        let run = EnrolledRun<GatewayCredentials>(config: options.enrollment, control: control, loopName: "gateway-control", trace: trace,
+                                                  log: RelayLog.gateway, gate: gate)
+        let code = run.run(inputs, start: start, reading: reading, store: store, platform: platform, serving: serving,
+                           heartbeat: { accessToken in
+            HeartbeatDriver(config: options.heartbeat, instance: options.name, loop: control, trace: trace,
+                            send: { api.heartbeat(accessToken: $0) }, accessToken: accessToken,
+                            report: { report in
+                                metrics.set("gateway_heartbeat_healthy", report.health == .healthy ? 1 : 0)
+                                metrics.set("gateway_heartbeat_consecutive_failures", Double(report.consecutiveFailures))
+                                if report.health == .healthy { metrics.set("gateway_heartbeat_last_success_timestamp_seconds", Double(Clock.wallNow().seconds)) }
+                            })
+        }, startMetrics: { startMetrics(enrollmentState: $0) })
         shutDown()
         withExtendedLifetime(store) {}
         return code

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import CRelayShims
+import Logging
 import RelayModel
 
 /// `--metrics-listen ADDR` (DESIGN D8): a deliberately tiny HTTP/1.1 server on the runtime's own
@@ -40,6 +41,19 @@ public final class MetricsServer: @unchecked Sendable {
         self.loop = loop
         self.render = render
         self.readiness = readiness
+    }
+
+    /// Starts an endpoint on `address` and logs where it listens; nil (logged) if it cannot bind.
+    static func started(address: String, loop: EventLoop, log: Logger, render: @escaping @Sendable () -> String,
+                        readiness: @escaping @Sendable () -> Readiness) -> MetricsServer? {
+        let m = MetricsServer(address: address, loop: loop, render: render, readiness: readiness)
+        do { try m.start() } catch {
+            log.error("Cannot serve metrics on \(address): \(error)")
+            return nil
+        }
+        let host = parse(address: address).map { $0.host.isEmpty ? "0.0.0.0" : ($0.host.contains(":") ? "[\($0.host)]" : $0.host) } ?? address
+        log.info("Metrics listening on http://\(host):\(m.boundPort)/metrics (also /healthz and /ready)")
+        return m
     }
 
     /// `host:port`, `[v6]:port` or `:port` (all interfaces).

@@ -27,55 +27,6 @@ public struct StartOptions: Sendable {
     }
 }
 
-/// What an enrolled run starts from, resolved the same way for relays and gateways: the platform
-/// domain (flag, stored, CLI config, environment), its API client, and the access token held
-/// (`INFISICAL_<KIND>_ACCESS_TOKEN` overrides the stored one; AWS holds none).
-struct EnrolledStart<API> {
-    let domain: String
-    let api: API
-    let fromEnvironment: String?
-    let legacyAccessToken: String?
-    let held: String?
-
-    init(_ inputs: EnrolledInputs<API>, reading: StateStore.Reading, accessTokenVariable: EnvironmentVariable,
-         resource: EnrollmentMachine.Resource = .relay) {
-        domain = StartSettings.domain(flag: inputs.domainFlag, stored: reading.domain,
-                                      cliConfigDomain: RelayProcess.cliConfigDomain(environment: inputs.environment),
-                                      environment: inputs.environment)
-        if let notice = StartSettings.defaultDomainNotice(flag: inputs.domainFlag, stored: reading.domain,
-                                                          cliConfigDomain: RelayProcess.cliConfigDomain(environment: inputs.environment),
-                                                          environment: inputs.environment) {
-            (resource == .relay ? RelayLog.relay : RelayLog.gateway).warning("\(notice)")
-        }
-        api = inputs.makeAPI(domain)
-        fromEnvironment = inputs.environment[accessTokenVariable].flatMap { $0.isEmpty ? nil : $0 }
-        if case .legacyConf = reading.model { legacyAccessToken = reading.contents?.accessToken } else { legacyAccessToken = nil }
-        held = inputs.method == .aws ? nil : (fromEnvironment ?? reading.contents?.accessToken)
-    }
-}
-
-/// Enrolled mode's inputs for a relay (`API` = `any RelayAPI`) or a gateway (`any GatewayAPI`);
-/// secrets included: they stay in the runtime.
-public struct EnrolledInputs<API>: Sendable {
-    public var method: EnrollmentMachine.EnrollMethod
-    public var token: String?
-    /// `--relay-id` / `INFISICAL_RELAY_ID`, or `--gateway-id` / `INFISICAL_GATEWAY_ID` (AWS).
-    public var resourceId: String?
-    /// `--domain` with `/api`, if given.
-    public var domainFlag: String?
-    public var stateDirectory: String
-    public var environment: [String: String]
-    /// Builds the API client once the domain is known (flag, stored, CLI config, environment).
-    public var makeAPI: @Sendable (_ domain: String) -> API
-    public var signer: (any AWSLoginSigner)?
-
-    public init(method: EnrollmentMachine.EnrollMethod, token: String?, resourceId: String?, domainFlag: String?, stateDirectory: String,
-                environment: [String: String], makeAPI: @escaping @Sendable (_ domain: String) -> API, signer: (any AWSLoginSigner)?) {
-        self.method = method; self.token = token; self.resourceId = resourceId; self.domainFlag = domainFlag
-        self.stateDirectory = stateDirectory; self.environment = environment; self.makeAPI = makeAPI; self.signer = signer
-    }
-}
-
 /// One `relay start`: owns the control loop, the data plane, the drivers, the metrics endpoint
 /// and the process's exit. `run…` returns the exit status.
 ///
@@ -99,8 +50,6 @@ public final class RelayProcess: @unchecked Sendable {
     /// Both listeners, bound before the login so that a taken port costs no enrollment token;
     /// the first `startServing` hands them to the server.
     private let reservation = Mutex<RelayServer.Reservation?>(nil)
-    /// The first shutdown signal, if one arrived (before serving it makes the exit 128 + signal).
-    private let signalled = Mutex<Int32?>(nil)
     /// `<state-dir>/<name>.status.json` for `relay doctor` (enrolled mode).
     private let status = Mutex<(directory: String, value: RelayStatus)?>(nil)
 
@@ -187,19 +136,10 @@ public final class RelayProcess: @unchecked Sendable {
 
     private func startMetrics(enrollmentState: @escaping @Sendable () -> EnrollmentMachine.State.Name?) -> Bool {
         guard let address = options.metricsListen else { return true }
-        let m = MetricsServer(address: address, loop: control,
-                              render: { [unowned self] in renderMetrics(enrollmentState: enrollmentState()) },
-                              readiness: { [unowned self] in readiness() })
-        do {
-            try m.start()
-        } catch {
-            RelayLog.relay.error("Cannot serve metrics on \(address): \(error)")
-            return false
-        }
-        metricsServer = m
-        let host = MetricsServer.parse(address: address).map { $0.host.isEmpty ? "0.0.0.0" : ($0.host.contains(":") ? "[\($0.host)]" : $0.host) } ?? address
-        RelayLog.relay.info("Metrics listening on http://\(host):\(m.boundPort)/metrics (also /healthz and /ready)")
-        return true
+        metricsServer = MetricsServer.started(address: address, loop: control, log: RelayLog.relay,
+                                              render: { [unowned self] in renderMetrics(enrollmentState: enrollmentState()) },
+                                              readiness: { [unowned self] in readiness() })
+        return metricsServer != nil
     }
 
     // MARK: Standalone
@@ -227,10 +167,7 @@ public final class RelayProcess: @unchecked Sendable {
         defer { releaseReservation() }
         control.start(name: "relay-control")
         guard startMetrics(enrollmentState: { nil }) else { return ExitStatus.temporaryFailure.rawValue }
-        ShutdownSignals.install(onFirst: { [gate] sig in
-            RelayLog.relay.info("Received \(ShutdownSignals.name(sig)), shutting down (a second signal exits at once)")
-            gate.open(0)
-        }, onSecond: { _ in RelayProcess.forceExit() })
+        ShutdownSignals.install(log: RelayLog.relay) { [gate] _ in gate.open(0) }
         if let failure = startServing(creds) {
             // The ports were proven above: what is left is the host certificate (DESIGN D1).
             RelayLog.relay.error("\(EnrollmentMessage.listenFailed(reason: failure).text)")
@@ -309,11 +246,6 @@ public final class RelayProcess: @unchecked Sendable {
         metricsServer?.stop()
     }
 
-    static func forceExit() -> Never {
-        RelayLog.relay.warning("Second signal received, force exit triggered")
-        _exit(1)
-    }
-
     // MARK: Enrolled
 
     /// `relay start --enroll-method token|aws`: the enrollment machine, then the data plane and
@@ -333,17 +265,11 @@ public final class RelayProcess: @unchecked Sendable {
                                                      sshPort: options.sshPort, tlsPort: options.tlsPort, metricsListen: options.metricsListen,
                                                      caFile: options.caFile, enrollment: EnrollmentMachine.State.Name.idle.rawValue, updatedAt: Clock.wallNow().seconds))
         }
-        let start = EnrolledStart(inputs, reading: reading, accessTokenVariable: .relayAccessToken)
-        let domain = start.domain, api = start.api, fromEnvironment = start.fromEnvironment
-        let legacyAccessToken = start.legacyAccessToken, held = start.held
-
-        control.start(name: "relay-control")
-        let machineRef = Mutex<Driven<EnrollmentMachine>?>(nil)
-        guard startMetrics(enrollmentState: { machineRef.withLock { $0?.read { $0.state.name } } }) else { return 1 }
-        let heartbeatRef = Mutex<HeartbeatDriver?>(nil)
-
+        let start = EnrolledStart(inputs, reading: reading, accessTokenVariable: .relayAccessToken, log: RelayLog.relay)
         let metrics = metrics
-        let hooks = EnrollmentDriver<RelayCredentials>.Hooks(
+        let run = EnrolledRun<RelayCredentials>(config: options.enrollment, control: control, loopName: "relay-control", trace: trace,
+                                                log: RelayLog.relay, gate: gate)
+        let serving = EnrolledRun<RelayCredentials>.Serving(
             startServing: { [unowned self] creds in
                 let failure = startServing(creds)
                 updateStatus { $0.enrollment = (failure == nil ? EnrollmentMachine.State.Name.serving : .failed).rawValue }
@@ -358,96 +284,31 @@ public final class RelayProcess: @unchecked Sendable {
             stopAccepting: { [unowned self] in
                 server.withLock { $0 }?.stopAccepting()
                 updateStatus { $0.enrollment = RelayStatus.notAccepting }
-            },
-            startHeartbeats: { heartbeatRef.withLock { $0 }?.start() },
-            finish: { [gate] outcome in
-                switch outcome {
-                case .stopped: gate.open(ExitStatus.ok.rawValue)
-                case .failed(let reason): gate.open(reason.exitStatus.rawValue)
-                }
             })
-        let driver = EnrollmentDriver(config: options.enrollment, loop: control, trace: trace,
-                                      api: .relay(api, relayName: options.relayName), store: store,
-                                      signer: inputs.signer, token: inputs.token, heldAccessToken: held,
-                                      importedAccessToken: legacyAccessToken, hooks: hooks)
-        let heartbeat = HeartbeatDriver(config: options.heartbeat, instance: options.relayName, loop: control, trace: trace, api: api,
-                                        accessToken: { driver.currentAccessToken },
-                                        report: { [unowned self] report in
-                                            let now = Clock.wallNow().seconds
-                                            metrics.registry.set("relay_heartbeat_healthy", report.health == .healthy ? 1 : 0)
-                                            metrics.registry.set("relay_heartbeat_consecutive_failures", Double(report.consecutiveFailures))
-                                            if report.health == .healthy {
-                                                metrics.registry.set("relay_heartbeat_last_success_timestamp_seconds", Double(now))
-                                            }
-                                            updateStatus { s in
-                                                let last = report.health == .healthy ? now : s.heartbeat?.lastSuccessAt
-                                                s.heartbeat = RelayStatus.Heartbeat(health: report.health.rawValue, consecutiveFailures: report.consecutiveFailures,
-                                                                                    lastSuccessAt: last, lastAttemptAt: now)
-                                            }
-                                        })
-        heartbeatRef.withLock { $0 = heartbeat }
-        machineRef.withLock { $0 = driver.machine }
-
-        ShutdownSignals.install(onFirst: { [unowned self] sig in
-            RelayLog.relay.info("Received \(ShutdownSignals.name(sig)), shutting down (a second signal exits at once)")
-            self.signalled.withLock { $0 = sig }
-            driver.post(.shutdownRequested(now: Clock.now()))
-        }, onSecond: { _ in RelayProcess.forceExit() })
-
-        let tokenHash = inputs.method == .token ? inputs.token.map(Crypto.sha256Hex) : nil
-        driver.post(.started(method: inputs.method, tokenHash: tokenHash, relayId: inputs.resourceId, domain: domain,
-                             accessTokenFromEnvironment: fromEnvironment != nil, stateFile: reading.model, statePath: store.path,
-                             now: Clock.now(), wallNow: Clock.wallNow()))
-        var code = gate.wait()
-        // Stopped by a signal before ever serving: not a success (a supervisor or script must
-        // not read "enrolled and served" into it).
-        if code == 0, !driver.machine.read({ $0.heartbeatsStarted }), let sig = signalled.withLock({ $0 }) {
-            code = ExitStatus.signalled(sig)
-        }
-        driver.waitForWrites(timeout: .seconds(10))
-        heartbeat.stop()
+        let code = run.run(inputs, start: start, reading: reading, store: store,
+                           platform: .relay(start.api, relayName: options.relayName), serving: serving,
+                           heartbeat: { accessToken in
+            HeartbeatDriver(config: options.heartbeat, instance: options.relayName, loop: control, trace: trace, api: start.api,
+                            accessToken: accessToken,
+                            report: { [unowned self] report in
+                                let now = Clock.wallNow().seconds
+                                metrics.registry.set("relay_heartbeat_healthy", report.health == .healthy ? 1 : 0)
+                                metrics.registry.set("relay_heartbeat_consecutive_failures", Double(report.consecutiveFailures))
+                                if report.health == .healthy {
+                                    metrics.registry.set("relay_heartbeat_last_success_timestamp_seconds", Double(now))
+                                }
+                                updateStatus { s in
+                                    let last = report.health == .healthy ? now : s.heartbeat?.lastSuccessAt
+                                    s.heartbeat = RelayStatus.Heartbeat(health: report.health.rawValue, consecutiveFailures: report.consecutiveFailures,
+                                                                        lastSuccessAt: last, lastAttemptAt: now)
+                                }
+                            })
+        }, startMetrics: { startMetrics(enrollmentState: $0) })
         updateStatus { $0.enrollment = code == 0 ? RelayStatus.stopping : EnrollmentMachine.State.Name.failed.rawValue }
         shutDown()
         updateStatus { $0.enrollment = (code == 0 ? EnrollmentMachine.State.Name.stopped : .failed).rawValue }
         withExtendedLifetime(store) {}
         return code
-    }
-
-    /// `LoggedInUserDomain` from the Infisical CLI's `~/.infisical/infisical-config.json`, if any.
-    static func cliConfigDomain(environment: [String: String]) -> String? {
-        guard let home = environment[.home], !home.isEmpty,
-              case .success(let bytes) = Files.read(home + "/.infisical/infisical-config.json", limit: 1 << 20),
-              let json = try? Jansson.parse(bytes: bytes), case .object(let o) = json,
-              case .string(let d)? = o.first(where: { $0.key == "LoggedInUserDomain" })?.value, !d.isEmpty else { return nil }
-        return d
-    }
-}
-
-/// The main thread waits here for the run's exit status; the first `open` wins.
-final class ExitGate: @unchecked Sendable {
-    private let fds: (read: Int32, write: Int32)
-    private let opened = Atomic<Bool>(false)
-
-    init() {
-        var p: [Int32] = [0, 0]
-        pipe(&p)
-        fds = (p[0], p[1])
-    }
-
-    func open(_ code: Int32) {
-        guard !opened.exchange(true, ordering: .acquiringAndReleasing) else { return }
-        var c = code
-        _ = write(fds.write, &c, MemoryLayout<Int32>.size)
-    }
-
-    func wait() -> Int32 {
-        var c: Int32 = 0
-        while true {
-            let n = read(fds.read, &c, MemoryLayout<Int32>.size)
-            if n == MemoryLayout<Int32>.size { return c }
-            if n < 0 && errno == EINTR { continue }
-            return 1
-        }
     }
 }
 

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Logging
 import Synchronization
 
 /// SIGTERM/SIGINT without signal handlers: the signals are blocked in every thread (the mask is
@@ -67,6 +68,19 @@ public final class ShutdownSignals: @unchecked Sendable {
         }, box.toOpaque())
         pthread_detach(tid)
         return s
+    }
+
+    /// The stop signals of `relay start` and `relay gateway start`: the first is logged and asks
+    /// for a graceful stop (`onFirst`), the second is logged and exits 1 at once.
+    @discardableResult
+    static func install(log: Logger, onFirst: @escaping @Sendable (Int32) -> Void) -> ShutdownSignals {
+        install(onFirst: { sig in
+            log.info("Received \(name(sig)), shutting down (a second signal exits at once)")
+            onFirst(sig)
+        }, onSecond: { _ in
+            log.warning("Second signal received, force exit triggered")
+            _exit(1)
+        })
     }
 
     /// Signals received so far.
