@@ -78,7 +78,9 @@ public enum JSONValue: Hashable, Sendable, CustomStringConvertible {
         }
     }
 
-    static func quote(_ s: String) -> String {
+    /// `s` as a JSON string literal. Control characters are always escaped; `alsoEscaping` names
+    /// more scalars to spell as `\uXXXX` (outside the BMP as a UTF-16 surrogate pair, as JSON does).
+    public static func quote(_ s: String, alsoEscaping: (Unicode.Scalar) -> Bool = { _ in false }) -> String {
         var out = "\""
         for u in s.unicodeScalars {
             switch u {
@@ -87,9 +89,11 @@ public enum JSONValue: Hashable, Sendable, CustomStringConvertible {
             case "\n": out += "\\n"
             case "\r": out += "\\r"
             case "\t": out += "\\t"
-            case _ where u.value < 0x20:
-                let hex = String(u.value, radix: 16)
-                out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+            case _ where u.value < 0x20 || alsoEscaping(u):
+                for unit in String(u).utf16 {
+                    let hex = String(unit, radix: 16)
+                    out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+                }
             default: out.unicodeScalars.append(u)
             }
         }

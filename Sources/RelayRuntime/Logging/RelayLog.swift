@@ -213,24 +213,6 @@ struct LineLogHandler: LogHandler {
         return "\(tm.tm_year + 1900)-\(two(tm.tm_mon + 1))-\(two(tm.tm_mday))T\(two(tm.tm_hour)):\(two(tm.tm_min)):\(two(tm.tm_sec)).\(msText)Z"
     }
 
-    static func quote(_ s: String) -> String {
-        var out = "\""
-        for u in s.unicodeScalars {
-            switch u {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            case _ where u.value < 0x20 || PeerText.needsEscape(u):
-                // Outside the BMP: a UTF-16 surrogate pair, as JSON spells it.
-                for unit in String(u).utf16 {
-                    let hex = String(unit, radix: 16)
-                    out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-                }
-            default: out.unicodeScalars.append(u)
-            }
-        }
-        return out + "\""
-    }
+    /// A JSON string that also spells every scalar `PeerText` escapes (Specs/logging.md).
+    static func quote(_ s: String) -> String { JSONValue.quote(s, alsoEscaping: PeerText.needsEscape) }
 }

@@ -1,4 +1,4 @@
-public import RelayModel
+import RelayModel
 
 /// The reference gateway's side of the platform API (infisical-protocol.md §3, §5.3), mapped to
 /// the enrollment and heartbeat machines' vocabulary (Specs/enrollment.md §1, §8). Calls block;
@@ -13,10 +13,7 @@ public protocol GatewayAPI: Sendable {
 }
 
 /// What a gateway's connect gives.
-public enum GatewayAPIConnect: Sendable {
-    case success(GatewayCredentials)
-    case failure(EnrollmentMachine.ConnectFailure)
-}
+public typealias GatewayAPIConnect = PlatformConnect<GatewayCredentials>
 
 /// `GatewayAPI` over libcurl, with the same client settings and mapping as `HTTPRelayAPI`
 /// (DESIGN D6: timeouts, 1 MiB cap, no redirects, nothing logged). The one gateway-only mapping:
@@ -34,28 +31,13 @@ public struct HTTPGatewayAPI: GatewayAPI {
 
     public func connect(accessToken: String, relayName: String?) -> GatewayAPIConnect {
         let body = Jansson.serialize(.object(relayName.map { [("relayName", JSONValue.string($0))] } ?? []))
-        switch base.post("/v3/gateways/connect", json: body, bearer: accessToken) {
-        case .failure(.misconfigured(let problem)):
-            return .failure(.misconfigured(problem: problem))
-        case .failure(let f):
-            return .failure(.unreachable(reason: HTTPRelayAPI.transport(f)))
-        case .success(let r):
-            switch r.status {
-            case 200..<300:
-                do {
-                    return .success(try GatewayCredentials.parse(json: String(decoding: r.body, as: UTF8.self)))
-                } catch {
-                    return .failure(.unusableCredentials(reason: "the answer is not a /v3/gateways/connect response: \(error)"))
-                }
-            case 401, 403: return .failure(.unauthorized)
-            case 429: return .failure(.rateLimited)
-            case 400, 404:
-                let m = HTTPRelayAPI.message(r)
-                if m.hasPrefix("No relay") || (m.hasPrefix("Relay ") && m.hasSuffix("not found")) { return .failure(.noRelay(message: m)) }
-                return .failure(.serverError(status: r.status))
-            default: return .failure(.serverError(status: r.status))
-            }
-        }
+        return base.connect(path: "/v3/gateways/connect", json: body, accessToken: accessToken, answer: "/v3/gateways/connect",
+                                  decode: { try GatewayCredentials.parse(json: $0) },
+                                  refine: { r in
+            guard r.status == 400 || r.status == 404 else { return nil }
+            let m = HTTPRelayAPI.message(r)
+            return m.hasPrefix("No relay") || (m.hasPrefix("Relay ") && m.hasSuffix("not found")) ? .noRelay(message: m) : nil
+        })
     }
 
     public func heartbeat(accessToken: String) -> RelayAPIHeartbeat {

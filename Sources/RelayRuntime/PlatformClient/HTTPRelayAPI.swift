@@ -96,7 +96,17 @@ public struct HTTPRelayAPI: RelayAPI {
     }
 
     public func connect(accessToken: String) -> RelayAPIConnect {
-        switch post("/v2/relays/connect", json: nil, bearer: accessToken) {
+        connect(path: "/v2/relays/connect", json: nil, accessToken: accessToken, answer: "/connect",
+                decode: { try JSONText.decode(RelayCredentials.self, from: $0) })
+    }
+
+    /// A connect POST (relay or gateway) mapped as Specs/enrollment.md §1 tabulates: 2xx is decoded
+    /// (`answer` names the response in the error), 401/403 unauthorized, 429 rate limited, other
+    /// statuses a server error unless `refine` names them first.
+    func connect<C>(path: String, json: String?, accessToken: String, answer: String, decode: (String) throws -> C,
+                    refine: (HTTPClient.Response) -> EnrollmentMachine.ConnectFailure? = { _ in nil })
+        -> PlatformConnect<C> {
+        switch post(path, json: json, bearer: accessToken) {
         case .failure(.misconfigured(let problem)):
             return .failure(.misconfigured(problem: problem))
         case .failure(let f):
@@ -104,14 +114,12 @@ public struct HTTPRelayAPI: RelayAPI {
         case .success(let r):
             switch r.status {
             case 200..<300:
-                do {
-                    return .success(try JSONText.decode(RelayCredentials.self, from: String(decoding: r.body, as: UTF8.self)))
-                } catch {
-                    return .failure(.unusableCredentials(reason: "the answer is not a /connect response: \(error)"))
+                do { return .success(try decode(String(decoding: r.body, as: UTF8.self))) } catch {
+                    return .failure(.unusableCredentials(reason: "the answer is not a \(answer) response: \(error)"))
                 }
             case 401, 403: return .failure(.unauthorized)
             case 429: return .failure(.rateLimited)
-            default: return .failure(.serverError(status: r.status))
+            default: return .failure(refine(r) ?? .serverError(status: r.status))
             }
         }
     }

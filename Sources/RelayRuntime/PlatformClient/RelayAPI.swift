@@ -26,10 +26,13 @@ public enum RelayAPILogin: Sendable {
     case failure(EnrollmentMachine.LoginFailure)
 }
 
-public enum RelayAPIConnect: Sendable {
-    case success(RelayCredentials)
+/// What a connect gives: the relay's (`RelayAPIConnect`) or the gateway's (`GatewayAPIConnect`) credentials.
+public enum PlatformConnect<Credentials: Sendable>: Sendable {
+    case success(Credentials)
     case failure(EnrollmentMachine.ConnectFailure)
 }
+
+public typealias RelayAPIConnect = PlatformConnect<RelayCredentials>
 
 public enum RelayAPIHeartbeat: Sendable, Equatable {
     case success
