@@ -83,6 +83,52 @@ struct InnerConnectionMachineTests {
         if t == .splicingBothFinished, case .splicing(let s) = m.state { #expect(s.platformFinished && s.targetFinished && !s.channelEOFSent) }
     }
 
+    /// The view each target state must show (Specs/innerConnection.md §1, "What the runtime reads").
+    static func expectedView(_ t: TargetState) -> M.View {
+        var v = M.View()
+        switch t {
+        case .handshaking: v.handshaking = true
+        case .handshakingWindowClosed: v.handshaking = true; v.windowWatched = true
+        case .handshakingInputHeld: v.handshaking = true; v.inputHeld = true
+        case .connectingTarget: v.connectingTarget = true; v.readsPlatform = true
+        case .connectingTargetPlatformFinished: v.connectingTarget = true; v.platformFinished = true
+        case .connectingTargetWindowClosed: v.connectingTarget = true; v.readsPlatform = true; v.windowWatched = true
+        case .splicing, .splicingHTTP: v.targetOpen = true; v.readsPlatform = true; v.readsTarget = true
+        case .splicingPlatformFinished: v.targetOpen = true; v.readsTarget = true; v.platformFinished = true
+        case .splicingTargetFinished: v.targetOpen = true; v.readsPlatform = true; v.awaitsOutputDrain = true
+        case .splicingTargetDrained: v.targetOpen = true; v.readsPlatform = true; v.channelEOFSent = true
+        case .splicingBothFinished: v.targetOpen = true; v.platformFinished = true; v.awaitsOutputDrain = true
+        case .splicingWindowClosed: v.targetOpen = true; v.readsPlatform = true; v.readsTarget = true; v.windowWatched = true
+        case .splicingInputHeld: v.targetOpen = true; v.readsPlatform = true; v.readsTarget = true; v.inputHeld = true
+        case .finishingPing, .finishingUnknown: v.awaitsOutputDrain = true
+        case .finishingInputHeld: v.awaitsOutputDrain = true; v.inputHeld = true
+        case .closed: v.closed = true
+        }
+        return v
+    }
+
+    @Test("the view the runtime reads follows the state", arguments: TargetState.allCases)
+    func viewFollowsState(_ t: TargetState) {
+        #expect(Self.reach(t).view == Self.expectedView(t))
+    }
+
+    @Test("a closed connection remembers whether its channel EOF went out")
+    func closedRemembersChannelEOF() {
+        var m = Self.reach(.splicingTargetDrained)
+        _ = m.handle(.targetFailed(detail: "Broken pipe", now: at(50)))
+        #expect(m.view == { var v = M.View(); v.closed = true; v.channelEOFSent = true; return v }())
+        m = Self.reach(.splicingTargetFinished)
+        _ = m.handle(.channelClosed(now: at(50)))
+        #expect(m.view.closed && !m.view.channelEOFSent)
+        m = Self.reach(.finishingPing)
+        #expect(m.handle(.outputDrained(now: at(50))).first == .sendChannelEOF)
+        #expect(m.view.closed && m.view.channelEOFSent)
+        m = Self.reach(.splicingPlatformFinished)
+        _ = m.handle(.targetFinished(now: at(50)))
+        _ = m.handle(.outputDrained(now: at(51)))
+        #expect(m.view.closed && m.view.channelEOFSent)
+    }
+
     // MARK: Events of the grid
 
     enum GridEvent: String, CaseIterable, Sendable {
@@ -367,6 +413,18 @@ struct InnerConnectionMachineTests {
             if m.stateName != "closed" && closes != 0 { problems.append("closed without being closed") }
             if Set(timers.keys) != m.state.pendingTimers { problems.append("pending timers \(timers.keys) in \(m.stateName)") }
             if let p = m.state.pressure, p.windowClosed != window || p.inputHeld != held { problems.append("pressure out of step") }
+            // §4.7: the view the runtime reads agrees with the actions so far.
+            let v = m.view
+            if v.closed != (closes == 1) { problems.append("view.closed \(v.closed) after \(closes) closes") }
+            if v.awaitsOutputDrain != (closeNotify && !channelEOF && !v.closed) { problems.append("view.awaitsOutputDrain out of step") }
+            if v.channelEOFSent != channelEOF { problems.append("view.channelEOFSent out of step") }
+            if v.windowWatched != (window && !v.closed) || v.inputHeld != (held && !v.closed) { problems.append("view pressure out of step") }
+            if v.connectingTarget != (timers[.targetConnect] != nil) { problems.append("view.connectingTarget without its timer") }
+            if v.targetOpen && !targetUp { problems.append("view.targetOpen before the target was up") }
+            if v.readsTarget && (!v.targetOpen || closeNotify) { problems.append("view.readsTarget after the target's direction ended") }
+            if v.readsPlatform && (!(v.targetOpen || v.connectingTarget) || v.platformFinished) { problems.append("view.readsPlatform outside a proxy or after platformFinished") }
+            if v.platformFinished && !platformDone { problems.append("view.platformFinished before it was reported") }
+            if v.handshaking != (m.stateName == "handshaking") { problems.append("view.handshaking out of step") }
             if case .handshaking = m.state, before.state.mode != nil { problems.append("mode undecided again") }
             if let mode = before.state.mode, m.state.mode != mode { problems.append("mode changed \(mode) → \(String(describing: m.state.mode))") }
             return problems
@@ -461,7 +519,7 @@ struct InnerConnectionMachineTests {
         var s = Script()
         s.send(.handshakeCompleted(alpn: nil, target: Self.target, now: at(9)))
         s.send(.outputDrained(now: at(10)))
-        #expect(s.m.state == .closed(.init(cause: .completed, mode: M.Mode.none)))
+        #expect(s.m.state == .closed(.init(cause: .completed, mode: M.Mode.none, channelEOFSent: true)))
         try Fixtures.record(M.self, "unknown-alpn", description: "no ALPN negotiated: close_notify without data, then channel EOF and close", config: Self.config, events: s.events)
     }
 

@@ -7,7 +7,8 @@
 /// and owns the bytes, queues, window and descriptors. It reports only transitions: the
 /// handshake result (negotiated ALPN and the target parsed from extension `.100.1`), the
 /// target's connect result, each direction's end, the channel draining after close_notify,
-/// window and input pressure, errors. The machine answers with commands.
+/// window and input pressure, errors. The machine answers with commands, and its `view` (computed
+/// from the state) answers what the runtime may do now: it keeps no flag of its own for a decision.
 ///
 /// ```
 ///               handshakeCompleted: tcp-proxy + target
@@ -113,7 +114,71 @@ public struct InnerConnectionMachine: StateMachine {
         public var cause: CloseCause
         /// The mode, when the handshake got that far.
         public var mode: Mode?
-        public init(cause: CloseCause, mode: Mode?) { self.cause = cause; self.mode = mode }
+        /// Channel EOF was sent before the close (the runtime's channel close does not send it again).
+        public var channelEOFSent: Bool
+        public init(cause: CloseCause, mode: Mode?, channelEOFSent: Bool = false) {
+            self.cause = cause; self.mode = mode; self.channelEOFSent = channelEOFSent
+        }
+    }
+
+    /// What the runtime may do now, read from the state after each event (it keeps a copy and
+    /// never asks per chunk). Computed, never stored: the runtime keeps no flag of its own for
+    /// any of these.
+    public struct View: Equatable, Sendable {
+        /// Terminal: nothing is read or written any more (a close is being performed).
+        public var closed = false
+        /// The inner handshake runs: the runtime drives it and reports its result once.
+        public var handshaking = false
+        /// A proxy mode whose platform plaintext is read into the queue for the target:
+        /// connectingTarget, or splicing until the platform finished.
+        public var readsPlatform = false
+        /// The target's connect is in flight (connectingTarget): the first readiness is its result.
+        public var connectingTarget = false
+        /// The target (or the http proxy's socketpair) carries bytes both ways (splicing).
+        public var targetOpen = false
+        /// The target is read: splicing until its direction ended (`targetFinished`).
+        public var readsTarget = false
+        /// `platformFinished` was reported (the runtime reports it once).
+        public var platformFinished = false
+        /// close_notify sent and channel EOF not yet: report `outputDrained` once the channel took
+        /// every byte of TLS output.
+        public var awaitsOutputDrain = false
+        /// Channel EOF was sent (splicing, or a closed connection that sent it).
+        public var channelEOFSent = false
+        /// `watchChannelWindow` is in force: report `channelWindowOpened`, not `channelWindowClosed`.
+        public var windowWatched = false
+        /// `holdChannelInput` is in force: libssh holds channel bytes; report `channelInputReleased`
+        /// when they were pulled, not `channelInputHeld` again.
+        public var inputHeld = false
+        public init() {}
+    }
+
+    /// The runtime's reading of the state (see `View`).
+    public var view: View {
+        var v = View()
+        if let p = state.pressure { v.windowWatched = p.windowClosed; v.inputHeld = p.inputHeld }
+        switch state {
+        case .handshaking:
+            v.handshaking = true
+        case .connectingTarget(let c):
+            v.connectingTarget = true
+            v.readsPlatform = !c.platformFinished
+            v.platformFinished = c.platformFinished
+        case .splicing(let s):
+            v.targetOpen = true
+            v.readsPlatform = !s.platformFinished
+            v.readsTarget = !s.targetFinished
+            v.platformFinished = s.platformFinished
+            v.awaitsOutputDrain = s.targetFinished && !s.channelEOFSent
+            v.channelEOFSent = s.channelEOFSent
+        case .finishing(let f):
+            v.platformFinished = f.platformFinished
+            v.awaitsOutputDrain = true
+        case .closed(let c):
+            v.closed = true
+            v.channelEOFSent = c.channelEOFSent
+        }
+        return v
     }
 
     /// Why a connection ended.
@@ -440,12 +505,12 @@ public struct InnerConnectionMachine: StateMachine {
     private mutating func onOutputDrained() -> [Action] {
         switch state {
         case .handshaking, .connectingTarget: return unexpected("outputDrained")
-        case .finishing: return [.sendChannelEOF] + closing(.completed)
+        case .finishing: return closing(.completed, sendingChannelEOF: true)
         case .splicing(var s):
             guard s.targetFinished, !s.channelEOFSent else { return [] }
             s.channelEOFSent = true
             state = .splicing(s)
-            return [.sendChannelEOF] + (s.platformFinished ? closing(.completed) : [])
+            return s.platformFinished ? closing(.completed, sendingChannelEOF: true) : [.sendChannelEOF]
         case .closed: return []
         }
     }
@@ -483,11 +548,14 @@ public struct InnerConnectionMachine: StateMachine {
 
     // MARK: Helpers
 
-    /// The end of a counted connection (after its mode was decided).
-    private mutating func closing(_ cause: CloseCause) -> [Action] {
+    /// The end of a counted connection (after its mode was decided); `sendingChannelEOF`: the
+    /// channel EOF goes out first, in the same step.
+    private mutating func closing(_ cause: CloseCause, sendingChannelEOF: Bool = false) -> [Action] {
         let mode = state.mode ?? .none
-        state = .closed(Closed(cause: cause, mode: mode))
-        return [.report(metric: .channelClosed(alpn: mode.label)), .close(cause: cause)]
+        var eofSent = sendingChannelEOF
+        if case .splicing(let s) = state { eofSent = eofSent || s.channelEOFSent }
+        state = .closed(Closed(cause: cause, mode: mode, channelEOFSent: eofSent))
+        return (sendingChannelEOF ? [.sendChannelEOF] : []) + [.report(metric: .channelClosed(alpn: mode.label)), .close(cause: cause)]
     }
 
     private func unexpected(_ event: String) -> [Action] {

@@ -10,8 +10,10 @@ import RelayModel
 /// pinned to the gateway client CA) runs over the channel through a `MemoryTLS`; the machine
 /// decides the mode from the negotiated ALPN and every lifecycle step, and this class moves the
 /// bytes, keeps the queues, the window and the descriptors, reports only transitions and
-/// performs the machine's actions in one `perform` switch. Lives on the gateway link's loop;
-/// nothing here crosses threads.
+/// performs the machine's actions in one `perform` switch. What the machine decided (closed, mode,
+/// connecting, directions ended, close_notify awaiting its drain, window watched, input held) is
+/// read from its `view`, copied after each event; the only flags kept here are byte-level or
+/// driver facts. Lives on the gateway link's loop; nothing here crosses threads.
 final class InnerConnection: PollHandler, @unchecked Sendable {
     typealias M = InnerConnectionMachine
     static let alpnModes = M.alpnProtocols
@@ -34,22 +36,17 @@ final class InnerConnection: PollHandler, @unchecked Sendable {
     /// The ALPN label this connection was counted under in `gateway_channels_active`.
     private var countedMode: String?
 
-    // Runtime facts (what the resources are doing), not decisions.
-    private var closing = false            // close performed: nothing more is written anywhere
-    private var handshakeDone = false
-    private var readsInput = false         // a proxy mode: platform plaintext goes to the target
-    private var connecting = false         // the target's connect is in flight
-    private var targetOpen = false         // the target (or the http proxy's socketpair) carries data
+    /// The machine's `view` after the last event (Specs/innerConnection.md §1): every decision
+    /// read here; never asked per chunk.
+    private var view = M.View()
+    /// Stream fact, not a decision: the relay sent channel EOF, so a TLS read that wants more
+    /// input will never get it (the machine ignores `channelEOF` after the handshake).
     private var channelEOF = false
-    private var innerEOF = false           // the platform's TLS stream ended
-    private var platformReported = false
-    private var targetEOF = false
-    private var awaitingDrain = false      // close_notify sent, outputDrained not reported yet
-    private var channelEOFSent = false
-    private var libsshHolds = false        // mirrors holdChannelInput / releaseChannelInput
-    private var windowWatched = false      // mirrors watchChannelWindow / unwatchChannelWindow
-    /// True while libssh is inside our data callback: reading from the channel then would
-    /// consume bytes libssh is about to drop from its own buffer.
+    /// Stream fact, not a decision: the decrypted platform stream ended (close_notify, EOF or
+    /// error); `platformFinished` follows once the queue for the target has drained.
+    private var innerEOF = false
+    /// libssh-calling-context fact, not a decision: libssh is inside our data callback, so
+    /// reading from the channel now would consume bytes libssh is about to drop.
     private var inDataCallback = false
     private(set) var bytesToTarget = 0, bytesFromTarget = 0
 
@@ -60,6 +57,7 @@ final class InnerConnection: PollHandler, @unchecked Sendable {
         machine = Driven(M.self, config: M.Config(), instance: "inner-\(link.connection)-\(id)", trace: trace)
         timers = MachineTimers(loop: link.loop)
         callbacks = .allocate(capacity: 1)
+        view = machine.read { $0.view }
         callbacks.initialize(to: ssh_channel_callbacks_struct())
         let me = Unmanaged.passUnretained(self).toOpaque()
         relay_ssh_channel_callbacks_init(callbacks)
@@ -90,7 +88,9 @@ final class InnerConnection: PollHandler, @unchecked Sendable {
     // MARK: Machine
 
     private func feed(_ event: M.Event) {
-        for action in machine.handle(event) { perform(action) }
+        let actions = machine.handle(event)
+        view = machine.read { $0.view }
+        for action in actions { perform(action) }
     }
 
     private func perform(_ action: M.Action) {
@@ -109,29 +109,23 @@ final class InnerConnection: PollHandler, @unchecked Sendable {
             writeReply(M.healthReply)
         case .sendCloseNotify:
             tls.shutdown()
-            awaitingDrain = true
-            flushToChannel()
+            flushToChannel() // reports outputDrained once the channel took it (view.awaitsOutputDrain)
         case .shutdownTargetWrite:
             if targetFD >= 0 { shutdown(targetFD, Int32(RELAY_SHUT_WR)) }
         case .sendChannelEOF:
-            channelEOFSent = true
             if let ch = channel { ssh_channel_send_eof(ch) }
         case .watchChannelWindow:
-            windowWatched = true
             loop.setAfterPoll(self) { [weak self] in
-                guard let self, !self.closing, let ch = self.channel else { return }
+                guard let self, !self.view.closed, let ch = self.channel else { return }
                 if ssh_channel_window_size(ch) > 0 {
                     self.feed(.channelWindowOpened(now: Clock.now()))
                     self.pump()
                 }
             }
         case .unwatchChannelWindow:
-            windowWatched = false
             loop.setAfterPoll(self, nil)
-        case .holdChannelInput:
-            libsshHolds = true
-        case .releaseChannelInput:
-            libsshHolds = false
+        case .holdChannelInput, .releaseChannelInput:
+            break // the data callback and pullHeld read view.inputHeld
         case .close(let cause):
             finish(cause)
         case .log(let message):
@@ -155,9 +149,9 @@ final class InnerConnection: PollHandler, @unchecked Sendable {
     // MARK: Channel side
 
     private func channelData(_ p: UnsafeRawBufferPointer) -> Int {
-        guard !closing else { return p.count }
+        guard !view.closed else { return p.count }
         if tls.pendingInput > InnerConnection.highWater {
-            if !libsshHolds { feed(.channelInputHeld(now: Clock.now())) }
+            if !view.inputHeld { feed(.channelInputHeld(now: Clock.now())) }
             return 0
         }
         tls.feed(p)
@@ -169,11 +163,11 @@ final class InnerConnection: PollHandler, @unchecked Sendable {
 
     /// Moves TLS output to the channel, bounded by the remote window.
     private func flushToChannel() {
-        guard let ch = channel, !closing else { return }
+        guard let ch = channel, !view.closed else { return }
         while tls.pendingOutput > 0 {
             let window = Int(ssh_channel_window_size(ch))
             if window == 0 {
-                if !windowWatched { feed(.channelWindowClosed(now: Clock.now())) }
+                if !view.windowWatched { feed(.channelWindowClosed(now: Clock.now())) }
                 return
             }
             let n = withScratch { tls.drain(into: UnsafeMutableRawBufferPointer(rebasing: $0[0..<min(window, $0.count)])) }
@@ -181,28 +175,24 @@ final class InnerConnection: PollHandler, @unchecked Sendable {
             let rc = withScratchBytes { ssh_channel_write(ch, $0.baseAddress, UInt32(n)) }
             if rc == SSH_ERROR { feed(.channelFailed(now: Clock.now())); return }
         }
-        if awaitingDrain && tls.pendingOutput == 0 {
-            awaitingDrain = false
-            feed(.outputDrained(now: Clock.now()))
-        }
+        if view.awaitsOutputDrain && tls.pendingOutput == 0 { feed(.outputDrained(now: Clock.now())) }
     }
 
     // MARK: TLS
 
     /// Advances everything that can advance: handshake, plaintext to the target, output.
     func pump() {
-        guard !closing else { return }
-        if !handshakeDone {
+        guard !view.closed else { return }
+        if view.handshaking {
             let step = tls.handshake()
             flushToChannel()
             switch step {
             case .done:
-                handshakeDone = true
                 let alpn = tls.negotiatedALPN
                 let mode = M.Mode(alpn: alpn)
                 let target = mode == .tcpProxy || mode == .httpProxy ? routingTarget() : nil
                 feed(.handshakeCompleted(alpn: alpn, target: target, now: Clock.now()))
-                guard !closing else { return }
+                guard !view.closed else { return }
             case .wantInput:
                 return
             case .closed:
@@ -216,7 +206,7 @@ final class InnerConnection: PollHandler, @unchecked Sendable {
         // Until the target stops taking bytes or the TLS input runs dry: one pass moves at most
         // toTarget's capacity, and with the rest still buffered (and the target writable) nothing
         // else would call pump again — the window stayed closed and the relay stopped sending.
-        while readPlaintext() > 0 && toTarget.isEmpty && targetOpen && !closing {
+        while readPlaintext() > 0 && toTarget.isEmpty && view.targetOpen {
             flushToTarget()
         }
         flushToTarget()
@@ -230,7 +220,7 @@ final class InnerConnection: PollHandler, @unchecked Sendable {
     }
 
     private func pullHeld() {
-        guard libsshHolds, !closing, let ch = channel, tls.pendingInput < InnerConnection.highWater / 2 else { return }
+        guard view.inputHeld, let ch = channel, tls.pendingInput < InnerConnection.highWater / 2 else { return }
         if inDataCallback { loop.later { [weak self] in self?.pump() }; return }
         let n = withScratch { ssh_channel_read_nonblocking(ch, $0.baseAddress, UInt32($0.count), 0) }
         if n > 0 {
@@ -244,7 +234,7 @@ final class InnerConnection: PollHandler, @unchecked Sendable {
     /// Decrypts what fits into `toTarget`; returns the plaintext bytes taken.
     @discardableResult
     private func readPlaintext() -> Int {
-        guard readsInput, !innerEOF, !closing else { return 0 }
+        guard view.readsPlatform, !innerEOF else { return 0 }
         var taken = 0
         while toTarget.space > 0 {
             let step = withScratch { tls.read(into: UnsafeMutableRawBufferPointer(rebasing: $0[0..<min($0.count, toTarget.space)])) }
@@ -263,10 +253,10 @@ final class InnerConnection: PollHandler, @unchecked Sendable {
         return taken
     }
 
-    /// The platform's direction ended and everything it sent reached the target: tell the machine once.
+    /// The platform's direction ended and everything it sent reached the target: tell the machine
+    /// (once: then its view says so).
     private func reportPlatformFinished() {
-        guard innerEOF, toTarget.isEmpty, !platformReported, !closing else { return }
-        platformReported = true
+        guard innerEOF, toTarget.isEmpty, !view.platformFinished, !view.closed else { return }
         feed(.platformFinished(now: Clock.now()))
     }
 
@@ -296,7 +286,6 @@ final class InnerConnection: PollHandler, @unchecked Sendable {
     }
 
     private func dialTarget(host: String, port: Int) {
-        readsInput = true
         let addrs: [(family: Int32, storage: sockaddr_storage, length: socklen_t)]
         do { addrs = try Net.resolve(host: host, port: port, passive: false) } catch {
             feed(.targetConnectFailed(detail: "cannot resolve: \(error)", now: Clock.now())); return
@@ -312,12 +301,10 @@ final class InnerConnection: PollHandler, @unchecked Sendable {
             feed(.targetConnectFailed(detail: String(cString: strerror(errno)), now: Clock.now()))
             return
         }
-        connecting = true
-        setTargetInterest(UInt32(RELAY_EPOLLOUT))
+        setTargetInterest(UInt32(RELAY_EPOLLOUT)) // the first readiness is the connect's result (view.connectingTarget)
     }
 
     private func startHTTPProxy(host: String, port: Int) {
-        readsInput = true
         var fds: [Int32] = [0, 0]
         guard socketpair(AF_UNIX, Int32(RELAY_SOCK_STREAM) | Int32(RELAY_SOCK_CLOEXEC), 0, &fds) == 0 else {
             feed(.targetFailed(detail: "socketpair: \(String(cString: strerror(errno)))", now: Clock.now())); return
@@ -325,7 +312,6 @@ final class InnerConnection: PollHandler, @unchecked Sendable {
         Net.setNonBlocking(fds[0])
         targetFD = fds[0]
         HTTPProxyWorker(fd: fds[1], targetHost: host, targetPort: port).start()
-        targetOpen = true
         setTargetInterest(UInt32(RELAY_EPOLLIN))
     }
 
@@ -336,28 +322,26 @@ final class InnerConnection: PollHandler, @unchecked Sendable {
     }
 
     private func updateTargetInterest() {
-        guard targetFD >= 0, targetOpen, !closing else { return }
+        guard targetFD >= 0, view.targetOpen else { return }
         var ev: UInt32 = 0
-        if !targetEOF && tls.pendingOutput < InnerConnection.highWater { ev |= UInt32(RELAY_EPOLLIN) }
+        if view.readsTarget && tls.pendingOutput < InnerConnection.highWater { ev |= UInt32(RELAY_EPOLLIN) }
         if !toTarget.isEmpty { ev |= UInt32(RELAY_EPOLLOUT) }
         setTargetInterest(ev == 0 ? UInt32(RELAY_EPOLLRDHUP) : ev)
     }
 
     func loopReady(events: UInt32) {
-        guard !closing else { return }
-        if connecting {
+        guard !view.closed else { return }
+        if view.connectingTarget {
             var soErr: Int32 = 0
             var l = socklen_t(MemoryLayout<Int32>.size)
             getsockopt(targetFD, SOL_SOCKET, SO_ERROR, &soErr, &l)
-            connecting = false
             if soErr != 0 {
                 feed(.targetConnectFailed(detail: String(cString: strerror(soErr)), now: Clock.now()))
                 return
             }
-            targetOpen = true
             feed(.targetConnected(now: Clock.now()))
         }
-        guard targetOpen, !closing else { return }
+        guard view.targetOpen else { return }
         if events & UInt32(RELAY_EPOLLOUT) != 0 { flushToTarget() }
         if events & UInt32(RELAY_EPOLLIN | RELAY_EPOLLHUP | RELAY_EPOLLERR) != 0 { readTarget() }
         pump()
@@ -365,7 +349,7 @@ final class InnerConnection: PollHandler, @unchecked Sendable {
     }
 
     private func readTarget() {
-        while !targetEOF && !closing && tls.pendingOutput < InnerConnection.highWater {
+        while view.readsTarget && tls.pendingOutput < InnerConnection.highWater {
             let n = withScratch { Glibc.read(targetFD, $0.baseAddress, $0.count) }
             if n > 0 {
                 bytesFromTarget += n
@@ -376,14 +360,13 @@ final class InnerConnection: PollHandler, @unchecked Sendable {
             } else if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) {
                 break
             } else {
-                targetEOF = true // EOF, or a read error: the target's direction ended
-                feed(.targetFinished(now: Clock.now()))
+                feed(.targetFinished(now: Clock.now())) // EOF, or a read error: the target's direction ended
             }
         }
     }
 
     private func flushToTarget() {
-        guard targetFD >= 0, targetOpen, !closing else { return }
+        guard targetFD >= 0, view.targetOpen else { return }
         while !toTarget.isEmpty {
             let n = toTarget.withReadable { Glibc.write(targetFD, $0.baseAddress, $0.count) }
             if n > 0 { toTarget.consume(n); bytesToTarget += n; continue }
@@ -399,13 +382,11 @@ final class InnerConnection: PollHandler, @unchecked Sendable {
     /// The gateway's SSH connection ended: the machine closes this connection.
     func linkLost() { feed(.linkLost(now: Clock.now())) }
 
-    /// Performs `close`: closes the target and the channel (outside libssh callbacks).
+    /// Performs `close` (issued once; the view is closed from now on): closes the target and the
+    /// channel (outside libssh callbacks).
     private func finish(_ cause: M.CloseCause) {
-        guard !closing else { return }
-        closing = true
         RelayLog.gateway.debug("inner connection \(id) (\(countedMode ?? "no mode")) ended: \(cause.text); \(bytesToTarget) bytes to the target, \(bytesFromTarget) back")
         timers.cancelAll()
-        windowWatched = false
         loop.setAfterPoll(self, nil)
         loop.later { [self] in
             if targetFD >= 0 {
@@ -416,7 +397,7 @@ final class InnerConnection: PollHandler, @unchecked Sendable {
             if let ch = channel {
                 ssh_remove_channel_callbacks(ch, callbacks)
                 if ssh_channel_is_closed(ch) == 0 {
-                    if !channelEOFSent { ssh_channel_send_eof(ch) }
+                    if !view.channelEOFSent { ssh_channel_send_eof(ch) }
                     ssh_channel_close(ch)
                 }
                 ssh_channel_free(ch)
