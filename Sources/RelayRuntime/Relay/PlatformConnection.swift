@@ -75,14 +75,14 @@ final class PlatformConnection: PollHandler, @unchecked Sendable {
 
     private func feed(_ event: Machine.Event) {
         for a in machine.handle(event) { perform(a) }
-        if !forgotten, machine.stateName == "closed" {
+        if !forgotten, machine.read({ $0.state.name }) == .closed {
             forgotten = true
             driver?.forget(self)
         }
     }
 
     private func step() {
-        guard machine.stateName == "handshaking" else { return }
+        guard machine.read({ $0.state.name }) == .handshaking else { return }
         switch tls.handshake() {
         case .done: feed(.handshakeDone(verdict: Self.verdict(of: tls), now: Clock.now()))
         case .wantRead: watch(UInt32(RELAY_EPOLLIN))
