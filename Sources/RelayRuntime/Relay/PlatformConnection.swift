@@ -119,7 +119,8 @@ final class PlatformConnection: PollHandler, @unchecked Sendable {
             tlsLoop.later { tls.value.release() }
         case .sendCloseNotify:
             unwatch()
-            // A TLS close_notify (an alert, never application bytes), then the socket closes.
+            // A TLS close_notify (an alert, never application bytes), then the socket closes
+            // whatever it did: the machine is already closing, a failure changes nothing.
             _ = tls.sendCloseNotify()
             tls.release()
         case .log(let m):
