@@ -90,6 +90,12 @@ struct PlatformConnectionMachineTests {
         }
     }
 
+    @Test("State.name is the spec name of every state (the driver compares it)")
+    func stateNamesMatchSpecNames() {
+        for t in TargetState.allCases { #expect(Self.reach(t).state.name.rawValue == Self.reach(t).stateName, "\(t)") }
+        #expect(Set(TargetState.allCases.map { Self.reach($0).state.name }) == Set(M.State.Name.allCases))
+    }
+
     @Test("model and Specs/platformConnection.md agree")
     func conformance() throws {
         try Grid.expectConformance(M.self, cases: Self.allGridCases)

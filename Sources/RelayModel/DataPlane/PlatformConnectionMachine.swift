@@ -148,6 +148,22 @@ public struct PlatformConnectionMachine: StateMachine {
         /// Terminal, with the cause.
         case closed(CloseCause)
 
+        /// The state's name without its payload: the driver compares this, so a renamed state breaks
+        /// the build there instead of silently never matching.
+        public enum Name: String, CaseIterable, Sendable {
+            case idle, handshaking, routed, spliced, closed
+        }
+
+        public var name: Name {
+            switch self {
+            case .idle: return .idle
+            case .handshaking: return .handshaking
+            case .routed: return .routed
+            case .spliced: return .spliced
+            case .closed: return .closed
+            }
+        }
+
         public var pendingTimers: Set<TimerKind> {
             if case .handshaking = self { return [.handshakeDeadline] }
             return []

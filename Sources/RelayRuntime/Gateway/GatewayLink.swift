@@ -56,6 +56,7 @@ final class GatewayLink: @unchecked Sendable {
                 link.accepted(ch)
                 return 0
             }
+            link.refusing(msg)
             return 1 // libssh's default reply: refuse
         }, me)
         loop.add(session: session)
@@ -67,6 +68,45 @@ final class GatewayLink: @unchecked Sendable {
                                 onGone: { [weak self] in self?.confirmHangup(checks: 0) })
         hangup = watch
         watch.arm()
+    }
+
+    /// Channel opens and global requests refused on this link so far.
+    private var refusals = 0
+
+    /// Logs a request libssh's default reply is about to refuse: a channel open of any type but
+    /// `direct-tcpip` (SSH_OPEN_ADMINISTRATIVELY_PROHIBITED), or a global request (REQUEST_FAILURE).
+    /// libssh hands over the channel type only as a known kind (an unknown type's text never reaches
+    /// us); the addresses it parsed are peer text. The first refusal of a link is a warning, later
+    /// ones debug lines, so a relay that keeps asking cannot flood the log.
+    private func refusing(_ msg: ssh_message) {
+        refusals += 1
+        let what: String
+        switch ssh_message_type(msg) {
+        case Int32(SSH_REQUEST_CHANNEL_OPEN.rawValue):
+            let kind: String
+            switch ssh_message_subtype(msg) {
+            case Int32(SSH_CHANNEL_SESSION.rawValue): kind = "session"
+            case Int32(SSH_CHANNEL_X11.rawValue): kind = "x11"
+            case Int32(SSH_CHANNEL_FORWARDED_TCPIP.rawValue): kind = "forwarded-tcpip"
+            case Int32(SSH_CHANNEL_AUTH_AGENT.rawValue): kind = "auth-agent@openssh.com"
+            case Int32(SSH_CHANNEL_DIRECT_TCPIP.rawValue): kind = "direct-tcpip (not accepted: link closed or accept failed)"
+            default: kind = "unknown (libssh does not pass its name on)"
+            }
+            var addresses: [String] = []
+            if let o = ssh_message_channel_request_open_originator(msg) {
+                addresses.append("from \(PeerText.quoted(String(cString: o))):\(ssh_message_channel_request_open_originator_port(msg))")
+            }
+            if let d = ssh_message_channel_request_open_destination(msg) {
+                addresses.append("to \(PeerText.quoted(String(cString: d))):\(ssh_message_channel_request_open_destination_port(msg))")
+            }
+            what = "channel type \(kind)" + (addresses.isEmpty ? "" : " (" + addresses.joined(separator: " ") + ")")
+        case Int32(SSH_REQUEST_GLOBAL.rawValue):
+            what = "a global request (libssh kind \(ssh_message_subtype(msg)))"
+        default:
+            what = "a request (libssh type \(ssh_message_type(msg)))"
+        }
+        let text = "gateway: refused \(what) from the relay on connection \(connection): only direct-tcpip channels are accepted (refusal \(refusals) on this link)"
+        if refusals == 1 { RelayLog.gateway.warning("\(text)") } else { RelayLog.gateway.debug("\(text)") }
     }
 
     private func accepted(_ ch: OpaquePointer) {

@@ -75,14 +75,14 @@ final class PlatformConnection: PollHandler, @unchecked Sendable {
 
     private func feed(_ event: Machine.Event) {
         for a in machine.handle(event) { perform(a) }
-        if !forgotten, machine.stateName == "closed" {
+        if !forgotten, machine.read({ $0.state.name }) == .closed {
             forgotten = true
             driver?.forget(self)
         }
     }
 
     private func step() {
-        guard machine.stateName == "handshaking" else { return }
+        guard machine.read({ $0.state.name }) == .handshaking else { return }
         switch tls.handshake() {
         case .done: feed(.handshakeDone(verdict: Self.verdict(of: tls), now: Clock.now()))
         case .wantRead: watch(UInt32(RELAY_EPOLLIN))
@@ -119,7 +119,8 @@ final class PlatformConnection: PollHandler, @unchecked Sendable {
             tlsLoop.later { tls.value.release() }
         case .sendCloseNotify:
             unwatch()
-            // A TLS close_notify (an alert, never application bytes), then the socket closes.
+            // A TLS close_notify (an alert, never application bytes), then the socket closes
+            // whatever it did: the machine is already closing, a failure changes nothing.
             _ = tls.sendCloseNotify()
             tls.release()
         case .log(let m):

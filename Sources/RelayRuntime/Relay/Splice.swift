@@ -129,7 +129,7 @@ final class Splice: PollHandler, @unchecked Sendable {
             if let ch = channel { ssh_channel_send_eof(ch) }
         case .sendCloseNotify:
             // Written at once, or retried when writable (`view.flushesCloseNotify`, flushToTLS).
-            if tls.sendCloseNotify() { feed(.closeNotifyFlushed(now: Clock.now())) }
+            sendCloseNotify()
         case .releaseChannel:
             loop.setAfterPoll(self, nil)
             timers.cancelAll()
@@ -308,10 +308,20 @@ final class Splice: PollHandler, @unchecked Sendable {
         return take
     }
 
+    /// One close_notify attempt: written (`closeNotifyFlushed`), retried when writable, or a TLS
+    /// failure of the platform side (`tlsFailed`, which the table allows while it is pending).
+    private func sendCloseNotify() {
+        switch tls.sendCloseNotify() {
+        case .sent: feed(.closeNotifyFlushed(now: Clock.now()))
+        case .wouldBlock: break
+        case .failed(let why): feed(.tlsFailed(detail: "client TLS error: \(why)", now: Clock.now()))
+        }
+    }
+
     private func flushToTLS() {
         guard phase == .open, let ch = channel else { return }
         if view.flushesCloseNotify {
-            if tls.sendCloseNotify() { feed(.closeNotifyFlushed(now: Clock.now())) }
+            sendCloseNotify()
             return
         }
         while view.writesTLS {

@@ -121,6 +121,10 @@ final class RelayTestbed: @unchecked Sendable {
         try server.replaceCredentials(credentials)
     }
 
+    /// The relay's SSH host key and the gateway user CA's public key, for a stand-in relay (`GoRelay`).
+    var hostKeyFile: String { keygen.dir.appendingPathComponent("host").path }
+    var userCAPublicKeyFile: String { keygen.dir.appendingPathComponent("user-ca.pub").path }
+
     /// The relay SSH host CA's public key file (`ssh.serverCAPublicKey`), for `-host-ca` and known_hosts.
     var hostCAPublicKeyFile: String { keygen.dir.appendingPathComponent("host-ca.pub").path }
 
@@ -153,8 +157,9 @@ final class RelayTestbed: @unchecked Sendable {
                         validity: validity, host: host)
     }
 
-    /// Credentials for our own gateway (`GatewayAgent`), shaped like `/api/v3/gateways/connect`.
-    func ourGatewayCredentials(_ id: String, name: String = "gw") throws -> GatewayCredentials {
+    /// Credentials for our own gateway (`GatewayAgent`), shaped like `/api/v3/gateways/connect`;
+    /// `relaySSHPort` when the relay is another peer (default: this bed's relay).
+    func ourGatewayCredentials(_ id: String, name: String = "gw", relaySSHPort: Int? = nil) throws -> GatewayCredentials {
         let ident = try gatewayIdentity(id, name: name)
         let key = try KeyPair.generate(.ecdsaP256)
         var b = CertificateBuilder(subject: [("O", "org-1"), ("CN", "Gateway")])
@@ -163,7 +168,7 @@ final class RelayTestbed: @unchecked Sendable {
                         ("extendedKeyUsage", "serverAuth"), ("subjectAltName", "DNS:localhost,IP:127.0.0.1,IP:::1")]
         let cert = try b.sign(publicKeyOf: key, issuer: gatewayServerCA)
         return GatewayCredentials(
-            gatewayId: id, relayHost: "127.0.0.1", relayName: relayName, relaySshPort: server.boundSSHPort,
+            gatewayId: id, relayHost: "127.0.0.1", relayName: relayName, relaySshPort: relaySSHPort ?? server.boundSSHPort,
             pki: .init(serverCertificate: cert.pem, serverPrivateKey: key.privateKeyPEM,
                        clientCertificateChain: gatewayClientCA.0.pem + rootCA.0.pem),
             ssh: .init(clientCertificate: try String(contentsOfFile: ident.cert, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines),

@@ -138,7 +138,11 @@ func tlsEcho(_ conn: TLSConnection, _ payload: [UInt8], timeout: Double = 20) th
             case .failed(let why): throw PeerProcessError("echo: write failed after \(written) bytes: \(why)")
             }
         } else if !sentClose {
-            sentClose = conn.sendCloseNotify()
+            switch conn.sendCloseNotify() {
+            case .sent: sentClose = true
+            case .wouldBlock: break
+            case .failed(let why): throw PeerProcessError("echo: close_notify failed after \(written) bytes: \(why)")
+            }
         }
         let r = buf.withUnsafeMutableBytes { conn.read($0) }
         switch r {

@@ -97,7 +97,8 @@ public final class BlockingTLSClient: @unchecked Sendable {
         return out
     }
 
-    /// Sends close_notify (half-close: reading may continue).
+    /// Sends close_notify (half-close: reading may continue). Best effort: a failure shows on the
+    /// next read.
     public func closeWrite() { _ = conn.sendCloseNotify() }
 
     public func close() { conn.release() }

@@ -94,7 +94,9 @@ extension BlockingTLSClient: PlaintextStream {
         case .failed(let why): throw .tls(why)
         }
     }
-    func finishWriting() throws(RuntimeError) { _ = conn.sendCloseNotify() }
+    func finishWriting() throws(RuntimeError) {
+        if case .failed(let why) = conn.sendCloseNotify() { throw .tls(why) }
+    }
     var hasPendingOutput: Bool { false }
     func flush() throws(RuntimeError) -> Bool { false }
 

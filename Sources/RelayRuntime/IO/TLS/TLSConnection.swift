@@ -83,15 +83,28 @@ final class TLSConnection: @unchecked Sendable {
     /// Bytes already decrypted and buffered inside OpenSSL (readable without the socket).
     var pending: Int { Int(SSL_pending(ssl)) }
 
-    /// Sends close_notify (our half-close). Returns false when it must be retried on writability.
-    @discardableResult
-    func sendCloseNotify() -> Bool {
+    /// What `sendCloseNotify` did.
+    enum CloseNotify: Equatable {
+        /// The close_notify alert was written to the socket.
+        case sent
+        /// The socket cannot take it now: retry when writable.
+        case wouldBlock
+        /// The TLS or the socket failed (reset, broken pipe, a fatal alert earlier): nothing was
+        /// sent and nothing will be; a TLS failure for the caller.
+        case failed(String)
+    }
+
+    /// Sends close_notify (our half-close).
+    func sendCloseNotify() -> CloseNotify {
         ERR_clear_error()
         let rc = SSL_shutdown(ssl)
-        if rc >= 0 { return true }
-        let err = SSL_get_error(ssl, rc)
-        ERR_clear_error()
-        return !(err == SSL_ERROR_WANT_WRITE || err == SSL_ERROR_WANT_READ)
+        if rc >= 0 { return .sent }
+        switch classify(rc, "close_notify") {
+        case .done: return .sent
+        case .wantRead, .wantWrite: return .wouldBlock
+        case .closed: return .failed("close_notify: connection closed")
+        case .failed(let why): return .failed(why)
+        }
     }
 
     var peerCertificate: X509Box? {
