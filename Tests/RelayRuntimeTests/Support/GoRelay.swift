@@ -15,10 +15,6 @@ import Foundation
 struct GoRelay: Sendable {
     let process: PeerProcess
 
-    static let source = URL(fileURLWithPath: #filePath)
-        .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-        .appendingPathComponent("Tools/gorelay/main.go")
-
     static func binary() async throws -> String { try await builder.binary() }
 
     /// Starts the tool; its stdin is a pipe and it runs with `-exit-on-stdin-eof`, so it cannot
@@ -56,37 +52,5 @@ struct GoRelay: Sendable {
     @discardableResult
     func stop(timeout: Duration = .seconds(5)) async -> PeerProcess.Exit { await process.stop(timeout: timeout) }
 
-    private static let builder = Builder()
-
-    /// One `go build` per test process, cached by the source's size and modification time (as
-    /// `SSHProbe` does).
-    private actor Builder {
-        private var task: Task<String, any Error>?
-
-        func binary() async throws -> String {
-            if let task { return try await task.value }
-            let task = Task { try await Self.build() }
-            self.task = task
-            return try await task.value
-        }
-
-        private static func build() async throws -> String {
-            let fm = FileManager.default
-            let attributes = try fm.attributesOfItem(atPath: GoRelay.source.path)
-            let mtime = (attributes[.modificationDate] as? Date)?.timeIntervalSince1970 ?? 0
-            let size = (attributes[.size] as? NSNumber)?.int64Value ?? 0
-            let cache = GoGateway.cacheDirectory
-            let binary = cache.appendingPathComponent("gorelay-\(size)-\(Int64(mtime * 1_000_000))")
-            if fm.isExecutableFile(atPath: binary.path) { return binary.path }
-            try fm.createDirectory(at: cache, withIntermediateDirectories: true)
-            let partial = cache.appendingPathComponent("\(binary.lastPathComponent).\(getpid()).partial")
-            try await PeerProcess.check(
-                "/usr/bin/env", ["go", "build", "-o", partial.path, GoRelay.source.path],
-                environment: GoGateway.goEnvironment)
-            if rename(partial.path, binary.path) != 0 {
-                throw PeerProcessError("rename \(partial.path) → \(binary.path): errno \(errno)")
-            }
-            return binary.path
-        }
-    }
+    private static let builder = GoTool("gorelay")
 }

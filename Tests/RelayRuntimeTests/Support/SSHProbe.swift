@@ -10,10 +10,6 @@ import Foundation
 ///     let run = try await SSHProbe.run(["-relay", addr, "-mode", "raw", "-script", "service,msg:52"])
 ///     #expect(run.lines.contains { $0.hasPrefix("CLOSED") })
 enum SSHProbe {
-    static let source = URL(fileURLWithPath: #filePath)
-        .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-        .appendingPathComponent("Tools/sshprobe/main.go")
-
     static func binary() async throws -> String { try await builder.binary() }
 
     /// Runs the probe to completion (it ends by itself in raw mode) and returns its stdout lines.
@@ -27,37 +23,7 @@ enum SSHProbe {
         try PeerProcess(try await binary(), arguments, stdinPipe: true)
     }
 
-    private static let builder = Builder()
-
-    private actor Builder {
-        private var task: Task<String, any Error>?
-
-        func binary() async throws -> String {
-            if let task { return try await task.value }
-            let task = Task { try await Self.build() }
-            self.task = task
-            return try await task.value
-        }
-
-        private static func build() async throws -> String {
-            let fm = FileManager.default
-            let attributes = try fm.attributesOfItem(atPath: SSHProbe.source.path)
-            let mtime = (attributes[.modificationDate] as? Date)?.timeIntervalSince1970 ?? 0
-            let size = (attributes[.size] as? NSNumber)?.int64Value ?? 0
-            let cache = GoGateway.cacheDirectory
-            let binary = cache.appendingPathComponent("sshprobe-\(size)-\(Int64(mtime * 1_000_000))")
-            if fm.isExecutableFile(atPath: binary.path) { return binary.path }
-            try fm.createDirectory(at: cache, withIntermediateDirectories: true)
-            let partial = cache.appendingPathComponent("\(binary.lastPathComponent).\(getpid()).partial")
-            try await PeerProcess.check(
-                "/usr/bin/env", ["go", "build", "-o", partial.path, SSHProbe.source.path],
-                environment: GoGateway.goEnvironment)
-            if rename(partial.path, binary.path) != 0 {
-                throw PeerProcessError("rename \(partial.path) → \(binary.path): errno \(errno)")
-            }
-            return binary.path
-        }
-    }
+    private static let builder = GoTool("sshprobe")
 }
 
 /// OpenSSH's `ssh` client as a test peer: no config, no known_hosts, only the given identity,
