@@ -153,7 +153,7 @@ struct SecurityCasesTests {
     @Test("L-01: SIGTERM with an active tunnel: listeners close, a splice that ends during the drain closes cleanly, one still open is cut at the drain deadline, exit 0")
     func sigtermWithActiveTunnel() async throws {
         let bed = try RelayTestbed(relayName: "relay1")
-        let relay = try RelayCLI.start(try RelayStartCLITests.standalone(bed, ["--drain-timeout", "2"]))
+        let relay = try RelayCLI.start(try RelayStartCLITests.standalone(bed, ["--drain-timeout", "5"]))
         try await relay.waitForLog("Relay server started successfully")
         let (ssh, tls) = try await relay.ports()
         let ident = try bed.gatewayIdentity("gw-1")
