@@ -143,6 +143,9 @@ public enum EnrollmentMessage: Codable, Equatable, Sendable, CaseNamed {
             return "Enrollment token has already been used: enrollment tokens are single use. Mint a new enrollment token for this \(r) and start again with --token."
         case let .loginRejected(message):
             return "Enrollment was refused by the platform: \(message)"
+        case let .awsLoginRejected(detail) where detail.hasPrefix("Signature expired"):
+            // A clock problem (our platform's skew answer, or STS's own text), not an allowlist one.
+            return "AWS authentication was rejected by the platform: \(detail). This host's clock is probably wrong: check that NTP (timedatectl, chronyc tracking) keeps it in sync; the signed request is only valid for 15 minutes around its time."
         case let .awsLoginRejected(detail):
             return "AWS authentication was rejected by the platform: \(detail). Check the \(r)'s allowed AWS account IDs and principal ARNs, and which AWS identity this host uses."
         case let .loginRetrying(problem, attempt, retryIn):

@@ -81,9 +81,15 @@ public final class StateStore: @unchecked Sendable {
     /// `/etc/infisical/relays` as root, else `~/.infisical/relays` (Infisical's `enroll.go`); for
     /// gateways `…/gateways` (Infisical's `gateway-v2/enroll.go`, `gatewayConfPath`).
     public static func defaultDirectory(resource: EnrollmentMachine.Resource = .relay) -> String {
+        defaultDirectory(resource: resource, effectiveUID: geteuid(), home: Environment.get(.home))
+    }
+
+    /// The choice itself, for a given effective uid and `$HOME` (security-cases L-08: tests cannot
+    /// run as root, so they check this).
+    public static func defaultDirectory(resource: EnrollmentMachine.Resource, effectiveUID: UInt32, home: String?) -> String {
         let leaf = resource == .relay ? "relays" : "gateways"
-        if geteuid() == 0 { return "/etc/infisical/" + leaf }
-        let home = Environment.get(.home) ?? ""
+        if effectiveUID == 0 { return "/etc/infisical/" + leaf }
+        let home = home ?? ""
         return (home.isEmpty ? "." : home) + "/.infisical/" + leaf
     }
 

@@ -21,6 +21,9 @@ public enum AWSVerification {
         case noAllowlist
         case accountNotAllowed
         case principalNotAllowed(String)
+        /// `X-Amz-Date` more than `maxClockSkewSeconds` from the platform's clock (security-cases
+        /// the request's time and the platform's, both as `X-Amz-Date` stamps.
+        case clockSkew(signedAt: String, platformNow: String)
 
         /// The response body's `message`.
         public var message: String {
@@ -32,6 +35,8 @@ public enum AWSVerification {
             case .noAllowlist: return "Access denied: no allowlist configured"
             case .accountNotAllowed: return "Access denied: AWS account ID not allowed."
             case .principalNotAllowed(let arn): return "Access denied: AWS principal ARN not allowed. [principal-arn=\(arn)]"
+            case let .clockSkew(signedAt, platformNow):
+                return "Signature expired or not yet valid: the STS request was signed at \(signedAt), more than 15 minutes from the platform's clock (\(platformNow)); check the clock of the signing host"
             }
         }
 
@@ -40,7 +45,7 @@ public enum AWSVerification {
             switch self {
             case .malformed(let d): return "malformed STS request: \(d)"
             case .stsFailed(let d): return "STS call failed: \(d)"
-            case .invalidRegion, .endpointNotAllowed, .noAllowlist, .accountNotAllowed, .principalNotAllowed: return message
+            case .invalidRegion, .endpointNotAllowed, .noAllowlist, .accountNotAllowed, .principalNotAllowed, .clockSkew: return message
             }
         }
     }
@@ -83,7 +88,12 @@ public enum AWSVerification {
         public var host: String
     }
 
-    public static func validate(_ r: SignedRequest) throws(Failure) -> Validated {
+    /// How far `X-Amz-Date` may be from the platform's clock: STS's own window (15 minutes, its
+    /// `Signature expired: … (… - 15 min.)` answer), checked here so the answer says "clock".
+    public static let maxClockSkewSeconds: Int64 = 15 * 60
+
+    /// `now` (Unix seconds, the platform's wall clock) enables the clock-skew check.
+    public static func validate(_ r: SignedRequest, now: Int64? = nil) throws(Failure) -> Validated {
         guard r.method == "POST" else { throw .malformed("method \(PeerText.quoted(r.method))") }
         guard r.body == Array(expectedBody.utf8) else { throw .malformed("body is not GetCallerIdentity") }
         var seen = Set<String>()
@@ -101,6 +111,12 @@ public enum AWSVerification {
             throw .malformed("missing authorization, x-amz-date or host")
         }
         let sig = try parseAuthorization(auth)
+        if let now, let date = byName["x-amz-date"] {
+            guard let signedAt = parseAmzDate(date) else { throw .malformed("x-amz-date \(PeerText.quoted(date))") }
+            if signedAt > now + maxClockSkewSeconds || signedAt < now - maxClockSkewSeconds {
+                throw .clockSkew(signedAt: date, platformNow: SigV4.stamps(UnixTime(seconds: now)).amzDate)
+            }
+        }
         guard isValidRegion(sig.region) else { throw .invalidRegion }
         guard sig.service == "sts" else { throw .malformed("credential scope service \(PeerText.quoted(sig.service))") }
         guard sig.signedHeaders.contains("host"), sig.signedHeaders.contains("x-amz-date") else {
@@ -112,6 +128,27 @@ public enum AWSVerification {
             throw .malformed("host \(PeerText.quoted(host)) is not STS for \(PeerText.quoted(sig.region))")
         }
         return Validated(region: sig.region, host: lowerHost)
+    }
+
+    /// `20260102T030405Z` → Unix seconds; nil unless exactly that shape with a real date and time.
+    public static func parseAmzDate(_ s: String) -> Int64? {
+        let b = Array(s.utf8)
+        guard b.count == 16, b[8] == 0x54, b[15] == 0x5a else { return nil }
+        func num(_ r: Range<Int>) -> Int64? {
+            var v: Int64 = 0
+            for c in b[r] { guard c >= 0x30 && c <= 0x39 else { return nil }; v = v * 10 + Int64(c - 0x30) }
+            return v
+        }
+        guard let y = num(0..<4), let m = num(4..<6), let d = num(6..<8), let hh = num(9..<11), let mm = num(11..<13),
+              let ss = num(13..<15), (1...12).contains(m), (1...31).contains(d), hh < 24, mm < 60, ss < 61 else { return nil }
+        // Days from 1970-01-01 (Howard Hinnant's days_from_civil).
+        let yy = m <= 2 ? y - 1 : y
+        let era = (yy >= 0 ? yy : yy - 399) / 400
+        let yoe = yy - era * 400
+        let doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy
+        let days = era * 146_097 + doe - 719_468
+        return days * 86_400 + hh * 3600 + mm * 60 + ss
     }
 
     struct AuthorizationHeader: Equatable {

@@ -361,7 +361,7 @@ struct PlatformAPI: Sendable {
             let signed = try AWSVerification.decode(method: b["iamHttpRequestMethod"]?.stringValue,
                                                     bodyBase64: b["iamRequestBody"]?.stringValue,
                                                     headersBase64: b["iamRequestHeaders"]?.stringValue)
-            let v = try AWSVerification.validate(signed)
+            let v = try AWSVerification.validate(signed, now: now)
             let url = try AWSVerification.targetURL(configured: aws.stsEndpoint, region: v.region,
                                                     extraAllowed: service.configuration.allowedSTSEndpoints)
             let client = HTTPClient(caFile: service.configuration.stsCAFile)

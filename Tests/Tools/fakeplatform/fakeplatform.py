@@ -15,6 +15,8 @@ CONFIG:
    "connectStatus": [500, 200, …],   statuses to answer before serving credentials (default none)
    "loginDelay": seconds, "loginStatus": [429, 302, …] (3xx answers carry a Location elsewhere),
    "connectHuge": true (a 2 MiB connect answer),
+   "loginBodies": ["{\"accessTok", …], "connectBodies": [...]   raw 200 bodies answered first, in order
+     (a login answered this way does not consume the token),
    "aws": {"sts": "http://127.0.0.1:MOTO", "relayId": "…", "allowedAccounts": ["123456789012"]},
    "heartbeatProbe": {"host": "127.0.0.1", "port": 8443, "cert": …, "key": …, "ca": …} (optional)}
 
@@ -28,7 +30,8 @@ import base64, hashlib, http.server, json, os, socket, ssl, sys, threading, time
 CONFIG = json.load(open(sys.argv[1]))
 LOCK = threading.Lock()
 STATE = {"issued": set(), "revoked": False, "connects": 0, "connectStatus": list(CONFIG.get("connectStatus", [])),
-         "loginStatus": list(CONFIG.get("loginStatus", [])), "tokens": dict(CONFIG.get("tokens", {}))}
+         "loginStatus": list(CONFIG.get("loginStatus", [])), "tokens": dict(CONFIG.get("tokens", {})),
+         "loginBodies": list(CONFIG.get("loginBodies", [])), "connectBodies": list(CONFIG.get("connectBodies", []))}
 
 
 def log(entry):
@@ -70,6 +73,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def reply(self, status, body):
         data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def raw(self, status, text):
+        """A 200 whose body is `text` verbatim (truncated JSON and the like, security-cases E-10)."""
+        data = text.encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -126,6 +138,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self.end_headers()
                 return
             return self.reply(forced, {"message": "forced %d" % forced})
+        with LOCK:
+            raw = STATE["loginBodies"].pop(0) if STATE["loginBodies"] else None
+        if raw is not None:
+            # Answered before the token is looked at: the token stays unconsumed on this platform.
+            log({"path": "login", "outcome": "raw"})
+            return self.raw(200, raw)
         if body is None:
             return self.reply(400, {"message": "Malformed JSON"})
         if body.get("method") == "token":
@@ -199,6 +217,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if forced:
             log({"path": "connect", "outcome": forced})
             return self.reply(forced, {"message": "forced %d" % forced})
+        with LOCK:
+            raw = STATE["connectBodies"].pop(0) if STATE["connectBodies"] else None
+        if raw is not None:
+            log({"path": "connect", "outcome": "raw"})
+            return self.raw(200, raw)
         if CONFIG.get("connectHuge"):
             log({"path": "connect", "outcome": "huge"})
             return self.reply(200, {"relayId": "x", "padding": "A" * (2 << 20)})
