@@ -736,4 +736,15 @@ struct SSHCertificatePropertyTests {
         #expect(UTCText.format(Int64(-1)) == "unix:-1")
         #expect(UTCText.format(UInt64(253_402_300_800)) == "unix:253402300800")
     }
+
+    @Test("UnixTime's UTC date and time round-trip, before 1970 too; out-of-range fields are refused")
+    func utcRoundTrip() async {
+        await propertyCheck(count: 5_000, input: Gen.int64(in: -62_135_596_800...253_402_300_799)) { s in
+            let u = UnixTime(seconds: s).utc
+            #expect(UnixTime(utcYear: u.year, month: u.month, day: u.day, hour: u.hour, minute: u.minute, second: u.second)?.seconds == s)
+        }
+        #expect(UnixTime(utcYear: 2026, month: 13, day: 1, hour: 0, minute: 0, second: 0) == nil)
+        #expect(UnixTime(utcYear: 2026, month: 1, day: 1, hour: 24, minute: 0, second: 0) == nil)
+        #expect(UnixTime(utcYear: 1970, month: 1, day: 1, hour: 0, minute: 0, second: 0)?.seconds == 0)
+    }
 }

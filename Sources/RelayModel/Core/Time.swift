@@ -64,4 +64,32 @@ public struct UnixTime: Hashable, Comparable, Codable, Sendable, CustomStringCon
         try c.encode(seconds)
     }
     public var description: String { "unix:\(seconds)" }
+
+    /// The proleptic Gregorian UTC date and time of this instant (H. Hinnant's `civil_from_days`).
+    public var utc: (year: Int64, month: Int64, day: Int64, hour: Int64, minute: Int64, second: Int64) {
+        let days = seconds >= 0 ? seconds / 86_400 : -((-seconds + 86_399) / 86_400)
+        let rem = seconds - days * 86_400
+        let z = days + 719_468
+        let era = (z >= 0 ? z : z - 146_096) / 146_097
+        let doe = z - era * 146_097
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100)
+        let mp = (5 * doy + 2) / 153
+        let day = doy - (153 * mp + 2) / 5 + 1
+        let month = mp < 10 ? mp + 3 : mp - 9
+        return (yoe + era * 400 + (month <= 2 ? 1 : 0), month, day, rem / 3600, rem % 3600 / 60, rem % 60)
+    }
+
+    /// The instant of a UTC date and time (H. Hinnant's `days_from_civil`); nil when a field is out
+    /// of range (years 0…9999, a leap second allowed as :60).
+    public init?(utcYear y: Int64, month m: Int64, day d: Int64, hour: Int64, minute: Int64, second: Int64) {
+        guard (0...9999).contains(y), (1...12).contains(m), (1...31).contains(d), (0..<24).contains(hour),
+              (0..<60).contains(minute), (0...60).contains(second) else { return nil }
+        let yy = m <= 2 ? y - 1 : y
+        let era = (yy >= 0 ? yy : yy - 399) / 400
+        let yoe = yy - era * 400
+        let doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy
+        self.init(seconds: (era * 146_097 + doe - 719_468) * 86_400 + hour * 3600 + minute * 60 + second)
+    }
 }

@@ -211,23 +211,12 @@ public enum EnrollmentFormat {
         return "\(s / 3600)h\((s % 3600) / 60)m"
     }
 
-    /// ISO 8601 in UTC, e.g. `2026-01-02T03:04:05Z` (civil-from-days, H. Hinnant). Clamped to the
+    /// ISO 8601 in UTC, e.g. `2026-01-02T03:04:05Z` (`UnixTime.utc`). Clamped to the
     /// years 0001…9999 so no input can overflow.
     public static func date(_ t: UnixTime) -> String {
-        let secs = min(max(t.seconds, -62_135_596_800), 253_402_300_799)
-        let days = secs >= 0 ? secs / 86_400 : -((-secs + 86_399) / 86_400)
-        let rem = secs - days * 86_400
-        let z = days + 719_468
-        let era = (z >= 0 ? z : z - 146_096) / 146_097
-        let doe = z - era * 146_097
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100)
-        let mp = (5 * doy + 2) / 153
-        let d = doy - (153 * mp + 2) / 5 + 1
-        let m = mp < 10 ? mp + 3 : mp - 9
-        let y = yoe + era * 400 + (m <= 2 ? 1 : 0)
+        let u = UnixTime(seconds: min(max(t.seconds, -62_135_596_800), 253_402_300_799)).utc
         func two(_ n: Int64) -> String { n < 10 ? "0\(n)" : "\(n)" }
-        let year = String(repeating: "0", count: max(0, 4 - String(y).count)) + String(y)
-        return "\(year)-\(two(m))-\(two(d))T\(two(rem / 3600)):\(two(rem % 3600 / 60)):\(two(rem % 60))Z"
+        let year = String(repeating: "0", count: max(0, 4 - String(u.year).count)) + String(u.year)
+        return "\(year)-\(two(u.month))-\(two(u.day))T\(two(u.hour)):\(two(u.minute)):\(two(u.second))Z"
     }
 }

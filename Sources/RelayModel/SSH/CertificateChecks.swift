@@ -45,20 +45,6 @@ public enum UTCText {
     /// `now` rendered the same way (negative times print as `unix:<n>`).
     public static func format(_ seconds: Int64) -> String {
         guard seconds >= 0, seconds <= 253_402_300_799 else { return "unix:\(seconds)" }
-        let days = seconds / 86_400
-        let rem = seconds % 86_400
-        // Howard Hinnant's days-from-civil inverse, for days >= 0.
-        let z = days + 719_468
-        let era = z / 146_097
-        let doe = z - era * 146_097
-        let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100)
-        let mp = (5 * doy + 2) / 153
-        let day = doy - (153 * mp + 2) / 5 + 1
-        let month = mp < 10 ? mp + 3 : mp - 9
-        let year = yoe + era * 400 + (month <= 2 ? 1 : 0)
-        func two(_ v: Int64) -> String { v < 10 ? "0\(v)" : "\(v)" }
-        func four(_ v: Int64) -> String { String(repeating: "0", count: max(0, 4 - "\(v)".count)) + "\(v)" }
-        return "\(four(year))-\(two(month))-\(two(day))T\(two(rem / 3600)):\(two(rem % 3600 / 60)):\(two(rem % 60))Z"
+        return EnrollmentFormat.date(UnixTime(seconds: seconds))
     }
 }

@@ -140,15 +140,8 @@ public enum AWSVerification {
             return v
         }
         guard let y = num(0..<4), let m = num(4..<6), let d = num(6..<8), let hh = num(9..<11), let mm = num(11..<13),
-              let ss = num(13..<15), (1...12).contains(m), (1...31).contains(d), hh < 24, mm < 60, ss < 61 else { return nil }
-        // Days from 1970-01-01 (Howard Hinnant's days_from_civil).
-        let yy = m <= 2 ? y - 1 : y
-        let era = (yy >= 0 ? yy : yy - 399) / 400
-        let yoe = yy - era * 400
-        let doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1
-        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy
-        let days = era * 146_097 + doe - 719_468
-        return days * 86_400 + hh * 3600 + mm * 60 + ss
+              let ss = num(13..<15) else { return nil }
+        return UnixTime(utcYear: y, month: m, day: d, hour: hh, minute: mm, second: ss)?.seconds
     }
 
     struct AuthorizationHeader: Equatable {
