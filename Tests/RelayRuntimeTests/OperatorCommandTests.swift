@@ -336,10 +336,7 @@ struct DoctorFindingsTests {
         if geteuid() == 0 {
             // Root reads everything: ask as an unprivileged user (util-linux's setpriv).
             let setpriv = try #require(Run.find("setpriv"), "setpriv (util-linux) is needed to drop root")
-            // A copy the unprivileged user can execute wherever the checkout lives.
-            let copy = dir.path("relay")
-            try FileManager.default.copyItem(atPath: exe, toPath: copy)
-            chmod(copy, 0o755)
+            let copy = try RelayCLI.executableCopy(at: dir.path("relay"))
             args = ["--reuid=65534", "--regid=65534", "--clear-groups", copy] + args
             exe = setpriv
         } else {

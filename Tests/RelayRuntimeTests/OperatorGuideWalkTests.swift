@@ -56,10 +56,7 @@ struct OperatorGuideWalkTests {
         var relay = try RelayCLI.binary()
         if geteuid() == 0 {
             let setpriv = try #require(Run.find("setpriv"), "setpriv (util-linux) drops root for the walk")
-            let copy = parent.path("relay")  // executable by nobody wherever the checkout lives
-            try FileManager.default.copyItem(atPath: relay, toPath: copy)
-            chmod(copy, 0o755)
-            relay = copy
+            relay = try RelayCLI.executableCopy(at: parent.path("relay"))
             for d in [work, home] { #expect(chown(d, 65534, 65534) == 0) }
             asUser = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]
         }

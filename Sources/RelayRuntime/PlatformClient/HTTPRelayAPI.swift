@@ -34,6 +34,21 @@ public struct HTTPRelayAPI: RelayAPI {
         }
     }
 
+    /// A POST's answer, or its transport failure in the caller's vocabulary (a bad `--ca-file` or
+    /// proxy is `misconfigured`, anything else on the way `unreachable`).
+    enum Answer<Failure> {
+        case answered(HTTPClient.Response)
+        case failed(Failure)
+    }
+
+    func call<F: TransportFailure>(_ path: String, json: String?, bearer: String?, failing: F.Type) -> Answer<F> {
+        switch post(path, json: json, bearer: bearer) {
+        case .success(let r): return .answered(r)
+        case .failure(.misconfigured(let problem)): return .failed(.misconfigured(problem: problem))
+        case .failure(let f): return .failed(.unreachable(reason: HTTPRelayAPI.transport(f)))
+        }
+    }
+
     /// The platform's `{"message": …}`, bounded and stripped of control characters.
     static func message(_ r: HTTPClient.Response) -> String {
         var text = ""
@@ -62,12 +77,10 @@ public struct HTTPRelayAPI: RelayAPI {
         case let .aws(relayId, signed):
             body = signed.loginBody(relayId: relayId, idKey: "\(resource.rawValue)Id")
         }
-        switch post("/v2/\(resource.rawValue)s/login", json: body, bearer: nil) {
-        case .failure(.misconfigured(let problem)):
-            return .failure(.misconfigured(problem: problem))
-        case .failure(let f):
-            return .failure(.unreachable(reason: HTTPRelayAPI.transport(f)))
-        case .success(let r):
+        switch call("/v2/\(resource.rawValue)s/login", json: body, bearer: nil, failing: EnrollmentMachine.LoginFailure.self) {
+        case .failed(let f):
+            return .failure(f)
+        case .answered(let r):
             switch r.status {
             case 200..<300:
                 guard let json = try? Jansson.parse(bytes: r.body), case .object(let o) = json,
@@ -106,12 +119,10 @@ public struct HTTPRelayAPI: RelayAPI {
     func connect<C>(path: String, json: String?, accessToken: String, answer: String, decode: (String) throws -> C,
                     refine: (HTTPClient.Response) -> EnrollmentMachine.ConnectFailure? = { _ in nil })
         -> PlatformConnect<C> {
-        switch post(path, json: json, bearer: accessToken) {
-        case .failure(.misconfigured(let problem)):
-            return .failure(.misconfigured(problem: problem))
-        case .failure(let f):
-            return .failure(.unreachable(reason: HTTPRelayAPI.transport(f)))
-        case .success(let r):
+        switch call(path, json: json, bearer: accessToken, failing: EnrollmentMachine.ConnectFailure.self) {
+        case .failed(let f):
+            return .failure(f)
+        case .answered(let r):
             switch r.status {
             case 200..<300:
                 do { return .success(try decode(String(decoding: r.body, as: UTF8.self))) } catch {
@@ -138,3 +149,13 @@ public struct HTTPRelayAPI: RelayAPI {
         }
     }
 }
+
+/// The two transport outcomes every platform call maps the same way (login and connect failures
+/// spell them with the same cases).
+protocol TransportFailure {
+    static func misconfigured(problem: String) -> Self
+    static func unreachable(reason: String) -> Self
+}
+
+extension EnrollmentMachine.LoginFailure: TransportFailure {}
+extension EnrollmentMachine.ConnectFailure: TransportFailure {}

@@ -32,6 +32,18 @@ enum RelayCLI {
         throw PeerProcessError("relay binary not built (looked in \(candidates.prefix(3).joined(separator: ", ")), …); run swift build first")
     }
 
+    /// A copy of the binary at `path`, mode 0755, that an unprivileged user can execute wherever
+    /// the checkout lives (tests that drop root with setpriv). Copied by `cp`, a child process:
+    /// a copy written here would leave its write descriptor open in this process for an instant,
+    /// and a child forked by another test in that instant would make the exec of the copy fail
+    /// with ETXTBSY ("Text file busy").
+    static func executableCopy(at path: String) throws -> String {
+        let r = try Run.command("/bin/cp", [try binary(), path])
+        guard r.status == 0 else { throw PeerProcessError("cp relay → \(path): \(r.stderr)") }
+        chmod(path, 0o755)
+        return path
+    }
+
     /// Starts `relay <arguments>` with `environment` added.
     static func start(_ arguments: [String], environment: [String: String] = [:]) throws -> RelayUnderTest {
         RelayUnderTest(process: try PeerProcess(try binary(), arguments, environment: environment))
