@@ -87,10 +87,7 @@ struct PeerTextLogTests {
         let capture = LogCapture()
         defer { capture.stop() }
         let p = try await PlatformHarness.shared.value
-        let id = try await p.createRelay("peer-text-aws", host: "10.0.0.7", auth: .object([
-            ("method", .string("aws")), ("stsEndpoint", .string("https://sts.amazonaws.com/")),
-            ("allowedAccountIds", .string("123456789012")), ("allowedPrincipalArns", .string("")),
-        ]))
+        let id = try await p.createAWSRelay("peer-text-aws", endpoint: "https://sts.amazonaws.com/", accounts: "123456789012")
         let method = MotoServer.loginBody(id: id, headers: [], method: "POST" + Self.injected + Self.tenKB)
         #expect(try await p.request("POST", "/api/v2/relays/login", body: method).status == 401)
         let header = MotoServer.loginBody(id: id, headers: [("X-Evil" + Self.injected + Self.tenKB, "1")])

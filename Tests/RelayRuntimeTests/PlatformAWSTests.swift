@@ -7,22 +7,10 @@ import Testing
 /// STS on loopback (SigV4 checked), then the allowlists.
 @Suite("Platform: AWS auth against moto", .serialized)
 struct PlatformAWSTests {
-    struct Env {
-        let moto: MotoServer
-        let platform: PlatformHarness
-    }
-
-    static let env = Task { () throws -> Env in
-        let moto = try await MotoServer.shared.value
-        let p = try await PlatformHarness.start(fromTemplate: true) { $0.allowedSTSEndpoints = [moto.endpoint] }
-        return Env(moto: moto, platform: p)
-    }
+    static let env = Task { try await PlatformHarness.startWithMoto() }
 
     func awsRelay(_ p: PlatformHarness, _ name: String, endpoint: String, accounts: String = "", arns: String = "") async throws -> String {
-        try await p.createRelay(name, host: "10.0.0.7", auth: .object([
-            ("method", .string("aws")), ("stsEndpoint", .string(endpoint)),
-            ("allowedAccountIds", .string(accounts)), ("allowedPrincipalArns", .string(arns)),
-        ]))
+        try await p.createAWSRelay(name, endpoint: endpoint, accounts: accounts, arns: arns)
     }
 
     func login(_ p: PlatformHarness, _ body: JSONValue) async throws -> PlatformHarness.Reply {

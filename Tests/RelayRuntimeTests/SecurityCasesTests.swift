@@ -241,22 +241,10 @@ struct SecurityCasesTests {
 
     // MARK, A-10 (our platform, moto's STS)
 
-    struct AWSEnv {
-        let moto: MotoServer
-        let platform: PlatformHarness
-    }
-
-    static let aws = Task { () throws -> AWSEnv in
-        let moto = try await MotoServer.shared.value
-        let p = try await PlatformHarness.start(fromTemplate: true) { $0.allowedSTSEndpoints = [moto.endpoint] }
-        return AWSEnv(moto: moto, platform: p)
-    }
+    static let aws = Task { try await PlatformHarness.startWithMoto() }
 
     static func awsRelay(_ p: PlatformHarness, _ name: String, endpoint: String) async throws -> String {
-        try await p.createRelay(name, host: "10.0.0.7", auth: .object([
-            ("method", .string("aws")), ("stsEndpoint", .string(endpoint)),
-            ("allowedAccountIds", .string("123456789012")), ("allowedPrincipalArns", .string("")),
-        ]))
+        try await p.createAWSRelay(name, endpoint: endpoint, accounts: "123456789012")
     }
 
     @Test("A-08: a request signed 20 minutes behind or ahead is refused before STS with a clock message, distinct from a bad signature")
@@ -310,7 +298,7 @@ struct SecurityCasesTests {
                                                         body: MotoServer.loginBody(id: id, headers: headers + [("X-Vault-AWS-IAM-Server-ID", "platform-a.example")]))
         #expect(withServerID.status == 401 && withServerID.message == "Malformed signed STS request", "\(withServerID.text)")
 
-        let other = try await PlatformHarness.start(fromTemplate: true) { $0.allowedSTSEndpoints = [e.moto.endpoint] }
+        let other = try await PlatformHarness.startWithMoto().platform
         let otherId = try await Self.awsRelay(other, "aws-server-id", endpoint: e.moto.endpoint)
         #expect(try await e.platform.request("POST", "/api/v2/relays/login", body: MotoServer.loginBody(id: id, headers: headers)).status == 200)
         let replayed = try await other.request("POST", "/api/v2/relays/login", body: MotoServer.loginBody(id: otherId, headers: headers))

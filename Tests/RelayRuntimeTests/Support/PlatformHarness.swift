@@ -171,3 +171,26 @@ extension HTTPClient {
         return try await PlatformService.blocking { try client.send(req) }
     }
 }
+
+/// Our platform with moto's STS allowed, and AWS relays on it (the AWS suites share these).
+extension PlatformHarness {
+    struct WithMoto {
+        let moto: MotoServer
+        let platform: PlatformHarness
+    }
+
+    /// A fresh platform (from the template) that allows moto's STS endpoint.
+    static func startWithMoto() async throws -> WithMoto {
+        let moto = try await MotoServer.shared.value
+        let p = try await PlatformHarness.start(fromTemplate: true) { $0.allowedSTSEndpoints = [moto.endpoint] }
+        return WithMoto(moto: moto, platform: p)
+    }
+
+    /// Creates an AWS relay verified against `endpoint` with these allowlists; returns its id.
+    func createAWSRelay(_ name: String, endpoint: String, accounts: String = "", arns: String = "") async throws -> String {
+        try await createRelay(name, host: "10.0.0.7", auth: .object([
+            ("method", .string("aws")), ("stsEndpoint", .string(endpoint)),
+            ("allowedAccountIds", .string(accounts)), ("allowedPrincipalArns", .string(arns)),
+        ]))
+    }
+}
