@@ -80,6 +80,22 @@ struct GatewayChannelRefusalTests {
         await relay.stop()
     }
 
+    /// Infisical's relay opens every channel as `OpenChannel("direct-tcpip", nil)`: no host,
+    /// port, originator or port (infisical-protocol.md §4.2). Stock libssh drops that open with
+    /// no reply, so the relay waited forever; our libssh patch (concern 9) reads it as "" port 0.
+    @Test("an empty direct-tcpip open, as Infisical's relay sends it, is accepted like the RFC 4254 form")
+    func emptyDirectTCPIPIsAccepted() async throws {
+        let (relay, gateway, events) = try await Self.run(open: ["direct-tcpip-empty", "direct-tcpip"], id: "gw-empty")
+        defer { gateway.stop() }
+        let opens = Self.opens(events)
+        let empty = try #require(opens["direct-tcpip-empty"], "\(events)")
+        #expect(empty["accepted"] as? Bool == true, "\(empty)")
+        #expect(empty["unanswered"] == nil, "\(empty)")
+        #expect(opens["direct-tcpip"]?["accepted"] as? Bool == true, "\(events)")
+        #expect(!events.contains { $0["event"] as? String == "disconnected" }, "\(events)")
+        await relay.stop()
+    }
+
     @Test("malformed x11 and direct-tcpip opens: never accepted, the link stays up and a proper direct-tcpip channel opens afterwards")
     func malformedOpens() async throws {
         let (relay, gateway, events) = try await Self.run(open: ["x11-bogus", "direct-tcpip-bogus", "session", "direct-tcpip"],

@@ -49,17 +49,18 @@ final class GatewayLink: @unchecked Sendable {
         let me = Unmanaged.passUnretained(self).toOpaque()
         ssh_set_message_callback(session, { _, msg, ud in
             guard let msg, let ud else { return 1 }
-            let link = Unmanaged<GatewayLink>.fromOpaque(ud).takeUnretainedValue()
-            if ssh_message_type(msg) == Int32(SSH_REQUEST_CHANNEL_OPEN.rawValue),
-               ssh_message_subtype(msg) == Int32(SSH_CHANNEL_DIRECT_TCPIP.rawValue),
-               !link.closed, let ch = ssh_message_channel_request_open_reply_accept(msg) {
-                link.accepted(ch)
-                return 0
-            }
-            link.refusing(msg)
-            return 1 // libssh's default reply: refuse
+            // 0: answered (accepted); 1: libssh's default reply, a refusal.
+            return Unmanaged<GatewayLink>.fromOpaque(ud).takeUnretainedValue().answer(msg) ? 0 : 1
         }, me)
         loop.add(session: session)
+        // A channel the relay opened right after authentication can arrive in the same read as
+        // the authentication reply, before the callback above existed: libssh then queued it,
+        // and a queued open is never answered (the relay's platform connection would hang).
+        // Answer those now; the session is non-blocking, so this never waits.
+        while let msg = ssh_message_get(session) {
+            if !answer(msg) { _ = ssh_message_reply_default(msg) }
+            ssh_message_free(msg)
+        }
         let watch = HangupWatch(fd: Int32(ssh_get_fd(session)), loop: loop,
                                 isGone: { [weak self] in
                                     guard let self else { return true }
@@ -72,6 +73,18 @@ final class GatewayLink: @unchecked Sendable {
 
     /// Channel opens and global requests refused on this link so far.
     private var refusals = 0
+
+    /// Accepts a `direct-tcpip` open (true); anything else is logged for the refusal (false).
+    private func answer(_ msg: ssh_message) -> Bool {
+        if ssh_message_type(msg) == Int32(SSH_REQUEST_CHANNEL_OPEN.rawValue),
+           ssh_message_subtype(msg) == Int32(SSH_CHANNEL_DIRECT_TCPIP.rawValue),
+           !closed, let ch = ssh_message_channel_request_open_reply_accept(msg) {
+            accepted(ch)
+            return true
+        }
+        refusing(msg)
+        return false
+    }
 
     /// Logs a request libssh's default reply is about to refuse: a channel open of any type but
     /// `direct-tcpip` (SSH_OPEN_ADMINISTRATIVELY_PROHIBITED), or a global request (REQUEST_FAILURE).

@@ -99,6 +99,9 @@ func channelByName(name string) (opening, error) {
 		return opening{"direct-tcpip", []byte("\x00\x00\xff\xffbogus")}, nil
 	case "direct-tcpip":
 		return opening{"direct-tcpip", direct}, nil
+	case "direct-tcpip-empty":
+		// What Infisical's relay sends: OpenChannel("direct-tcpip", nil), no type-specific data.
+		return opening{"direct-tcpip", nil}, nil
 	}
 	return opening{}, fmt.Errorf("unknown channel name %q", name)
 }
