@@ -126,7 +126,7 @@ final class GatewayLink: @unchecked Sendable {
         let id = nextInner
         nextInner += 1
         guard let c = InnerConnection(id: id, link: self, channel: ch, context: innerContext, trace: trace) else {
-            loop.later { ssh_channel_close(ch); ssh_channel_free(ch) }
+            loop.later { [loop] in ssh_channel_close(ch); loop.wrote(on: ch); ssh_channel_free(ch) }
             return
         }
         inner[id] = c
@@ -171,6 +171,7 @@ final class GatewayLink: @unchecked Sendable {
         guard !closed else { return }
         _ = ssh_send_keepalive(session)
         _ = ssh_send_keepalive(session)
+        loop.wrote(session: session)
     }
 
     /// Closes the connection on purpose (drain, failback, keepalive timeout).

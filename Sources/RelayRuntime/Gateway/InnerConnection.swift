@@ -113,7 +113,7 @@ final class InnerConnection: PollHandler, @unchecked Sendable {
         case .shutdownTargetWrite:
             if targetFD >= 0 { shutdown(targetFD, Int32(RELAY_SHUT_WR)) }
         case .sendChannelEOF:
-            if let ch = channel { ssh_channel_send_eof(ch) }
+            if let ch = channel { ssh_channel_send_eof(ch); loop.wrote(on: ch) }
         case .watchChannelWindow:
             loop.setAfterPoll(self) { [weak self] in
                 guard let self, !self.view.closed, let ch = self.channel else { return }
@@ -173,6 +173,7 @@ final class InnerConnection: PollHandler, @unchecked Sendable {
             let n = withScratch { tls.drain(into: UnsafeMutableRawBufferPointer(rebasing: $0[0..<min(window, $0.count)])) }
             if n <= 0 { break }
             let rc = withScratchBytes { ssh_channel_write(ch, $0.baseAddress, UInt32(n)) }
+            loop.wrote(on: ch)
             if rc == SSH_ERROR { feed(.channelFailed(now: Clock.now())); return }
         }
         if view.awaitsOutputDrain && tls.pendingOutput == 0 { feed(.outputDrained(now: Clock.now())) }
@@ -399,6 +400,7 @@ final class InnerConnection: PollHandler, @unchecked Sendable {
                 if ssh_channel_is_closed(ch) == 0 {
                     if !view.channelEOFSent { ssh_channel_send_eof(ch) }
                     ssh_channel_close(ch)
+                    loop.wrote(on: ch)
                 }
                 ssh_channel_free(ch)
                 channel = nil

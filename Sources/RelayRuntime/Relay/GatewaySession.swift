@@ -245,6 +245,7 @@ final class GatewaySession: @unchecked Sendable {
         guard isAuthenticated else { return }
         _ = ssh_send_keepalive(session)
         _ = ssh_send_keepalive(session)
+        loop.wrote(session: session)
     }
 
     /// Checked after polls by the owner: a dead socket closes the session.

@@ -126,7 +126,7 @@ final class Splice: PollHandler, @unchecked Sendable {
         case .startSplicing:
             startSplicing()
         case .sendChannelEOF:
-            if let ch = channel { ssh_channel_send_eof(ch) }
+            if let ch = channel { ssh_channel_send_eof(ch); loop.wrote(on: ch) }
         case .sendCloseNotify:
             // Written at once, or retried when writable (`view.flushesCloseNotify`, flushToTLS).
             sendCloseNotify()
@@ -136,7 +136,7 @@ final class Splice: PollHandler, @unchecked Sendable {
             loop.later { [self] in
                 if let ch = channel {
                     ssh_remove_channel_callbacks(ch, channelCallbacks)
-                    if ssh_channel_is_closed(ch) == 0 { ssh_channel_close(ch) }
+                    if ssh_channel_is_closed(ch) == 0 { ssh_channel_close(ch); loop.wrote(on: ch) }
                     ssh_channel_free(ch)
                     channel = nil
                 }
@@ -166,6 +166,7 @@ final class Splice: PollHandler, @unchecked Sendable {
     private func pollOpen() {
         guard phase == .opening, let ch = channel else { loop.setAfterPoll(self, nil); return }
         let rc = ssh_channel_open_forward(ch, "127.0.0.1", 0, "127.0.0.1", 0)
+        loop.wrote(on: ch)
         if rc == SSH_OK {
             loop.setAfterPoll(self, nil)
             feed(.channelOpened(now: Clock.now()))
@@ -257,6 +258,7 @@ final class Splice: PollHandler, @unchecked Sendable {
         let n = min(p.count, Int(ssh_channel_window_size(ch)))
         if n == 0 { return 0 }
         let rc = ssh_channel_write(ch, p.baseAddress, UInt32(n))
+        loop.wrote(on: ch)
         return rc == SSH_ERROR ? -1 : Int(rc)
     }
 

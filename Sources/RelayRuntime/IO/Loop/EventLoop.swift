@@ -15,14 +15,18 @@ protocol PollHandler: AnyObject {
 /// One event loop thread (DESIGN D4). It owns the libssh sessions and sockets assigned to it and
 /// is the only thread that touches them.
 ///
-/// Inside, one `ssh_event` polls the libssh sessions plus a single epoll fd; every other socket
-/// (TLS connections, listeners, the wake pipe) is registered with that epoll fd, so readiness
-/// costs O(ready sockets) and interest can be changed with `EPOLL_CTL_MOD` (libssh's own fd
-/// handles cannot change their interest). Work from other threads arrives through a locked inbox
-/// and a wake pipe. Nothing is freed inside a libssh callback: owners use `defer(_:)`.
+/// Inside, one epoll set holds every socket: TLS connections, listeners, the wake pipe, and each
+/// libssh session's fd. A session is polled through an `ssh_event` of its own (one fd), only
+/// when epoll reports its fd ready, so readiness costs O(ready sockets). One `ssh_event` shared by
+/// all sessions polled every session on every wake-up and every non-blocking libssh call
+/// (`ssh_handle_key_exchange` during a handshake polls its session's event): with ~8,100
+/// gateways the relay spent its CPU in `poll()` (P4 stalled there). Interest follows libssh:
+/// `EPOLLIN` always, `EPOLLOUT` while the session has output queued (`ssh_get_poll_flags`;
+/// checked after each dispatch, after writes owners report with `wrote(on:)`, and once a
+/// second for all). Work from other threads arrives through a locked inbox and a wake pipe.
+/// Nothing is freed inside a libssh callback: owners use `defer(_:)`.
 final class EventLoop: @unchecked Sendable {
     let index: Int
-    private let event: OpaquePointer
     private let epfd: Int32
     private let wakeRead: Int32
     private let wakeWrite: Int32
@@ -33,7 +37,9 @@ final class EventLoop: @unchecked Sendable {
     private var watches: [ObjectIdentifier: HangupWatch] = [:]
     private var nextSweep = Instant.zero
     private var timers = TimerHeap()
-    private var sessions: Set<OpaquePointer> = []
+    private var sessions: [OpaquePointer: PolledSession] = [:]
+    /// Sessions written to in this iteration: their `EPOLLOUT` interest is checked after it.
+    private var touched: Set<OpaquePointer> = []
     private let stopping = Atomic<Bool>(false)
     private var threadID: pthread_t?
     /// A 64 KiB buffer for copies done on this loop's thread (splices, inner TLS). Owned by the
@@ -44,26 +50,19 @@ final class EventLoop: @unchecked Sendable {
 
     init(index: Int) throws(RuntimeError) {
         self.index = index
-        guard let ev = ssh_event_new() else { throw .resource("ssh_event_new failed") }
-        event = ev
         epfd = relay_epoll_create()
-        guard epfd >= 0 else { ssh_event_free(ev); throw .errno("epoll_create1", errno) }
+        guard epfd >= 0 else { throw .errno("epoll_create1", errno) }
         var fds: [Int32] = [0, 0]
         guard relay_pipe_nonblocking(&fds) == 0 else {
-            close(epfd); ssh_event_free(ev); throw .errno("pipe2", errno)
+            close(epfd); throw .errno("pipe2", errno)
         }
         wakeRead = fds[0]; wakeWrite = fds[1]
         relay_epoll_ctl(epfd, Int32(RELAY_EPOLL_ADD), wakeRead, UInt32(RELAY_EPOLLIN))
-        let me = Unmanaged.passUnretained(self).toOpaque()
-        ssh_event_add_fd(event, epfd, Int16(POLLIN), { _, _, ud in
-            Unmanaged<EventLoop>.fromOpaque(ud!).takeUnretainedValue().drainEpoll()
-            return 0
-        }, me)
     }
 
     deinit {
-        ssh_event_remove_fd(event, epfd)
-        ssh_event_free(event)
+        // Sessions still here belong to owners that outlive the loop (process exit): their events
+        // are left alone, as freeing one touches its session.
         close(epfd); close(wakeRead); close(wakeWrite)
         scratch.deallocate()
     }
@@ -130,12 +129,69 @@ final class EventLoop: @unchecked Sendable {
         handlers[fd] = nil
     }
 
+    /// Polls `session` on this loop from now on (its fd must be open).
     func add(session: OpaquePointer) {
-        if sessions.insert(session).inserted { ssh_event_add_session(event, session) }
+        guard sessions[session] == nil, let ev = ssh_event_new() else { return }
+        ssh_event_add_session(ev, session)
+        let entry = PolledSession(session: session, event: ev, fd: Int32(ssh_get_fd(session)), loop: self)
+        sessions[session] = entry
+        guard entry.fd >= 0 else { return }
+        // A hang-up watch armed before the session joined hands its registration over.
+        if let watch = handlers[entry.fd] as? HangupWatch { entry.hangup = watch }
+        handlers[entry.fd] = entry
+        entry.interest = entry.wanted()
+        if relay_epoll_ctl(epfd, Int32(RELAY_EPOLL_ADD), entry.fd, entry.interest) != 0 && errno == EEXIST {
+            relay_epoll_ctl(epfd, Int32(RELAY_EPOLL_MOD), entry.fd, entry.interest)
+        }
     }
 
     func remove(session: OpaquePointer) {
-        if sessions.remove(session) != nil { ssh_event_remove_session(event, session) }
+        guard let entry = sessions.removeValue(forKey: session) else { return }
+        touched.remove(session)
+        ssh_event_remove_session(entry.event, session)
+        ssh_event_free(entry.event)
+        entry.removed = true
+        // The fd may have been closed by libssh and its number reused: only our own registration.
+        guard entry.fd >= 0, handlers[entry.fd] === entry else { return }
+        handlers[entry.fd] = nil
+        relay_epoll_ctl(epfd, Int32(RELAY_EPOLL_DEL), entry.fd, 0)
+        if let watch = entry.hangup { register(fd: entry.fd, events: HangupWatch.events, handler: watch) }
+    }
+
+    /// Owners call this after writing to a channel of a session on this loop (data, EOF, close,
+    /// keepalive): libssh queues what the socket did not take, and then the fd needs `EPOLLOUT`.
+    func wrote(on channel: OpaquePointer) {
+        if let s = ssh_channel_get_session(channel) { touched.insert(s) }
+    }
+
+    func wrote(session: OpaquePointer) { touched.insert(session) }
+
+    /// A hang-up watch on a session fd rides on the session's registration.
+    fileprivate func watchHangup(_ w: HangupWatch) {
+        if let entry = handlers[w.fd] as? PolledSession, entry.fdIsCurrent {
+            entry.hangup = w
+            rearm(entry)
+        } else {
+            register(fd: w.fd, events: HangupWatch.events, handler: w)
+        }
+    }
+
+    fileprivate func unwatchHangup(_ w: HangupWatch) {
+        if let entry = handlers[w.fd] as? PolledSession {
+            if entry.hangup === w { entry.hangup = nil; rearm(entry) }
+        } else if handlers[w.fd] === w {
+            unregister(fd: w.fd)
+        }
+    }
+
+    /// Brings a session's epoll interest in line with what libssh wants now.
+    fileprivate func rearm(_ entry: PolledSession) {
+        guard !entry.removed, entry.fdIsCurrent, handlers[entry.fd] === entry else { return }
+        let want = entry.wanted()
+        if want != entry.interest {
+            entry.interest = want
+            relay_epoll_ctl(epfd, Int32(RELAY_EPOLL_MOD), entry.fd, want)
+        }
     }
 
     /// Runs `work` after the current poll iteration, outside every libssh callback.
@@ -159,12 +215,17 @@ final class EventLoop: @unchecked Sendable {
 
     // MARK: Internals
 
-    private func drainEpoll() {
-        var fds = [Int32](repeating: 0, count: 256)
-        var evs = [UInt32](repeating: 0, count: 256)
+    private var readyFDs = [Int32](repeating: 0, count: 256)
+    private var readyEvents = [UInt32](repeating: 0, count: 256)
+
+    /// Waits up to `timeout` ms for the first ready socket, then dispatches every ready one.
+    private func waitAndDispatch(timeout: Int64) {
+        var wait = Int32(timeout)
         while true {
-            let n = relay_epoll_wait(epfd, &fds, &evs, 256, 0)
+            let n = relay_epoll_wait(epfd, &readyFDs, &readyEvents, 256, wait)
+            wait = 0
             if n <= 0 { return }
+            let fds = readyFDs, evs = readyEvents
             for i in 0..<Int(n) {
                 let fd = fds[i]
                 if fd == wakeRead {
@@ -178,6 +239,13 @@ final class EventLoop: @unchecked Sendable {
         }
     }
 
+    private func rearmTouched() {
+        guard !touched.isEmpty else { return }
+        let t = touched
+        touched.removeAll(keepingCapacity: true)
+        for s in t { if let e = sessions[s] { rearm(e) } }
+    }
+
     private func run() {
         while !stopping.load(ordering: .acquiring) {
             let now = Clock.now()
@@ -185,7 +253,7 @@ final class EventLoop: @unchecked Sendable {
             if let next = timers.nextDeadline { timeout = max(0, min(timeout, (next - now).milliseconds)) }
             // After-poll checks wait for I/O like everything else: the events they wait for
             // (window adjusts, key-exchange packets, channel confirmations) arrive on a polled fd.
-            _ = ssh_event_dopoll(event, Int32(timeout))
+            waitAndDispatch(timeout: timeout)
             // Inbox work (from other threads), then deferred work, due timers, after-poll checks.
             let work = inbox.withLock { box -> [@Sendable () -> Void] in let w = box; box.removeAll(); return w }
             for w in work { w() }
@@ -197,10 +265,13 @@ final class EventLoop: @unchecked Sendable {
                 if entry.owner.value == nil { afterPoll[key] = nil } else { entry.check() }
             }
             runDeferred()
+            rearmTouched()
             if t >= nextSweep {
                 nextSweep = t + .seconds(1)
                 for w in Array(watches.values) { w.sweep() }
                 runDeferred()
+                // Writes no owner reported (libssh's own replies from a timer, say).
+                for e in Array(sessions.values) { rearm(e) }
             }
         }
         let work = inbox.withLock { box -> [@Sendable () -> Void] in let w = box; box.removeAll(); return w }
@@ -215,6 +286,46 @@ final class EventLoop: @unchecked Sendable {
             deferred.removeAll()
             for w in d { w() }
         }
+    }
+}
+
+/// One libssh session in a loop's epoll set, polled through its own `ssh_event`.
+private final class PolledSession: PollHandler {
+    let session: OpaquePointer
+    let event: OpaquePointer
+    let fd: Int32
+    unowned let loop: EventLoop
+    /// The owner's hang-up watch, told once when epoll reports a hang-up on the fd.
+    var hangup: HangupWatch?
+    var hangupReported = false
+    var interest: UInt32 = 0
+    var removed = false
+
+    init(session: OpaquePointer, event: OpaquePointer, fd: Int32, loop: EventLoop) {
+        self.session = session; self.event = event; self.fd = fd; self.loop = loop
+    }
+
+    /// False once libssh closed the socket (epoll dropped it; the number may be reused).
+    var fdIsCurrent: Bool { fd >= 0 && Int32(ssh_get_fd(session)) == fd }
+
+    /// Level-triggered: in (libssh reads a bounded amount per poll; what is left is reported
+    /// again), out while output is queued, read hang-up until reported once.
+    func wanted() -> UInt32 {
+        var e = UInt32(RELAY_EPOLLIN)
+        if ssh_get_poll_flags(session) & SSH_WRITE_PENDING != 0 { e |= UInt32(RELAY_EPOLLOUT) }
+        if hangup != nil && !hangupReported { e |= UInt32(RELAY_EPOLLRDHUP) }
+        return e
+    }
+
+    func loopReady(events: UInt32) {
+        guard !removed else { return }
+        _ = ssh_event_dopoll(event, 0)
+        let gone = UInt32(RELAY_EPOLLRDHUP) | UInt32(RELAY_EPOLLHUP) | UInt32(RELAY_EPOLLERR)
+        if events & gone != 0, !hangupReported, let w = hangup {
+            hangupReported = true
+            w.loopReady(events: events)
+        }
+        loop.rearm(self)
     }
 }
 
@@ -292,10 +403,14 @@ final class HangupWatch: PollHandler, @unchecked Sendable {
         self.fd = fd; self.loop = loop; self.isGone = isGone; self.onGone = onGone
     }
 
+    /// Edge-triggered read hang-up, for a session fd not (yet) polled by the loop; once the
+    /// session joins, the watch rides on its registration.
+    static let events = UInt32(RELAY_EPOLLRDHUP) | UInt32(RELAY_EPOLLET)
+
     func arm() {
         guard fd >= 0, !registered else { return }
         registered = true
-        loop.register(fd: fd, events: UInt32(RELAY_EPOLLRDHUP) | UInt32(RELAY_EPOLLET), handler: self)
+        loop.watchHangup(self)
         loop.watch(self)
     }
 
@@ -304,7 +419,7 @@ final class HangupWatch: PollHandler, @unchecked Sendable {
         loop.unwatch(self)
         guard registered else { return }
         registered = false
-        loop.unregister(fd: fd)
+        loop.unwatchHangup(self)
     }
 
     func loopReady(events: UInt32) {
