@@ -1,7 +1,7 @@
 import Foundation
 import Testing
 
-/// Keeps `bench/run` from rotting: runs it in `--quick` mode (seconds, small sizes: 1 s iperf3,
+/// Keeps `bench/run` from rotting: runs it in `--quick` mode (seconds, small sizes, every tunnel path: 1 s iperf3,
 /// a few hundred round trips, 1 s of wrk, two small gateway herds, one storm per mode) and checks that the JSON it writes is
 /// well-formed and has every metric with measured values. It never asserts a timing target.
 @Suite("Benchmark harness smoke run", .serialized)
@@ -19,7 +19,7 @@ struct BenchSmokeTests {
         return nil
     }
 
-    /// Part of the README's test command (about a minute with the debug binary);
+    /// Part of the README's test command (about two minutes with the debug binary);
     /// `RELAY_BENCH_SMOKE=0` skips it.
     static var enabled: Bool { ProcessInfo.processInfo.environment["RELAY_BENCH_SMOKE"] != "0" }
 
@@ -54,11 +54,15 @@ struct BenchSmokeTests {
         let metrics = try #require(doc["metrics"] as? [[String: Any]])
         let byName = Dictionary(metrics.map { ($0["name"] as? String ?? "?", $0) }, uniquingKeysWith: { a, _ in a })
         // P4 names carry the herd sizes (bench/run's quick sizes): two of each.
-        let memory = byName.keys.filter { $0.hasPrefix("P4-memory-per-tunnel-") }.sorted()
+        let memory = byName.keys.filter { $0.hasPrefix("P4-memory-per-tunnel-") && !$0.hasSuffix("-vs-go") }.sorted()
         let held = byName.keys.filter { $0.hasPrefix("P4-tunnels-held-") }.sorted()
         #expect(memory.count == 2 && held.count == 2, "P4 sizes: \(memory) \(held)")
+        // Against the Go replica of Infisical's path (quick mode: the modern algorithm set only).
+        let versusGo = ["P1-throughput-up-vs-go@modern", "P1-throughput-down-vs-go@modern", "P2-rtt-p50-vs-go@modern",
+                        "P2-rtt-p99-vs-go@modern", "P3-new-connections-vs-go@modern"] + memory.map { $0 + "-vs-go" }
         let withBaseline = ["P1-throughput-up", "P1-throughput-down", "P1-throughput-up-vs-bare-ssh", "P1-throughput-down-vs-bare-ssh",
-                            "P2-rtt-p50", "P2-rtt-p99", "P2-rtt-p50-vs-bare-ssh", "P2-rtt-p99-vs-bare-ssh", "P3-new-connections"] + memory
+                            "P2-rtt-p50", "P2-rtt-p99", "P2-rtt-p50-vs-bare-ssh", "P2-rtt-p99-vs-bare-ssh", "P3-new-connections"]
+            + memory + versusGo
         let oursOnly = held + ["P5-reconnect-all-back", "P5-reconnect-all-back-close-at-limit"]
         for name in withBaseline + oursOnly {
             let m = try #require(byName[name], "metric \(name) missing; have \(byName.keys.sorted())")
@@ -73,11 +77,19 @@ struct BenchSmokeTests {
                 #expect(m["ratio"] is NSNumber, "\(name): ratio")
             }
         }
+        // Every tunnel path, side by side, with a measured value and its crypto bound.
+        let matrix = try #require(doc["matrix"] as? [String: Any], "no matrix")
+        let paths = ["ours@modern", "go@modern", "ours-relay+go-gateway@modern", "go-relay+ours-gateway@modern", "stacked", "bare"]
+        for row in ["P1 up", "P1 down", "P2 p50", "P2 p99", "crypto bound"] {
+            let values = try #require((matrix[row] as? [String: Any])?["values"] as? [String: Any], "matrix row \(row)")
+            for path in paths { #expect(values[path] is NSNumber, "\(row) \(path): \(String(describing: values[path]))") }
+        }
         let storm = try #require(byName["P5-reconnect-all-back"])
         #expect((storm["histogram_1s"] as? [Any])?.isEmpty == false, "P5 histogram")
         // The table names what each hop negotiated.
-        #expect(text.contains("suites_ours_tls: TLS outer="))
-        #expect(text.contains("suites_ours_ssh: SSH kex="))
+        #expect(text.contains("suites_ours@modern_tls: TLS outer="))
+        #expect(text.contains("suites_go@modern_tls: TLS outer="))
+        #expect(text.contains("suites_ours@modern_ssh: SSH kex="))
         #expect(text.contains("suites_baseline_ssh: kex: algorithm:"))
     }
 }

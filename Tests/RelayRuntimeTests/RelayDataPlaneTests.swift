@@ -51,6 +51,49 @@ extension RelayDataPlaneTests {
         await gw.stop()
     }
 
+    /// Before each session had its own `ssh_event`, a key exchange in progress on the relay (its
+    /// non-blocking `ssh_handle_key_exchange`) polled every session of the loop and ran their
+    /// callbacks from inside another connection's check: a platform connection opened beside it
+    /// stalled (bench P1: iperf3 waited 46 s, 2 of 3 tries). Key exchanges run here without pause
+    /// while connections open and carry data one after another; every one must come back.
+    @Test("gateways in key exchange beside open tunnels: every platform connection still opens and carries its bytes")
+    func keyExchangesBesideSplices() async throws {
+        let bed = try RelayTestbed()
+        try bed.startRelay()
+        let gw = try await bed.startGateway("gw-kex")
+        let ctx = try bed.platformClientContext(gatewayId: "gw-kex")
+        let port = bed.server.boundSSHPort
+        let stop = Counter()
+        let exchanges = Counter()
+        for _ in 0..<2 {
+            Thread {
+                while stop.value == 0 {
+                    if (try? SSHNegotiationProbe.run(host: "127.0.0.1", port: port)) != nil { exchanges.increment() }
+                }
+            }.start()
+        }
+        let ok = Counter()
+        let done = DispatchGroup()
+        done.enter()
+        Thread {
+            defer { done.leave() }
+            for _ in 0..<20 {
+                guard let c = try? bed.connectPlatform(ctx) else { return }
+                defer { c.close() }
+                let payload = randomBytes(256 << 10)
+                guard (try? Self.roundTrip(c, payload)) == payload else { return }
+                ok.increment()
+            }
+        }.start()
+        // Generous for a loaded machine; the stall this guards against never ends by itself.
+        let finished = done.wait(timeout: .now() + 120) == .success
+        stop.increment()
+        #expect(finished, "stalled after \(ok.value) of 20 connections")
+        #expect(ok.value == 20)
+        #expect(exchanges.value > 0, "no key exchange ran beside the connections")
+        await gw.stop()
+    }
+
     @Test("killing one gateway mid-transfer closes only its connections")
     func killOneGateway() async throws {
         let bed = try RelayTestbed()
