@@ -98,6 +98,32 @@ func keyPair(cert, key string) tls.Certificate {
 	return c
 }
 
+// certSigner signs with keyPEM and presents the OpenSSH certificate certLine (field names it).
+func certSigner(keyPEM, certLine, field string) ssh.Signer {
+	key, err := ssh.ParsePrivateKey([]byte(keyPEM))
+	if err != nil {
+		fail("%s: private key: %v", field, err)
+	}
+	cert, ok := publicKey(certLine, field).(*ssh.Certificate)
+	if !ok {
+		fail("%s is not a certificate", field)
+	}
+	signer, err := ssh.NewCertSigner(cert, key)
+	if err != nil {
+		fail("%s: %v", field, err)
+	}
+	return signer
+}
+
+// publicKey parses one authorized_keys line (a key or a certificate).
+func publicKey(line, field string) ssh.PublicKey {
+	pub, _, _, _, err := ssh.ParseAuthorizedKey([]byte(line))
+	if err != nil {
+		fail("%s: %v", field, err)
+	}
+	return pub
+}
+
 // copyBoth copies a→b and b→a; each direction half-closes its destination when its source ends
 // (TLS→channel ends with the channel's EOF, as Infisical's relay does), and both are closed once
 // both directions are done.
@@ -159,26 +185,8 @@ func relay(args []string) {
 	readJSON(*credsFile, &c)
 
 	// SSH server: host certificate, user certificates signed by the client CA (§4.1).
-	hostKey, err := ssh.ParsePrivateKey([]byte(c.SSH.ServerPrivateKey))
-	if err != nil {
-		fail("ssh host key: %v", err)
-	}
-	pub, _, _, _, err := ssh.ParseAuthorizedKey([]byte(c.SSH.ServerCertificate))
-	if err != nil {
-		fail("ssh host certificate: %v", err)
-	}
-	hostCert, ok := pub.(*ssh.Certificate)
-	if !ok {
-		fail("ssh.serverCertificate is not a certificate")
-	}
-	hostSigner, err := ssh.NewCertSigner(hostCert, hostKey)
-	if err != nil {
-		fail("host cert signer: %v", err)
-	}
-	caPub, _, _, _, err := ssh.ParseAuthorizedKey([]byte(c.SSH.ClientCAPublicKey))
-	if err != nil {
-		fail("ssh client CA: %v", err)
-	}
+	hostSigner := certSigner(c.SSH.ServerPrivateKey, c.SSH.ServerCertificate, "ssh.serverCertificate")
+	caPub := publicKey(c.SSH.ClientCAPublicKey, "ssh.clientCAPublicKey")
 	wantKeyID := "client-" + *relayName
 	cfg := &ssh.ServerConfig{
 		MaxAuthTries: 3,
@@ -367,26 +375,8 @@ func gateway(args []string) {
 	fs.Parse(args)
 	var c gatewayCreds
 	readJSON(*credsFile, &c)
-	key, err := ssh.ParsePrivateKey([]byte(c.SSH.ClientPrivateKey))
-	if err != nil {
-		fail("ssh key: %v", err)
-	}
-	pub, _, _, _, err := ssh.ParseAuthorizedKey([]byte(c.SSH.ClientCertificate))
-	if err != nil {
-		fail("ssh certificate: %v", err)
-	}
-	cert, ok := pub.(*ssh.Certificate)
-	if !ok {
-		fail("ssh.clientCertificate is not a certificate")
-	}
-	signer, err := ssh.NewCertSigner(cert, key)
-	if err != nil {
-		fail("cert signer: %v", err)
-	}
-	hostCA, _, _, _, err := ssh.ParseAuthorizedKey([]byte(c.SSH.ServerCAPublicKey))
-	if err != nil {
-		fail("host CA: %v", err)
-	}
+	signer := certSigner(c.SSH.ClientPrivateKey, c.SSH.ClientCertificate, "ssh.clientCertificate")
+	hostCA := publicKey(c.SSH.ServerCAPublicKey, "ssh.serverCAPublicKey")
 	addr := fmt.Sprintf("%s:%d", c.RelayHost, c.RelaySSHPort)
 	cfg := &ssh.ClientConfig{
 		User: c.GatewayID,
