@@ -1,5 +1,4 @@
-import RelayJSON
-@testable import RelayJSON
+@testable import RelayRuntime
 import RelayModel
 
 // Documents the relay and gateway take from the platform as JSON: the /connect answers

@@ -1,4 +1,4 @@
-import RelayJSON
+import RelayRuntime
 import RelayModel
 
 // `relay replay FILE` and fixture loading (ReplayFiles.loadFixture): JSON text through

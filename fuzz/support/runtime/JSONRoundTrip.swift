@@ -1,4 +1,4 @@
-import RelayJSON
+import RelayRuntime
 import RelayModel
 
 enum JSONRoundTrip {
