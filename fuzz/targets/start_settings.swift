@@ -6,7 +6,8 @@ import RelayModel
 // relay id, domain, auth method, credentials file, ssh port, tls port, log format, log level,
 // then environment values in `EnvironmentVariable` order. Properties: an accepted name is a
 // valid file name; the level is a known one, lower-cased; ports are in range and distinct;
-// the domain ends in /api; every problem has a text.
+// the domain ends in /api and appending /api again changes nothing; every problem has a text.
+// Found by this target: U+0600 hid the /api suffix from `hasSuffix` (StartSettingsTests).
 
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzz(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
@@ -41,14 +42,18 @@ public func fuzz(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
         expect(r.logFormat == "text" || r.logFormat == "json", "accepted log format")
         expect((0...65535).contains(flags.sshPort) && (0...65535).contains(flags.tlsPort), "accepted a port out of range")
         expect(flags.sshPort != flags.tlsPort || flags.sshPort == 0, "accepted colliding ports")
-        if let d = r.domainFlag { expect(d.hasSuffix("/api"), "domain without /api") }
+        if let d = r.domainFlag { expect(endsWithAPI(d), "domain without /api") }
         if case .enrolled(.token) = r.mode, flags.tokenGiven { expect(flags.tokenProblem == nil, "accepted a malformed token") }
     }
     let domain = StartSettings.domain(flag: flags.domain, stored: flags.relayId, cliConfigDomain: flags.host, environment: env)
-    expect(domain.hasSuffix("/api"), "resolved domain without /api")
+    expect(endsWithAPI(domain), "resolved domain without /api")
+    expect(StartSettings.appendAPIEndpoint(domain) == domain, "appendAPIEndpoint not idempotent")
     _ = StartSettings.defaultDomainNotice(flag: flags.domain, stored: nil, cliConfigDomain: nil, environment: env)
     if let problem = StartSettings.logLevelProblem(token) { _ = problem.text }
     return 0
 }
+
+/// Byte-wise, as Infisical (Go) means it; `hasSuffix` compares characters (see Findings).
+func endsWithAPI(_ s: String) -> Bool { s.utf8.count >= 4 && s.utf8.suffix(4).elementsEqual("/api".utf8) }
 
 func setUp() {}
