@@ -606,6 +606,23 @@ struct SourceAddressTests {
         #expect(SourceAddressList.parse(Array(repeating: "1.2.3.4", count: 65).joined(separator: ",")) == nil)
     }
 
+    /// Found by fuzz/targets/ip_address (its first property assumed every block contains its own
+    /// address). A block written IPv4-mapped is an IPv6 block, while every peer is normalised to
+    /// IPv4 before matching, so it matches no peer at all — refused, never widened. OpenSSH's
+    /// `addr_match_cidr_list` behaves the same (families never match across).
+    @Test("an IPv4-mapped block (::ffff:a.b.c.d/n) matches no peer")
+    func mappedBlockMatchesNoPeer() throws {
+        let b = try #require(CIDRBlock.parse("::ffff:10.1.0.0/112"))
+        #expect(b.address == .v6(Array(repeating: 0, count: 10) + [0xff, 0xff, 10, 1, 0, 0]))
+        for peer in ["10.1.0.1", "::ffff:10.1.0.1", "10.1.0.0"] {
+            #expect(!b.contains(try #require(IPAddress.parse(peer))), "\(peer)")
+        }
+        // In a list, the plain IPv4 entry still admits the mapped peer.
+        let list = try #require(SourceAddressList.parse("::ffff:10.1.0.0/112,10.1.0.0/16"))
+        let peer = try #require(IPAddress.parse("::ffff:10.1.0.1"))
+        #expect(list.contains { $0.contains(peer) })
+    }
+
     @Test("IP parsing agrees with glibc inet_pton on random text")
     func agreesWithInetPton() async {
         let alphabet = Array("0123456789abcdefABCDEF:.".utf8)

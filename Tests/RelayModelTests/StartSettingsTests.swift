@@ -69,6 +69,22 @@ struct StartSettingsTests {
         #expect(resolved(.init(name: "r", enrollMethod: "token", domain: "https://p.example:8080"))?.domainFlag == "https://p.example:8080/api")
     }
 
+    /// fuzz/targets/start_settings found it: with `hasSuffix` on characters, U+0600 (a prepended
+    /// concatenation mark) glued itself to the `/` after it, so a URL already ending in `/api` got a
+    /// second one and `domain(…)` returned a value that did not end in `/api`. Bytes, as Go compares.
+    @Test("appendAPIEndpoint compares bytes, as Go's strings.HasSuffix (U+0600 before /api)")
+    func appendAPIEndpointBytewise() {
+        for (url, want) in [("https://p.example/\u{600}/api", "https://p.example/\u{600}/api"),
+                            ("https://p.example/\u{600}/", "https://p.example/\u{600}/api"),
+                            ("\u{600}", "\u{600}/api"), ("https://p.example/api", "https://p.example/api")] {
+            let once = S.appendAPIEndpoint(url)
+            #expect(Array(once.utf8) == Array(want.utf8), "\(url)")
+            #expect(Array(S.appendAPIEndpoint(once).utf8) == Array(once.utf8), "not idempotent for \(url)")
+        }
+        let d = S.domain(flag: nil, stored: "https://p.example/\u{600}/api", cliConfigDomain: nil, environment: [:])
+        #expect(Array(d.utf8) == Array("https://p.example/\u{600}/api".utf8))
+    }
+
     @Test("E-08: malformed tokens are refused locally; the reason never quotes the token")
     func tokens() {
         #expect(S.tokenProblem(utf8: Array("gwe_abcDEF-_123".utf8)) == nil)

@@ -60,9 +60,31 @@ struct StateStoreTests {
 
     @Test("Infisical's .conf: first matching line wins, blank values ignored, unrelated files read as missing")
     func legacyParsing() throws {
-        let c = StateStore.importLegacy(Array("\n  INFISICAL_RELAY_ID=first\nINFISICAL_RELAY_ID=second\nINFISICAL_RELAY_DOMAIN=https://x/api\nINFISICAL_RELAY_ACCESS_TOKEN=\n".utf8))
+        let c = try StateStore.importLegacy(Array("\n  INFISICAL_RELAY_ID=first\nINFISICAL_RELAY_ID=second\nINFISICAL_RELAY_DOMAIN=https://x/api\nINFISICAL_RELAY_ACCESS_TOKEN=\n".utf8))
         #expect(c == StateStore.Contents(tokenHash: nil, accessToken: nil, relayId: "first", domain: "https://x/api"))
-        #expect(StateStore.importLegacy(Array("SOMETHING=else\n".utf8)) == nil)
+        #expect(try StateStore.importLegacy(Array("SOMETHING=else\n".utf8)) == nil)
+    }
+
+    /// fuzz/targets/state_file found it: a `.conf` value with a NUL byte was imported and saved as a
+    /// state file that jansson cannot read back ("\u0000 is not allowed"), so the start after the
+    /// import refused the relay's own file as corrupt. Now the `.conf` itself is reported corrupt,
+    /// naming the key, and nothing is written. The input is fuzz/corpus/state_file/nul-in-domain.conf.
+    @Test("Infisical's .conf with a NUL byte in a value: corrupt, named, and never saved")
+    func legacyConfWithNul() throws {
+        let bytes = Array("INFISICAL_RELAY_ENROLLMENT_TOKEN=gwe_abc\nINFISICAL_RELAY_ID=5b0d\n  INFISICAL_RELAY_DOMAIN=https://eu\0\0.infisical.com\n".utf8)
+        #expect(throws: StateStore.WriteError(reason: "the value of INFISICAL_RELAY_DOMAIN holds a NUL byte")) {
+            try StateStore.importLegacy(bytes)
+        }
+        // A NUL in a line that holds none of the keys changes nothing.
+        #expect(try StateStore.importLegacy(Array("# \0\nINFISICAL_RELAY_ID=r-1\n".utf8))?.relayId == "r-1")
+
+        let f = try Fresh(); let dir = f.dir, store = f.store; defer { withExtendedLifetime(f) {} }
+        #expect(FileManager.default.createFile(atPath: dir + "/relay-a.conf", contents: Data(bytes), attributes: [.posixPermissions: 0o600]))
+        let r = store.read()
+        guard case .corrupt(let reason) = r.model else { Issue.record("expected corrupt, got \(r.model)"); return }
+        #expect(reason == dir + "/relay-a.conf: the value of INFISICAL_RELAY_DOMAIN holds a NUL byte")
+        #expect(r.contents == nil)
+        #expect(!FileManager.default.fileExists(atPath: store.path))
     }
 
     enum Bad: String, CaseIterable {

@@ -197,10 +197,14 @@ public enum StartSettings {
         return "No --domain given (nor INFISICAL_DOMAIN, INFISICAL_API_URL or a stored domain): using Infisical Cloud, https://app.infisical.com. Pass --domain=https://YOUR-PLATFORM for a self-hosted platform."
     }
 
-    /// Infisical's `util.AppendAPIEndpoint`: `/api` unless the URL already ends with it.
+    /// Infisical's `util.AppendAPIEndpoint`: `/api` unless the URL already ends with it. The
+    /// suffixes are compared as bytes, as Go's `strings.HasSuffix` does: Swift's `hasSuffix`
+    /// compares characters, and a scalar that joins the next one into a character (U+0600 before
+    /// `/api`) hid the suffix, so `/api` was appended twice (found by fuzz/targets/start_settings).
     public static func appendAPIEndpoint(_ url: String) -> String {
-        if url.hasSuffix("/api") { return url }
-        if url.hasSuffix("/") { return url + "api" }
+        let bytes = url.utf8
+        if bytes.count >= 4, bytes.suffix(4).elementsEqual("/api".utf8) { return url }
+        if bytes.last == UInt8(ascii: "/") { return url + "api" }
         return url + "/api"
     }
 

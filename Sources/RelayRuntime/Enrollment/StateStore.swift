@@ -208,7 +208,11 @@ public final class StateStore: @unchecked Sendable {
         case .refused(let r): return Reading(model: .refused(reason: r), contents: nil)
         case .unreadable(let why): return Reading(model: .corrupt(reason: "\(legacyPath): \(why)"), contents: nil)
         case .bytes(let bytes):
-            guard let c = StateStore.importLegacy(bytes, resource: resource) else { return Reading(model: .missing, contents: nil) }
+            let imported: Contents?
+            do { imported = try StateStore.importLegacy(bytes, resource: resource) } catch {
+                return Reading(model: .corrupt(reason: "\(legacyPath): \(error.reason)"), contents: nil)
+            }
+            guard let c = imported else { return Reading(model: .missing, contents: nil) }
             return Reading(model: .legacyConf(state: c.modelView), contents: c)
         }
     }
@@ -292,23 +296,26 @@ public final class StateStore: @unchecked Sendable {
 
     /// Infisical's `<name>.conf`: `KEY=VALUE` lines; a key's value is on the first line whose trimmed
     /// text starts with `KEY=`. The plaintext enrollment token is hashed at once. Nil when the file
-    /// holds none of the keys.
-    static func importLegacy(_ bytes: [UInt8], resource: EnrollmentMachine.Resource = .relay) -> Contents? {
+    /// holds none of the keys. Throws when a value holds a NUL byte: no token, id or URL has one,
+    /// and the state file the import is saved as (JSON through jansson) cannot hold one either, so
+    /// the next start would refuse its own file as corrupt (found by fuzz/targets/state_file).
+    static func importLegacy(_ bytes: [UInt8], resource: EnrollmentMachine.Resource = .relay) throws(WriteError) -> Contents? {
         let prefix = resource == .relay ? "INFISICAL_RELAY_" : "INFISICAL_GATEWAY_"
         let lines = String(decoding: bytes, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false)
-        func value(_ key: String) -> String? {
+        func value(_ key: String) throws(WriteError) -> String? {
             for line in lines {
                 let t = String(line).trimmingCharacters()
                 if t.hasPrefix(key + "=") {
                     let v = String(t.dropFirst(key.count + 1))
+                    if v.utf8.contains(0) { throw WriteError(reason: "the value of \(key) holds a NUL byte") }
                     return v.isEmpty ? nil : v
                 }
             }
             return nil
         }
-        let token = value(prefix + "ENROLLMENT_TOKEN")
-        let c = Contents(tokenHash: token.map(Crypto.sha256Hex), accessToken: value(prefix + "ACCESS_TOKEN"),
-                         relayId: value(prefix + "ID"), domain: value(prefix + "DOMAIN"))
+        let token = try value(prefix + "ENROLLMENT_TOKEN")
+        let c = Contents(tokenHash: token.map(Crypto.sha256Hex), accessToken: try value(prefix + "ACCESS_TOKEN"),
+                         relayId: try value(prefix + "ID"), domain: try value(prefix + "DOMAIN"))
         if c.tokenHash == nil && c.accessToken == nil && c.relayId == nil && c.domain == nil { return nil }
         return c
     }
