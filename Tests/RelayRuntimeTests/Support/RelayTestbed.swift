@@ -198,7 +198,15 @@ final class RelayTestbed: @unchecked Sendable {
             "-relay", "127.0.0.1:\(server.boundSSHPort)", "-user", id, "-key", ident.key, "-cert", ident.cert,
             "-host-ca", hostCAPublicKeyFile, "-algorithms", "infisical", "-mode", mode,
         ] + extra)
-        if waitReady { _ = try await gw.waitForLine(prefix: "READY") }
+        if waitReady {
+            _ = try await gw.waitForLine(prefix: "READY")
+            // The gateway sees its authentication succeed a moment before the relay registers the
+            // tunnel (after the reply is sent): wait for the registration itself, or a platform
+            // connection made at once finds no gateway (seen once in a full run).
+            let registry = server.registry
+            let registered = await eventually(timeout: 20) { registry.machine.read { $0.state.table?.tunnels[id] != nil } }
+            if !registered { throw RuntimeError.resource("gateway \(id) never registered at the relay") }
+        }
         return gw
     }
 
