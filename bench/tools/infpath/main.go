@@ -218,16 +218,7 @@ func relay(args []string) {
 	cfg.AddHostKey(hostSigner)
 
 	t := &tunnels{m: map[string]*ssh.ServerConn{}}
-	sshL := listenTCP(fmt.Sprintf("%s:%d", *listen, *sshPort))
-	go func() {
-		for {
-			nc, err := sshL.Accept()
-			if err != nil {
-				return
-			}
-			go serveGateway(nc, cfg, t)
-		}
-	}()
+	serve(fmt.Sprintf("%s:%d", *listen, *sshPort), func(nc net.Conn) { serveGateway(nc, cfg, t) })
 
 	// TLS server for the platform (§4.2).
 	tlsCfg := &tls.Config{
@@ -236,16 +227,7 @@ func relay(args []string) {
 		ClientCAs:    pool(c.PKI.ClientCertificateChain),
 		MinVersion:   tls.VersionTLS12,
 	}
-	tlsL := listenTCP(fmt.Sprintf("%s:%d", *listen, *tlsPort))
-	go func() {
-		for {
-			nc, err := tlsL.Accept()
-			if err != nil {
-				return
-			}
-			go servePlatform(nc, tlsCfg, t)
-		}
-	}()
+	serve(fmt.Sprintf("%s:%d", *listen, *tlsPort), func(nc net.Conn) { servePlatform(nc, tlsCfg, t) })
 	emit("READY ssh=%d tls=%d pid=%d", *sshPort, *tlsPort, os.Getpid())
 	if *status > 0 {
 		for range time.Tick(*status) {
@@ -264,6 +246,20 @@ func listenTCP(addr string) net.Listener {
 		fail("listen %s: %v", addr, err)
 	}
 	return l
+}
+
+// serve listens on addr and handles each accepted connection on its own goroutine.
+func serve(addr string, handle func(net.Conn)) {
+	l := listenTCP(addr)
+	go func() {
+		for {
+			nc, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go handle(nc)
+		}
+	}()
 }
 
 func serveGateway(nc net.Conn, cfg *ssh.ServerConfig, t *tunnels) {
