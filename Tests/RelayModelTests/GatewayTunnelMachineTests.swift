@@ -611,7 +611,9 @@ struct GatewayTunnelMachineTests {
             case 800..<880:
                 return .timerFired(timer: M.TimerKind.allCases[p % M.TimerKind.allCases.count], now: at(now))
             case 880..<930: return .start(now: at(now))
-            case 930..<996: return .credentialsReplaced(now: at(now))
+            case 930..<990: return .credentialsReplaced(now: at(now))
+            // 1 %: at 0.4 % a run of ~110,000 steps once never reached draining (full run,
+            // 2026-12-08), and the coverage check below failed.
             default: return .drainRequested(now: at(now))
             }
         }
