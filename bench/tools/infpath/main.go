@@ -98,6 +98,41 @@ func keyPair(cert, key string) tls.Certificate {
 	return c
 }
 
+// serverPKI is the "pki" object of the relay's and the gateway's credentials (§3): a TLS server
+// certificate and the chain its clients' certificates must lead to.
+type serverPKI struct {
+	ServerCertificate      string `json:"serverCertificate"`
+	ServerPrivateKey       string `json:"serverPrivateKey"`
+	ClientCertificateChain string `json:"clientCertificateChain"`
+}
+
+// mutualServer requires and verifies a client certificate, TLS 1.2 or later.
+func (p serverPKI) mutualServer() *tls.Config {
+	return &tls.Config{
+		Certificates: []tls.Certificate{keyPair(p.ServerCertificate, p.ServerPrivateKey)},
+		ClientAuth:   tls.RequireAndVerifyClientCert,
+		ClientCAs:    pool(p.ClientCertificateChain),
+		MinVersion:   tls.VersionTLS12,
+	}
+}
+
+// identity is one TLS client identity of relay bench-node pki's connect files.
+type identity struct {
+	Certificate string `json:"certificate"`
+	PrivateKey  string `json:"privateKey"`
+	CAChain     string `json:"caChain"`
+}
+
+// mutualClient presents the certificate and checks the server against CAChain and serverName.
+func (id identity) mutualClient(serverName string) *tls.Config {
+	return &tls.Config{
+		Certificates: []tls.Certificate{keyPair(id.Certificate, id.PrivateKey)},
+		RootCAs:      pool(id.CAChain),
+		ServerName:   serverName,
+		MinVersion:   tls.VersionTLS12,
+	}
+}
+
 // certSigner signs with keyPEM and presents the OpenSSH certificate certLine (field names it).
 func certSigner(keyPEM, certLine, field string) ssh.Signer {
 	key, err := ssh.ParsePrivateKey([]byte(keyPEM))
@@ -151,11 +186,7 @@ func copyBoth(a, b io.ReadWriteCloser) {
 // relay
 
 type relayCreds struct {
-	PKI struct {
-		ServerCertificate      string `json:"serverCertificate"`
-		ServerPrivateKey       string `json:"serverPrivateKey"`
-		ClientCertificateChain string `json:"clientCertificateChain"`
-	} `json:"pki"`
+	PKI serverPKI `json:"pki"`
 	SSH struct {
 		ServerCertificate string `json:"serverCertificate"`
 		ServerPrivateKey  string `json:"serverPrivateKey"`
@@ -221,12 +252,7 @@ func relay(args []string) {
 	serve(fmt.Sprintf("%s:%d", *listen, *sshPort), func(nc net.Conn) { serveGateway(nc, cfg, t) })
 
 	// TLS server for the platform (§4.2).
-	tlsCfg := &tls.Config{
-		Certificates: []tls.Certificate{keyPair(c.PKI.ServerCertificate, c.PKI.ServerPrivateKey)},
-		ClientAuth:   tls.RequireAndVerifyClientCert,
-		ClientCAs:    pool(c.PKI.ClientCertificateChain),
-		MinVersion:   tls.VersionTLS12,
-	}
+	tlsCfg := c.PKI.mutualServer()
 	serve(fmt.Sprintf("%s:%d", *listen, *tlsPort), func(nc net.Conn) { servePlatform(nc, tlsCfg, t) })
 	emit("READY ssh=%d tls=%d pid=%d", *sshPort, *tlsPort, os.Getpid())
 	if *status > 0 {
@@ -347,15 +373,11 @@ func servePlatform(nc net.Conn, cfg *tls.Config, t *tunnels) {
 // gateway
 
 type gatewayCreds struct {
-	GatewayID    string `json:"gatewayId"`
-	RelayHost    string `json:"relayHost"`
-	RelaySSHPort int    `json:"relaySshPort"`
-	PKI          struct {
-		ServerCertificate      string `json:"serverCertificate"`
-		ServerPrivateKey       string `json:"serverPrivateKey"`
-		ClientCertificateChain string `json:"clientCertificateChain"`
-	} `json:"pki"`
-	SSH struct {
+	GatewayID    string    `json:"gatewayId"`
+	RelayHost    string    `json:"relayHost"`
+	RelaySSHPort int       `json:"relaySshPort"`
+	PKI          serverPKI `json:"pki"`
+	SSH          struct {
 		ClientCertificate string `json:"clientCertificate"`
 		ClientPrivateKey  string `json:"clientPrivateKey"`
 		ServerCAPublicKey string `json:"serverCAPublicKey"`
@@ -406,13 +428,8 @@ func gateway(args []string) {
 	default:
 		fail("-algorithms is infisical or modern")
 	}
-	inner := &tls.Config{
-		Certificates: []tls.Certificate{keyPair(c.PKI.ServerCertificate, c.PKI.ServerPrivateKey)},
-		ClientAuth:   tls.RequireAndVerifyClientCert,
-		ClientCAs:    pool(c.PKI.ClientCertificateChain),
-		MinVersion:   tls.VersionTLS12,
-		NextProtos:   []string{"infisical-tcp-proxy", "infisical-ping"},
-	}
+	inner := c.PKI.mutualServer()
+	inner.NextProtos = []string{"infisical-tcp-proxy", "infisical-ping"}
 	for {
 		err := runGateway(addr, cfg, inner)
 		emit("DISCONNECTED %v", err)
@@ -499,18 +516,10 @@ func (c *chanConn) SetWriteDeadline(t time.Time) error { return nil }
 // client (the platform side)
 
 type connectCreds struct {
-	RelayHost    string `json:"relayHost"`
-	RelayTLSPort int    `json:"relayTlsPort"`
-	Outer        struct {
-		Certificate string `json:"certificate"`
-		PrivateKey  string `json:"privateKey"`
-		CAChain     string `json:"caChain"`
-	} `json:"outer"`
-	Inner struct {
-		Certificate string `json:"certificate"`
-		PrivateKey  string `json:"privateKey"`
-		CAChain     string `json:"caChain"`
-	} `json:"inner"`
+	RelayHost    string   `json:"relayHost"`
+	RelayTLSPort int      `json:"relayTlsPort"`
+	Outer        identity `json:"outer"`
+	Inner        identity `json:"inner"`
 }
 
 func client(args []string) {
@@ -523,19 +532,9 @@ func client(args []string) {
 	var c connectCreds
 	readJSON(*credsFile, &c)
 	relayAddr := net.JoinHostPort(c.RelayHost, fmt.Sprint(c.RelayTLSPort))
-	outer := &tls.Config{
-		Certificates: []tls.Certificate{keyPair(c.Outer.Certificate, c.Outer.PrivateKey)},
-		RootCAs:      pool(c.Outer.CAChain),
-		ServerName:   c.RelayHost,
-		MinVersion:   tls.VersionTLS12,
-	}
-	inner := &tls.Config{
-		Certificates: []tls.Certificate{keyPair(c.Inner.Certificate, c.Inner.PrivateKey)},
-		RootCAs:      pool(c.Inner.CAChain),
-		ServerName:   "localhost",
-		MinVersion:   tls.VersionTLS12,
-		NextProtos:   []string{*alpn},
-	}
+	outer := c.Outer.mutualClient(c.RelayHost)
+	inner := c.Inner.mutualClient("localhost")
+	inner.NextProtos = []string{*alpn}
 	dial := func() (*tls.Conn, error) {
 		d := net.Dialer{Timeout: 30 * time.Second}
 		oc, err := tls.DialWithDialer(&d, "tcp", relayAddr, outer)
