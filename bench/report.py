@@ -108,20 +108,21 @@ def main():
                 runs_of("P3-new-connections", "go", alg=a), f"{GO}, {a}", ("ratio", 1.5), "higher", {"alg": a})
     if "P4-memory" in have:
         sshd = [d for d in rows if d["metric"] == "P4-memory" and d["system"] == "sshd"]
-        sshd_runs = [(d["run"], (d["pss_after_kB"] - d["pss_before_kB"]) / max(1, d["tunnels"])) for d in sshd]
-        sshd_rss = [(d["run"], (d["rss_after_kB"] - d["rss_before_kB"]) / max(1, d["tunnels"])) for d in sshd]
+        def per_tunnel(ds, kind):  # growth ÷ tunnels, per run ("pss" or "rss")
+            return [(d["run"], (d[f"{kind}_after_kB"] - d[f"{kind}_before_kB"]) / max(1, d["tunnels"])) for d in ds]
+
+        sshd_runs, sshd_rss = per_tunnel(sshd, "pss"), per_tunnel(sshd, "rss")
         # /proc reports kB meaning KiB: growth ÷ tunnels is KiB per tunnel
         ours = [d for d in rows if d["metric"] == "P4-memory" and d["system"] == "ours"]
         for n in sorted({d["tunnels"] for d in ours}):
             ds = [d for d in ours if d["tunnels"] == n]
-            pss = [(d["run"], (d["pss_after_kB"] - d["pss_before_kB"]) / n) for d in ds]
-            rss = [(d["run"], (d["rss_after_kB"] - d["rss_before_kB"]) / n) for d in ds]
+            pss, rss = per_tunnel(ds, "pss"), per_tunnel(ds, "rss")
             add(f"P4-memory-per-tunnel-{n}", "KiB (PSS)", pss, sshd_runs, SSHD, ("value", 12), "lower",
                 {"rss_ours_KiB": median([v for _, v in rss]), "rss_baseline_KiB": median([v for _, v in sshd_rss]),
                  "sshd_clients": sshd[0]["tunnels"] if sshd else None, "bringup_s": median([d.get("bringup_s") for d in ds])})
             gos = [d for d in rows if d["metric"] == "P4-memory" and d["system"] == "go" and d["tunnels"] == n]
             if gos:
-                add(f"P4-memory-per-tunnel-{n}-vs-go", "KiB (PSS)", pss, [(d["run"], (d["pss_after_kB"] - d["pss_before_kB"]) / n) for d in gos],
+                add(f"P4-memory-per-tunnel-{n}-vs-go", "KiB (PSS)", pss, per_tunnel(gos, "pss"),
                     "Go replica relay (x/crypto/ssh server)", None, "lower",
                     {"held_go": median([d["held"] for d in gos]), "bringup_go_s": median([d.get("bringup_s") for d in gos])})
             add(f"P4-tunnels-held-{n}", "tunnels", [(d["run"], d["held"]) for d in ds], None, None, ("value", n), "higher")
